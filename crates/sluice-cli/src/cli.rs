@@ -1,0 +1,147 @@
+//! Command-line arguments, as parsed. `cmd` turns them into work.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Run data pipelines that scale out and upgrade while they run",
+    long_about = "sluice takes files as they land, cuts them into batches, transforms each batch \
+with SQL (Apache DataFusion) and commits the result to a Delta Lake table exactly once. \
+Workers scale out in one process (--workers) and across machines (`sluice worker` on a \
+shared PostgreSQL store).\n\nExit codes: 0 ok, 1 the thing checked failed, 2 usage or input error."
+)]
+pub struct Cli {
+    /// Log more (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct StoreArg {
+    /// State store: a SQLite file path (default `.sluice/state.db`) or a postgres:// URL shared
+    /// by workers on many machines.
+    #[arg(long, env = "SLUICE_STORE", default_value = ".sluice/state.db")]
+    pub store: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a pipeline spec without running it: YAML, columns, SQL planned against the input.
+    Validate {
+        /// The pipeline spec (YAML).
+        file: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a pipeline: watch its landing folder, queue batches, process them with N workers.
+    Run(RunArgs),
+    /// Join a store's pipelines as extra workers (this or another machine). No discovery.
+    Worker(WorkerArgs),
+    /// Per pipeline: batches pending / leased / done / quarantined, rows, throughput, workers.
+    Status {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put quarantined batches back in the queue (for example after fixing the spec or data).
+    Retry {
+        /// The batch id to retry (see `sluice status`).
+        batch: Option<String>,
+        /// Retry every quarantined batch (of `--pipeline`, or of all pipelines).
+        #[arg(long, conflicts_with = "batch")]
+        all: bool,
+        #[arg(long, requires = "all")]
+        pipeline: Option<String>,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Generate sample orders, run them through a pipeline with several workers, and prove the
+    /// Delta table holds every good row exactly once.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The pipeline spec (YAML).
+    pub file: PathBuf,
+    /// Workers in this process.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Stop once every landed file is processed (no new files, queue empty), instead of watching.
+    #[arg(long)]
+    pub until_drained: bool,
+    /// How often to look for new files.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub poll: Duration,
+    /// On SIGTERM / Ctrl-C, how long in-flight batches may finish before they are released.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub grace: Duration,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Workers in this process.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Only work on these pipelines (default: all in the store).
+    #[arg(long = "pipeline")]
+    pub pipelines: Vec<String>,
+    /// Lease length; a worker that dies loses its batches to others after this long.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub lease: Duration,
+    /// Exit once the queue has stayed empty for a few seconds.
+    #[arg(long)]
+    pub until_drained: bool,
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub grace: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Rows of sample orders to generate.
+    #[arg(long, default_value_t = 200_000)]
+    pub rows: u64,
+    /// Files to spread them over.
+    #[arg(long, default_value_t = 8)]
+    pub files: u64,
+    /// Workers in this process.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Project folder to use (kept afterwards). Default: a temporary folder, removed at the end.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info,sluice=info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

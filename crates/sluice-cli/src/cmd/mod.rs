@@ -1,0 +1,94 @@
+//! One module per command. Each returns the exit code; errors carry their exit code in
+//! [`Exit`] when it is not the default 1.
+
+mod demo;
+mod run;
+mod status;
+mod validate;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use sluice_store::Store;
+
+use crate::cli::{Cli, Command};
+
+/// An error that is the user's input or usage: exit code 2.
+#[derive(Debug)]
+pub struct InputError(pub String);
+
+impl std::fmt::Display for InputError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InputError {}
+
+pub fn exit_code_of(e: &anyhow::Error) -> u8 {
+    if e.chain().any(|c| c.downcast_ref::<InputError>().is_some()) {
+        2
+    } else {
+        1
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Validate { file, json } => validate::validate(&file, json).await,
+        Command::Run(args) => run::run(args).await,
+        Command::Worker(args) => run::worker(args).await,
+        Command::Status { store, json } => status::status(&store.store, json).await,
+        Command::Retry {
+            batch,
+            all,
+            pipeline,
+            store,
+        } => status::retry(&store.store, batch, all, pipeline).await,
+        Command::Demo(args) => demo::demo(args).await,
+    }
+}
+
+pub async fn open_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+    sluice_store::open(url)
+        .await
+        .with_context(|| format!("opening the state store {}", redact(url)))
+}
+
+/// Hides a password in a store URL before printing it.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            match userinfo.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &userinfo[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Loads and compiles a spec file; problems are input errors (exit 2) with file:line.
+pub async fn compile(
+    path: &std::path::Path,
+    version: i64,
+) -> anyhow::Result<sluice_engine::Pipeline> {
+    let file = sluice_engine::spec::SpecFile::load(path).map_err(|e| InputError(e.to_string()))?;
+    sluice_engine::Pipeline::compile(&file, version)
+        .await
+        .map_err(|e| anyhow::Error::new(InputError(e.to_string())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redacts_passwords_only() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact(".sluice/state.db"), ".sluice/state.db");
+    }
+}

@@ -1,0 +1,250 @@
+//! `sluice run` and `sluice worker`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use sluice_store::{PipelineStatus, Store};
+use sluice_worker::{Discoverer, PoolConfig, PoolReport, VersionCache, WorkerPool};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{RunArgs, WorkerArgs};
+
+/// Cancels `stop` on Ctrl-C or SIGTERM: the pool then drains.
+pub fn stop_on_signals(stop: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
+                        stop.cancel();
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!(
+            "stopping: no new batches are leased; in-flight batches finish (press Ctrl-C again to force)"
+        );
+        stop.cancel();
+    });
+}
+
+/// Registers the spec as the pipeline's current version and returns it compiled and pinned.
+pub async fn register(
+    store: &Arc<dyn Store>,
+    path: &std::path::Path,
+) -> anyhow::Result<Arc<sluice_engine::Pipeline>> {
+    let mut pipeline = super::compile(path, 0).await?;
+    let version = store
+        .register_pipeline_version(
+            pipeline.name(),
+            &pipeline.spec_hash(),
+            &pipeline.resolved_spec(),
+            &pipeline.base_dir.display().to_string(),
+            true,
+        )
+        .await
+        .context("registering the pipeline version")?;
+    pipeline.version = version.version;
+    Ok(Arc::new(pipeline))
+}
+
+pub fn progress_bar(label: &str) -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} batches {msg} ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(label.to_string());
+    bar
+}
+
+pub fn update_bar(bar: &ProgressBar, s: &PipelineStatus) {
+    bar.set_length((s.pending + s.leased + s.done + s.quarantined) as u64);
+    bar.set_position((s.done + s.quarantined) as u64);
+    bar.set_message(format!("{} rows, {} quarantined", s.rows_in, s.quarantined));
+}
+
+pub async fn pipeline_status(store: &Arc<dyn Store>, name: &str) -> anyhow::Result<PipelineStatus> {
+    Ok(store
+        .status()
+        .await?
+        .into_iter()
+        .find(|s| s.pipeline == name)
+        .unwrap_or_default())
+}
+
+/// Runs discovery and a pool until stopped (or drained). Shared by `run` and `demo`.
+pub async fn drive(
+    store: Arc<dyn Store>,
+    pipeline: Arc<sluice_engine::Pipeline>,
+    workers: usize,
+    poll: Duration,
+    grace: Duration,
+    until_drained: bool,
+    stop: CancellationToken,
+    bar: Option<ProgressBar>,
+) -> anyhow::Result<PoolReport> {
+    let versions = Arc::new(VersionCache::new(store.clone()));
+    versions.insert(pipeline.clone()).await;
+    let config = PoolConfig {
+        workers,
+        lease_for: pipeline.spec.batch.lease,
+        grace,
+        pipelines: Some(vec![pipeline.name().to_string()]),
+        ..PoolConfig::default()
+    };
+    let pool = Arc::new(WorkerPool::new(store.clone(), config, versions));
+    let pool_task = tokio::spawn(pool.clone().run(stop.clone()));
+    let mut discoverer = Discoverer::new(store.clone(), pipeline.clone())
+        .await
+        .context("loading the files already taken in")?;
+    let result: anyhow::Result<()> = async {
+        while !stop.is_cancelled() {
+            let found = discoverer
+                .poll()
+                .await
+                .map_err(|e| anyhow::anyhow!("discovering files: {e}"))?;
+            let status = pipeline_status(&store, pipeline.name()).await?;
+            if let Some(bar) = &bar {
+                update_bar(bar, &status);
+            }
+            if until_drained && found.files == 0 && found.deferred == 0 && status.pending + status.leased == 0 {
+                break;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(if until_drained { poll.min(Duration::from_millis(200)) } else { poll }) => {}
+            }
+        }
+        Ok(())
+    }
+    .await;
+    stop.cancel();
+    let report = pool_task.await.context("worker pool crashed")?;
+    if let Some(bar) = &bar {
+        if let Ok(status) = pipeline_status(&store, pipeline.name()).await {
+            update_bar(bar, &status);
+        }
+        bar.finish();
+    }
+    result?;
+    Ok(report)
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let store = super::open_store(&args.store.store).await?;
+    let pipeline = register(&store, &args.file).await?;
+    eprintln!(
+        "running {}@{} with {} worker(s); store {}; sink {}",
+        pipeline.name(),
+        pipeline.version,
+        args.workers,
+        super::redact(&args.store.store),
+        pipeline.sink().url()
+    );
+    let stop = CancellationToken::new();
+    stop_on_signals(stop.clone());
+    let bar = (!args.json).then(|| progress_bar(pipeline.name()));
+    let report = drive(
+        store.clone(),
+        pipeline.clone(),
+        args.workers,
+        args.poll,
+        args.grace,
+        args.until_drained,
+        stop,
+        bar,
+    )
+    .await?;
+    let status = pipeline_status(&store, pipeline.name()).await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "pipeline": pipeline.name(),
+                "version": pipeline.version,
+                "this_run": report,
+                "status": status,
+            }))?
+        );
+    } else {
+        println!(
+            "{}@{}: this run committed {} batch(es) ({} rows in, {} rows out), found {} already committed, quarantined {}, released {}",
+            pipeline.name(),
+            pipeline.version,
+            report.committed,
+            report.rows_in,
+            report.rows_out,
+            report.already_committed,
+            report.quarantined,
+            report.released
+        );
+        println!(
+            "queue: {} pending, {} leased, {} done, {} quarantined (see `sluice status`)",
+            status.pending, status.leased, status.done, status.quarantined
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let store = super::open_store(&args.store.store).await?;
+    let filter = (!args.pipelines.is_empty()).then(|| args.pipelines.clone());
+    let config = PoolConfig {
+        workers: args.workers,
+        lease_for: args.lease,
+        grace: args.grace,
+        pipelines: filter.clone(),
+        ..PoolConfig::default()
+    };
+    let versions = Arc::new(VersionCache::new(store.clone()));
+    let pool = Arc::new(WorkerPool::new(store.clone(), config, versions));
+    let stop = CancellationToken::new();
+    stop_on_signals(stop.clone());
+    eprintln!(
+        "worker: {} worker(s) on {} for {}",
+        args.workers,
+        super::redact(&args.store.store),
+        filter
+            .as_ref()
+            .map(|f| f.join(", "))
+            .unwrap_or_else(|| "all pipelines".into())
+    );
+    let pool_task = tokio::spawn(pool.run(stop.clone()));
+    if args.until_drained {
+        let mut empty_checks = 0;
+        while !stop.is_cancelled() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let busy: i64 = store
+                .status()
+                .await?
+                .iter()
+                .filter(|s| filter.as_ref().is_none_or(|f| f.contains(&s.pipeline)))
+                .map(|s| s.pending + s.leased)
+                .sum();
+            empty_checks = if busy == 0 { empty_checks + 1 } else { 0 };
+            if empty_checks >= 4 {
+                stop.cancel();
+            }
+        }
+    }
+    let report = pool_task.await.context("worker pool crashed")?;
+    eprintln!(
+        "worker stopped: {} committed, {} already committed, {} quarantined, {} released",
+        report.committed, report.already_committed, report.quarantined, report.released
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,155 @@
+//! `sluice status` and `sluice retry`.
+
+use std::process::ExitCode;
+
+use sluice_core::{BatchId, TaskState, now_millis};
+use sluice_store::{PipelineStatus, RetryTarget, TaskRecord, WorkerRecord};
+
+use super::InputError;
+
+/// Rows per second over the window from the first start to the last finish of good runs.
+pub fn throughput(s: &PipelineStatus) -> Option<f64> {
+    let (a, b) = (s.first_started_at?, s.last_finished_at?);
+    let secs = ((b - a) as f64 / 1000.0).max(0.001);
+    Some(s.rows_in as f64 / secs)
+}
+
+pub async fn status(store_url: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let store = super::open_store(store_url).await?;
+    let pipelines = store.status().await?;
+    let workers = store.workers().await?;
+    let mut quarantined: Vec<TaskRecord> = Vec::new();
+    for p in &pipelines {
+        quarantined.extend(
+            store
+                .tasks(&p.pipeline, Some(TaskState::Quarantined))
+                .await?,
+        );
+    }
+    if json {
+        let out = serde_json::json!({
+            "pipelines": pipelines.iter().map(|p| {
+                let mut v = serde_json::to_value(p).unwrap_or_default();
+                v["rows_per_second"] = serde_json::json!(throughput(p));
+                v
+            }).collect::<Vec<_>>(),
+            "workers": workers,
+            "quarantined": quarantined,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if pipelines.is_empty() {
+        println!(
+            "no pipelines in {} yet: start one with `sluice run PIPELINE.yaml`",
+            super::redact(store_url)
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<20} {:>4} {:>6} {:>8} {:>7} {:>8} {:>11} {:>10} {:>10} {:>10}",
+        "PIPELINE",
+        "VER",
+        "FILES",
+        "PENDING",
+        "LEASED",
+        "DONE",
+        "QUARANTINED",
+        "ROWS IN",
+        "ROWS OUT",
+        "ROWS/S"
+    );
+    for p in &pipelines {
+        println!(
+            "{:<20} {:>4} {:>6} {:>8} {:>7} {:>8} {:>11} {:>10} {:>10} {:>10}",
+            p.pipeline,
+            p.current_version,
+            p.files,
+            p.pending,
+            p.leased,
+            p.done,
+            p.quarantined,
+            p.rows_in,
+            p.rows_out,
+            throughput(p)
+                .map(|t| format!("{t:.0}"))
+                .unwrap_or_else(|| "-".into())
+        );
+    }
+    print_workers(&workers);
+    if !quarantined.is_empty() {
+        println!(
+            "\nquarantined batches (replay with `sluice retry BATCH` or `sluice retry --all`):"
+        );
+        for t in &quarantined {
+            println!(
+                "  {}  {}@{}  {} rows {}..{}  attempts {}\n      {}",
+                t.batch_id,
+                t.pipeline,
+                t.version,
+                t.slice.path,
+                t.slice.row_start + 1,
+                t.slice.row_start + t.slice.row_count,
+                t.attempts,
+                t.last_error.as_deref().unwrap_or("(no error recorded)")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_workers(workers: &[WorkerRecord]) {
+    if workers.is_empty() {
+        return;
+    }
+    let now = now_millis();
+    println!("\nworkers:");
+    for w in workers {
+        println!(
+            "  {:<40} {:<9} last heartbeat {}s ago",
+            w.worker.0,
+            w.state,
+            ((now - w.last_heartbeat).max(0)) / 1000
+        );
+    }
+}
+
+pub async fn retry(
+    store_url: &str,
+    batch: Option<String>,
+    all: bool,
+    pipeline: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let target = match (batch, all) {
+        (Some(b), false) => RetryTarget::Batch(BatchId(b)),
+        (None, true) => RetryTarget::All { pipeline },
+        _ => {
+            return Err(InputError(
+                "say which batches to retry: a batch id, or --all (see `sluice status`)".into(),
+            )
+            .into());
+        }
+    };
+    let store = super::open_store(store_url).await?;
+    if let RetryTarget::Batch(id) = &target {
+        match store.task(id).await? {
+            None => {
+                return Err(InputError(format!(
+                    "no batch {id} in the store: see `sluice status` for quarantined batch ids"
+                ))
+                .into());
+            }
+            Some(t) if t.state != TaskState::Quarantined => {
+                return Err(InputError(format!(
+                    "batch {id} is {}, not quarantined: only quarantined batches are retried",
+                    t.state
+                ))
+                .into());
+            }
+            Some(_) => {}
+        }
+    }
+    let n = store.retry(&target).await?;
+    println!("{n} batch(es) queued again; a running `sluice run` or `sluice worker` picks them up");
+    Ok(ExitCode::SUCCESS)
+}

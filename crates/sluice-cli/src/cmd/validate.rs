@@ -1,0 +1,61 @@
+use std::path::Path;
+use std::process::ExitCode;
+
+/// `sluice validate FILE`: parse, resolve columns, plan the SQL. Prints the output schema.
+pub async fn validate(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let result = super::compile(file, 0).await;
+    match (result, json) {
+        (Ok(p), false) => {
+            println!("{}: valid pipeline {:?}", file.display(), p.name());
+            println!("  input columns:  {}", fields(&p.input_schema()));
+            println!("  output columns: {}", fields(&p.output_schema()));
+            println!("  sink: {}", p.sink().url());
+            Ok(ExitCode::SUCCESS)
+        }
+        (Ok(p), true) => {
+            let out = serde_json::json!({
+                "valid": true,
+                "file": file.display().to_string(),
+                "pipeline": p.name(),
+                "input": schema_json(&p.input_schema()),
+                "output": schema_json(&p.output_schema()),
+                "sink": p.sink().url().to_string(),
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        (Err(e), true) => {
+            let out = serde_json::json!({
+                "valid": false,
+                "file": file.display().to_string(),
+                "error": e.to_string(),
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(ExitCode::from(2))
+        }
+        (Err(e), false) => Err(e),
+    }
+}
+
+fn fields(schema: &sluice_engine::arrow::datatypes::SchemaRef) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}", f.name(), f.data_type()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn schema_json(schema: &sluice_engine::arrow::datatypes::SchemaRef) -> serde_json::Value {
+    schema
+        .fields()
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "name": f.name(),
+                "type": f.data_type().to_string(),
+                "nullable": f.is_nullable(),
+            })
+        })
+        .collect()
+}

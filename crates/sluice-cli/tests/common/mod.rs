@@ -1,0 +1,128 @@
+//! Shared helpers for the end-to-end tests: a generated project, the binary, the Delta table.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sluice_engine::arrow::array::{Array, Int64Array};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+/// A project folder with landing files and a spec.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+    pub keys: Vec<i64>,
+}
+
+impl Project {
+    /// `files` CSV files of `rows` rows each, batches of `max_rows`, a short lease.
+    pub fn csv(files: usize, rows: usize, max_rows: usize, lease: &str) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        let landing = dir.path().join("landing");
+        std::fs::create_dir_all(&landing).unwrap();
+        let mut keys = Vec::new();
+        let mut id = 1_000i64;
+        for f in 0..files {
+            let mut out = std::fs::File::create(landing.join(format!("part_{f:03}.csv"))).unwrap();
+            writeln!(out, "id,customer,amount").unwrap();
+            for r in 0..rows {
+                writeln!(out, "{id},{},{}.{:02}", r % 97, r % 1000, r % 100).unwrap();
+                keys.push(id);
+                id += 1;
+            }
+        }
+        let spec = format!(
+            "pipeline: crash\nsource:\n  files: landing/*.csv\n  columns: {{id: int64, customer: int64, amount: float64}}\n  required: [id]\n  settle: 0s\nbatch:\n  max_rows: {max_rows}\n  lease: {lease}\ntransform: SELECT id, customer, amount * 2 AS doubled FROM input\nsink:\n  delta: out\n  key: [id]\n"
+        );
+        std::fs::write(dir.path().join("p.yaml"), spec).unwrap();
+        Project { dir, keys }
+    }
+
+    pub fn spec(&self) -> PathBuf {
+        self.dir.path().join("p.yaml")
+    }
+
+    pub fn sqlite(&self) -> String {
+        self.dir
+            .path()
+            .join(".sluice/state.db")
+            .display()
+            .to_string()
+    }
+
+    pub fn write(&self, rel: &str, text: &str) {
+        let p = self.dir.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    pub fn sluice(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args).current_dir(self.dir.path());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.sluice(args).output().unwrap()
+    }
+
+    /// Every value of an int64 column in the Delta table, with how often it appears.
+    pub fn table_counts(&self, table: &str, column: &str) -> HashMap<i64, usize> {
+        table_counts(&self.dir.path().join(table), column)
+    }
+}
+
+pub fn table_counts(path: &Path, column: &str) -> HashMap<i64, usize> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = sluice_engine::sink::table_url(&path.display().to_string(), Path::new("/")).unwrap();
+    let sink = sluice_engine::sink::DeltaSink::new(url);
+    let batches = rt.block_on(sink.read_all()).unwrap();
+    let mut counts = HashMap::new();
+    for b in batches {
+        let col = b.column_by_name(column).unwrap();
+        let ints = col.as_any().downcast_ref::<Int64Array>().unwrap();
+        for v in ints.iter() {
+            *counts.entry(v.expect("null key")).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// Asserts the table holds exactly `keys`, each once.
+pub fn assert_exactly_once(counts: &HashMap<i64, usize>, keys: &[i64]) {
+    let dupes: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(dupes.is_empty(), "keys committed more than once: {dupes:?}");
+    let missing: Vec<_> = keys
+        .iter()
+        .filter(|k| !counts.contains_key(k))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "keys missing from the table: {missing:?} (of {})",
+        keys.len()
+    );
+    assert_eq!(
+        counts.len(),
+        keys.len(),
+        "the table holds keys that were never input"
+    );
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A fresh PostgreSQL database URL, or None when explicitly skipped.
+pub fn postgres() -> Option<String> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(sluice_store::testing::fresh_postgres_url())
+        .expect("PostgreSQL for tests (set SLUICE_TEST_POSTGRES=skip to skip)")
+}

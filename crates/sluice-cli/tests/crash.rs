@@ -1,0 +1,104 @@
+//! Crash tests: `sluice run` (and `sluice worker`) killed with SIGKILL at random moments,
+//! restarted, until the input is drained; the Delta table must hold every key exactly once.
+
+mod common;
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rand::Rng;
+
+fn spawn(p: &Project, args: &[&str]) -> Child {
+    p.sluice(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Kills the processes after a random delay unless the first one finished; returns whether
+/// the first one finished by itself (the input is drained).
+fn kill_at_random(children: &mut [Child], rng: &mut impl Rng, max_ms: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_millis(rng.random_range(150..max_ms));
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = children[0].try_wait() {
+            assert!(status.success(), "sluice run failed: {status}");
+            for c in children.iter_mut().skip(1) {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for c in children.iter_mut() {
+        let _ = c.kill(); // SIGKILL
+        let _ = c.wait();
+    }
+    false
+}
+
+fn crash_until_drained(p: &Project, store: &str, extra_workers: usize, trials: usize) -> usize {
+    let mut rng = rand::rng();
+    let spec = p.spec().display().to_string();
+    let run_args = [
+        "run",
+        &spec,
+        "--store",
+        store,
+        "--workers",
+        "2",
+        "--until-drained",
+        "--poll",
+        "100ms",
+    ];
+    let worker_args = [
+        "worker",
+        "--store",
+        store,
+        "--workers",
+        "2",
+        "--lease",
+        "2s",
+    ];
+    let mut kills = 0;
+    for _ in 0..trials {
+        let mut children = vec![spawn(p, &run_args)];
+        for _ in 0..extra_workers {
+            children.push(spawn(p, &worker_args));
+        }
+        if kill_at_random(&mut children, &mut rng, 2500) {
+            break;
+        }
+        kills += 1;
+    }
+    // Finish: no more kills.
+    let out = p.run(&run_args);
+    assert!(out.status.success(), "final run failed: {}", stderr(&out));
+    kills
+}
+
+#[test]
+fn sigkill_at_random_moments_on_sqlite_keeps_exactly_once() {
+    let p = Project::csv(6, 3000, 250, "2s");
+    let store = p.sqlite();
+    let kills = crash_until_drained(&p, &store, 0, 10);
+    assert!(
+        kills >= 3,
+        "the test must actually kill runs mid-way (killed {kills})"
+    );
+    assert_exactly_once(&p.table_counts("out", "id"), &p.keys);
+}
+
+#[test]
+fn sigkill_of_several_processes_on_postgres_keeps_exactly_once() {
+    let Some(url) = postgres() else { return };
+    let p = Project::csv(6, 3000, 250, "2s");
+    let kills = crash_until_drained(&p, &url, 2, 10);
+    assert!(
+        kills >= 3,
+        "the test must actually kill runs mid-way (killed {kills})"
+    );
+    assert_exactly_once(&p.table_counts("out", "id"), &p.keys);
+}

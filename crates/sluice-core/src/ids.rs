@@ -1,0 +1,74 @@
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+use crate::BatchSlice;
+
+/// The stable name of a batch: derived from the pipeline, the file's identity and the slice,
+/// so discovering the same file again (after a restart, on another machine) yields the same id
+/// and the store's uniqueness on it makes the file's rows enter the queue once.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct BatchId(pub String);
+
+impl BatchId {
+    /// `file_identity` is what makes the file itself unique (see the source's identity rule).
+    pub fn derive(pipeline: &str, file_identity: &str, slice: &BatchSlice) -> BatchId {
+        let mut h = Sha256::new();
+        for part in [
+            pipeline,
+            file_identity,
+            &slice.path,
+            &slice.row_start.to_string(),
+            &slice.row_count.to_string(),
+        ] {
+            h.update(part.as_bytes());
+            h.update([0u8]);
+        }
+        // 20 hex chars = 80 bits: collisions are out of reach for any realistic number of batches.
+        BatchId(format!("b-{}", &hex::encode(h.finalize())[..20]))
+    }
+}
+
+impl fmt::Display for BatchId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Names a worker in the store: `host/pid/n`, readable in `sluice status`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct WorkerId(pub String);
+
+impl WorkerId {
+    pub fn new(host: &str, pid: u32, slot: usize) -> WorkerId {
+        WorkerId(format!("{host}/{pid}/{slot}"))
+    }
+}
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Fences a lease: heartbeat, complete and fail only act if the task still carries this token,
+/// so a worker whose lease expired and was taken over cannot overwrite the new holder's result.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct LeaseToken(pub String);
+
+impl LeaseToken {
+    pub fn random() -> LeaseToken {
+        LeaseToken(uuid::Uuid::new_v4().simple().to_string())
+    }
+}
+
+impl fmt::Display for LeaseToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}

@@ -1,0 +1,345 @@
+//! The sluice engine: everything that touches data.
+//!
+//! A [`Pipeline`] is a compiled pipeline version: its landing-folder source (discovery,
+//! slicing, reading with the declared input columns), its SQL transform (DataFusion) and its
+//! Delta Lake sink (delta-rs) with exactly-once commits. [`Pipeline::run_batch`] takes one
+//! batch from file slice to committed Delta version.
+//!
+//! This is the only crate that depends on DataFusion and delta-rs, so the rest of the
+//! workspace builds and tests without them.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use sluice_engine::{Pipeline, spec::SpecFile};
+//! let spec = SpecFile::load(std::path::Path::new("pipelines/orders.yaml"))?;
+//! let pipeline = Pipeline::compile(&spec, 1).await?;
+//! println!("output columns: {:?}", pipeline.output_schema());
+//! # Ok(()) }
+//! ```
+
+pub mod sink;
+pub mod source;
+pub mod spec;
+pub mod transform;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::datatypes::SchemaRef;
+use datafusion::error::DataFusionError;
+use sha2::{Digest, Sha256};
+use sluice_core::{BatchId, BatchOutcome, BatchSlice, ErrorKind};
+
+use crate::sink::{CommitOutcome, DeltaSink, SinkError};
+use crate::source::{InputSchema, LandedFile, SourceError};
+use crate::spec::{Format, PipelineSpec, SpecError, SpecFile};
+use crate::transform::SqlTransform;
+
+pub use arrow;
+pub use datafusion;
+pub use deltalake;
+
+/// Errors of compiling or running a pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+impl EngineError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            EngineError::Spec(_) => ErrorKind::User,
+            EngineError::Source(SourceError::BadData { .. }) => ErrorKind::User,
+            EngineError::Source(SourceError::Io { .. }) => ErrorKind::External,
+            EngineError::Sink(SinkError::Delta { .. }) => ErrorKind::External,
+            EngineError::Sink(_) => ErrorKind::User,
+        }
+    }
+}
+
+/// Why a batch run failed, and whether running it again can help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct BatchError {
+    pub kind: ErrorKind,
+    /// Bad input or a query failing on this data: hold the batch, do not retry.
+    pub quarantine: bool,
+    pub message: String,
+    pub rows_in: i64,
+}
+
+/// The measurements of a successful run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchResult {
+    pub rows_in: i64,
+    pub rows_out: i64,
+    pub outcome: BatchOutcome,
+    pub duration_ms: i64,
+}
+
+/// A compiled pipeline version.
+pub struct Pipeline {
+    pub spec: PipelineSpec,
+    pub version: i64,
+    pub base_dir: PathBuf,
+    format: Format,
+    pattern: String,
+    input: InputSchema,
+    output: SchemaRef,
+    transform: SqlTransform,
+    sink: Arc<DeltaSink>,
+}
+
+impl Pipeline {
+    /// Compiles a spec: resolves the input columns (declared, or inferred from the first file),
+    /// plans the SQL against them and opens the sink. Errors point at the spec's lines.
+    pub async fn compile(file: &SpecFile, version: i64) -> Result<Pipeline, EngineError> {
+        let mut spec = file.spec.clone();
+        let base_dir = file.base_dir();
+        let format = file.format();
+        let pattern = absolute_pattern(&spec.source.files, &base_dir);
+        if spec.source.columns.is_none() {
+            let first = glob::glob(&pattern)
+                .ok()
+                .and_then(|mut paths| paths.find_map(|p| p.ok()));
+            let Some(first) = first else {
+                return Err(file
+                    .error_at(
+                        &["source", "files"],
+                        format!(
+                            "no `columns` declared and no file matches {pattern:?} to infer them from: declare `columns` or land a file first"
+                        ),
+                    )
+                    .into());
+            };
+            let columns = InputSchema::infer(
+                &first.display().to_string(),
+                format,
+                spec.source.csv.delimiter as u8,
+            )
+            .map_err(|e| file.error_at(&["source", "files"], format!("inferring columns: {e}")))?;
+            spec.source.columns = Some(columns);
+        }
+        let columns = spec.source.columns.as_ref().cloned().unwrap_or_default();
+        let input = InputSchema::from_columns(&columns, &spec.source.required)
+            .map_err(|e| file.error_at(&["source", "columns"], e))?;
+        let transform = SqlTransform::new(spec.transform.clone());
+        let output = transform
+            .output_schema(input.schema.clone())
+            .await
+            .map_err(|e| {
+                file.error_at(
+                    &["transform"],
+                    format!(
+                        "the transform does not plan against the input columns ({}): {}",
+                        column_list(&input.schema),
+                        first_line(&e)
+                    ),
+                )
+            })?;
+        let url = sink::table_url(&spec.sink.delta, &base_dir)
+            .map_err(|e| file.error_at(&["sink", "delta"], e.to_string()))?;
+        for key in &spec.sink.key {
+            if output.index_of(key).is_err() {
+                return Err(file
+                    .error_at(
+                        &["sink", "key"],
+                        format!(
+                            "key column {key:?} is not in the transform's output ({})",
+                            column_list(&output)
+                        ),
+                    )
+                    .into());
+            }
+        }
+        Ok(Pipeline {
+            spec,
+            version,
+            base_dir,
+            format,
+            pattern,
+            input,
+            output,
+            transform,
+            sink: Arc::new(DeltaSink::new(url)),
+        })
+    }
+
+    /// Compiles a version stored in the state store (its resolved spec and base folder).
+    pub async fn from_stored(
+        spec_text: &str,
+        base_dir: &str,
+        version: i64,
+    ) -> Result<Pipeline, EngineError> {
+        let file = SpecFile::parse(
+            &Path::new(base_dir).join("<stored spec>"),
+            spec_text.to_string(),
+        )?;
+        Pipeline::compile(&file, version).await
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.pipeline
+    }
+
+    /// The spec with everything resolved (inferred columns written out), as stored in the store.
+    pub fn resolved_spec(&self) -> String {
+        serde_yaml::to_string(&self.spec).unwrap_or_default()
+    }
+
+    /// Content hash of the resolved spec: the identity of a pipeline version.
+    pub fn spec_hash(&self) -> String {
+        hex::encode(Sha256::digest(self.resolved_spec().as_bytes()))
+    }
+
+    pub fn input_schema(&self) -> SchemaRef {
+        self.input.schema.clone()
+    }
+
+    pub fn output_schema(&self) -> SchemaRef {
+        self.output.clone()
+    }
+
+    pub fn sink(&self) -> &Arc<DeltaSink> {
+        &self.sink
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Settled landing files matching the source glob.
+    pub fn discover(&self) -> Result<Vec<LandedFile>, String> {
+        source::discover(&self.pattern, self.spec.source.settle)
+    }
+
+    /// Cuts a file into this pipeline's batches, with their stable ids.
+    pub fn batches_of(&self, file: &LandedFile) -> Result<Vec<(BatchId, BatchSlice)>, SourceError> {
+        let slices = source::slice_file(&file.path, self.format, self.spec.batch.max_rows)?;
+        let identity = format!("{}@{}", file.path, file.size);
+        Ok(slices
+            .into_iter()
+            .map(|s| (BatchId::derive(self.name(), &identity, &s), s))
+            .collect())
+    }
+
+    /// Runs one batch: read the slice, transform, commit exactly once.
+    pub async fn run_batch(
+        &self,
+        batch_id: &BatchId,
+        slice: &BatchSlice,
+    ) -> Result<BatchResult, BatchError> {
+        let started = Instant::now();
+        let input = self.read(slice).await?;
+        let rows_in = input.num_rows() as i64;
+        let output = self.transform.run(input).await.map_err(|e| BatchError {
+            kind: datafusion_error_kind(&e),
+            quarantine: datafusion_error_kind(&e) == ErrorKind::User,
+            message: format!(
+                "{}: the transform failed on this batch: {}",
+                slice_label(slice),
+                first_line(&e)
+            ),
+            rows_in,
+        })?;
+        let rows_out: i64 = output.iter().map(|b| b.num_rows() as i64).sum();
+        let app_id = DeltaSink::app_id(self.name(), &batch_id.0);
+        let outcome = self.sink.commit(&app_id, output).await.map_err(|e| {
+            let message = format!("{}: {e}", slice_label(slice));
+            let kind = EngineError::Sink(e).kind();
+            BatchError {
+                kind,
+                quarantine: kind == ErrorKind::User,
+                message,
+                rows_in,
+            }
+        })?;
+        Ok(BatchResult {
+            rows_in,
+            rows_out,
+            outcome: match outcome {
+                CommitOutcome::Committed { .. } => BatchOutcome::Committed,
+                CommitOutcome::AlreadyCommitted => BatchOutcome::AlreadyCommitted,
+            },
+            duration_ms: started.elapsed().as_millis() as i64,
+        })
+    }
+
+    /// Reads a slice on the blocking pool (file I/O and parsing).
+    pub async fn read(&self, slice: &BatchSlice) -> Result<arrow::array::RecordBatch, BatchError> {
+        let slice = slice.clone();
+        let format = self.format;
+        let input = self.input.clone();
+        let delimiter = self.spec.source.csv.delimiter as u8;
+        let read = tokio::task::spawn_blocking(move || {
+            source::read_slice(&slice, format, &input, delimiter)
+        })
+        .await
+        .map_err(|e| BatchError {
+            kind: ErrorKind::Internal,
+            quarantine: false,
+            message: format!("reader task failed: {e}"),
+            rows_in: 0,
+        })?;
+        read.map_err(|e| {
+            let message = e.to_string();
+            let kind = EngineError::Source(e).kind();
+            BatchError {
+                kind,
+                quarantine: kind == ErrorKind::User,
+                message,
+                rows_in: 0,
+            }
+        })
+    }
+}
+
+/// Which errors of DataFusion are the data's fault (quarantine) and which the world's (retry).
+fn datafusion_error_kind(e: &DataFusionError) -> ErrorKind {
+    match e {
+        DataFusionError::IoError(_)
+        | DataFusionError::ObjectStore(_)
+        | DataFusionError::ResourcesExhausted(_) => ErrorKind::External,
+        DataFusionError::Context(_, inner) => datafusion_error_kind(inner),
+        DataFusionError::Internal(_) => ErrorKind::Internal,
+        _ => ErrorKind::User,
+    }
+}
+
+/// DataFusion messages can span lines (plans, hints); the first line says what went wrong.
+fn first_line(e: &dyn std::fmt::Display) -> String {
+    let s = e.to_string();
+    s.lines().next().unwrap_or_default().to_string()
+}
+
+fn column_list(schema: &SchemaRef) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}", f.name(), f.data_type()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn slice_label(slice: &BatchSlice) -> String {
+    format!(
+        "{} rows {}..{}",
+        slice.path,
+        slice.row_start + 1,
+        slice.row_start + slice.row_count
+    )
+}
+
+fn absolute_pattern(files: &str, base_dir: &Path) -> String {
+    if Path::new(files).is_absolute() {
+        files.to_string()
+    } else {
+        base_dir.join(files).display().to_string()
+    }
+}

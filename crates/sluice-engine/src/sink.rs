@@ -1,0 +1,272 @@
+//! Delta Lake sink with exactly-once batch commits.
+//!
+//! # How a batch is committed exactly once
+//!
+//! Every batch commits under its own Delta *application transaction*: app id
+//! `sluice/<pipeline>/<batch id>`, version 1, written in the same atomic commit as the batch's
+//! data files. Before writing, the sink brings its snapshot up to date and asks whether that app
+//! id is already recorded:
+//!
+//! * recorded -> an earlier run committed this batch (and died before telling the store):
+//!   nothing is written, the run reports [`CommitOutcome::AlreadyCommitted`];
+//! * absent -> the data and the txn action are committed together.
+//!
+//! Two runs of one batch can race (a lease expired while the first run was still working).
+//! Both see the app id absent; the first commit wins and the second is refused by Delta's
+//! conflict checker, because a winning commit carries a txn action with an app id the losing
+//! commit also carries (`ConcurrentTransaction`). The loser refreshes, finds the app id and
+//! reports `AlreadyCommitted`. So each batch's rows enter the table once, whatever dies when.
+//!
+//! Why one app id per batch and not one per worker with increasing versions: Delta keeps only
+//! the highest version per app id and treats any lower one as done. Parallel workers finish
+//! batches out of order, so a shared app id would make an earlier, still uncommitted batch look
+//! committed and its rows would be lost. The price is one small txn entry per batch in the
+//! table's state; `delta.setTransactionRetentionDuration` can bound it for very long-lived tables
+//! (the store's task state still prevents re-queueing done batches).
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableError};
+use tokio::sync::Mutex;
+use url::Url;
+
+/// What a commit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// The batch's rows were committed in this Delta version.
+    Committed { version: i64 },
+    /// The table already held this batch: nothing was written.
+    AlreadyCommitted,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("Delta table {url}: {source}")]
+    Delta {
+        url: String,
+        #[source]
+        source: DeltaTableError,
+    },
+    #[error("Delta table location {location:?} is not valid: {reason}")]
+    Location { location: String, reason: String },
+    #[error("output does not fit the Delta table {url}: {reason}")]
+    Schema { url: String, reason: String },
+}
+
+/// A Delta table sluice appends batches to. Cheap to share between the workers of a process:
+/// it keeps one snapshot and refreshes it incrementally before each commit.
+pub struct DeltaSink {
+    url: Url,
+    table: Mutex<Option<DeltaTable>>,
+}
+
+/// Resolves a sink location: a URL as is, a path relative to `base_dir` made absolute.
+pub fn table_url(location: &str, base_dir: &std::path::Path) -> Result<Url, SinkError> {
+    let bad = |reason: String| SinkError::Location {
+        location: location.to_string(),
+        reason,
+    };
+    if location.contains("://") {
+        return Url::parse(location).map_err(|e| bad(e.to_string()));
+    }
+    let path = base_dir.join(location);
+    std::fs::create_dir_all(&path)
+        .map_err(|e| bad(format!("cannot create {}: {e}", path.display())))?;
+    let path = std::fs::canonicalize(&path).map_err(|e| bad(e.to_string()))?;
+    Url::from_directory_path(&path)
+        .map_err(|_| bad(format!("{} is not an absolute path", path.display())))
+}
+
+impl DeltaSink {
+    pub fn new(url: Url) -> DeltaSink {
+        DeltaSink {
+            url,
+            table: Mutex::new(None),
+        }
+    }
+
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    fn err(&self, source: DeltaTableError) -> SinkError {
+        SinkError::Delta {
+            url: self.url.to_string(),
+            source,
+        }
+    }
+
+    /// The app id that marks a batch as committed.
+    pub fn app_id(pipeline: &str, batch_id: &str) -> String {
+        format!("sluice/{pipeline}/{batch_id}")
+    }
+
+    /// An up-to-date handle on the table (not yet created: `version()` is `None`).
+    async fn refreshed(&self) -> Result<DeltaTable, SinkError> {
+        let mut guard = self.table.lock().await;
+        match guard.as_mut() {
+            Some(t) if t.version().is_some() => {
+                t.update_incremental(None).await.map_err(|e| self.err(e))?
+            }
+            _ => {
+                let t = DeltaTable::try_from_url(self.url.clone())
+                    .await
+                    .map_err(|e| self.err(e))?;
+                *guard = Some(t);
+            }
+        }
+        guard
+            .clone()
+            .ok_or_else(|| self.err(DeltaTableError::Generic("table handle vanished".into())))
+    }
+
+    /// Whether the table already records this app id.
+    pub async fn is_committed(&self, app_id: &str) -> Result<bool, SinkError> {
+        let table = self.refreshed().await?;
+        self.committed_in(&table, app_id).await
+    }
+
+    async fn committed_in(&self, table: &DeltaTable, app_id: &str) -> Result<bool, SinkError> {
+        if table.version().is_none() {
+            return Ok(false);
+        }
+        let snapshot = table.snapshot().map_err(|e| self.err(e))?;
+        let v = snapshot
+            .transaction_version(table.log_store().as_ref(), app_id)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(v.is_some())
+    }
+
+    /// Commits `batches` once under `app_id`. See the module docs for the protocol.
+    pub async fn commit(
+        &self,
+        app_id: &str,
+        batches: Vec<RecordBatch>,
+    ) -> Result<CommitOutcome, SinkError> {
+        let batches = batches
+            .into_iter()
+            .map(|b| delta_compatible(&b))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|reason| SinkError::Schema {
+                url: self.url.to_string(),
+                reason,
+            })?;
+        // Conflicts with other writers' appends are resolved inside delta-rs; what reaches us is
+        // a real conflict (our app id, or the table being created concurrently): refresh, look
+        // again, retry a few times.
+        let mut last_error = None;
+        for _ in 0..5 {
+            let table = self.refreshed().await?;
+            if self.committed_in(&table, app_id).await? {
+                return Ok(CommitOutcome::AlreadyCommitted);
+            }
+            let props = CommitProperties::default()
+                .with_application_transaction(Transaction::new(app_id, 1))
+                .with_max_retries(50);
+            let write = table
+                .write(batches.clone())
+                .with_save_mode(SaveMode::Append)
+                .with_commit_properties(props)
+                .await;
+            match write {
+                Ok(t) => {
+                    let version = t.version().unwrap_or(0) as i64;
+                    let mut guard = self.table.lock().await;
+                    if guard.as_ref().and_then(|g| g.version()) < t.version() {
+                        *guard = Some(t);
+                    }
+                    return Ok(CommitOutcome::Committed { version });
+                }
+                Err(e) => {
+                    tracing::debug!(app_id, error = %e, "delta commit refused; refreshing");
+                    last_error = Some(e);
+                }
+            }
+        }
+        let table = self.refreshed().await?;
+        if self.committed_in(&table, app_id).await? {
+            return Ok(CommitOutcome::AlreadyCommitted);
+        }
+        Err(self
+            .err(last_error.unwrap_or_else(|| DeltaTableError::Generic("commit failed".into()))))
+    }
+
+    /// Every row of the table at its latest version (for checks, the demo and tests).
+    pub async fn read_all(&self) -> Result<Vec<RecordBatch>, SinkError> {
+        let table = self.refreshed().await?;
+        if table.version().is_none() {
+            return Ok(vec![]);
+        }
+        let generic = |e: &dyn std::fmt::Display| self.err(DeltaTableError::Generic(e.to_string()));
+        let ctx = datafusion::prelude::SessionContext::new();
+        table
+            .update_datafusion_session(&ctx.state())
+            .map_err(|e| generic(&e))?;
+        let provider = table.table_provider().await.map_err(|e| generic(&e))?;
+        let df = ctx.read_table(provider).map_err(|e| generic(&e))?;
+        df.collect().await.map_err(|e| generic(&e))
+    }
+}
+
+/// Delta has fewer types than Arrow: microsecond timestamps, 32-bit dates, plain strings and
+/// binaries, signed integers. Cast what Delta lacks to the nearest type it has.
+pub fn delta_type(t: &DataType) -> DataType {
+    match t {
+        DataType::Timestamp(_, tz) => DataType::Timestamp(TimeUnit::Microsecond, tz.clone()),
+        DataType::Date64 => DataType::Date32,
+        DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
+        DataType::BinaryView | DataType::LargeBinary | DataType::FixedSizeBinary(_) => {
+            DataType::Binary
+        }
+        DataType::UInt8 => DataType::Int16,
+        DataType::UInt16 => DataType::Int32,
+        DataType::UInt32 | DataType::UInt64 => DataType::Int64,
+        DataType::Float16 => DataType::Float32,
+        DataType::List(f) | DataType::LargeList(f) | DataType::ListView(f) => DataType::List(
+            Arc::new(Field::new(f.name(), delta_type(f.data_type()), true)),
+        ),
+        DataType::Struct(fields) => DataType::Struct(
+            fields
+                .iter()
+                .map(|f| Field::new(f.name(), delta_type(f.data_type()), f.is_nullable()))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+pub fn delta_schema(schema: &SchemaRef) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| Field::new(f.name(), delta_type(f.data_type()), true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+fn delta_compatible(batch: &RecordBatch) -> Result<RecordBatch, String> {
+    let target = delta_schema(&batch.schema());
+    if target
+        .fields()
+        .iter()
+        .zip(batch.schema().fields())
+        .all(|(a, b)| a.data_type() == b.data_type() && a.is_nullable() == b.is_nullable())
+    {
+        return Ok(batch.clone());
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(target.fields())
+        .map(|(c, f)| cast(c, f.data_type()).map_err(|e| format!("column {:?}: {e}", f.name())))
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(target, columns).map_err(|e| e.to_string())
+}

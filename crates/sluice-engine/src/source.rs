@@ -1,0 +1,800 @@
+//! Landing-folder sources: discovery of settled files, cutting files into slices, and reading a
+//! slice into Arrow with the declared input columns.
+//!
+//! **When is a file read?** A file is picked up once its modification time is at least
+//! `settle` old (default 2 s): a writer still appending keeps touching it and is never read
+//! half-way. Names starting with `.` or `_`, and names ending in `.tmp`, `.part`, `.crc`,
+//! `.inprogress` or `.partial` are never read, so write-then-rename writers are safe with any
+//! settle time. A file is taken in once per pipeline, by path; a file changed after it was taken
+//! in is not read again (logged as a warning), as with Auto Loader's default.
+//!
+//! **Slices.** CSV and JSON Lines files are cut by a single scan that finds record boundaries
+//! (quote-aware for CSV), so a slice is a byte range a worker can read without parsing the rows
+//! before it. Parquet files are cut by row ranges.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arrow::array::{Array, ArrayRef, RecordBatch, new_null_array};
+use arrow::compute::{CastOptions, cast_with_options, concat_batches};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use sluice_core::BatchSlice;
+
+use crate::spec::Format;
+
+/// Why a file or slice could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The data is wrong: retrying will not help. Names file, line (or row) and reason.
+    #[error("{file}{}: {reason}", .line.map(|l| format!(":{l}")).unwrap_or_default())]
+    BadData {
+        file: String,
+        /// 1-based line for CSV/JSON Lines, 1-based row for Parquet.
+        line: Option<u64>,
+        reason: String,
+    },
+    #[error("reading {file}: {source}")]
+    Io {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl SourceError {
+    fn bad(file: &str, line: Option<u64>, reason: impl Into<String>) -> SourceError {
+        SourceError::BadData {
+            file: file.to_string(),
+            line,
+            reason: reason.into(),
+        }
+    }
+    fn io(file: &str, source: std::io::Error) -> SourceError {
+        SourceError::Io {
+            file: file.to_string(),
+            source,
+        }
+    }
+}
+
+/// A file that is ready to be taken in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LandedFile {
+    pub path: String,
+    pub size: u64,
+    pub modified_ms: i64,
+}
+
+/// Lists the files matching `pattern` that have settled and are not temporary.
+pub fn discover(pattern: &str, settle: std::time::Duration) -> Result<Vec<LandedFile>, String> {
+    let paths = glob::glob(pattern).map_err(|e| format!("bad glob {pattern:?}: {e}"))?;
+    let now = SystemTime::now();
+    let mut out = Vec::new();
+    for entry in paths {
+        let Ok(path) = entry else { continue };
+        if is_temporary(&path) {
+            continue;
+        }
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue; // vanished between listing and stat: it will be seen again if it returns
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        let modified = meta.modified().unwrap_or(now);
+        let age = now.duration_since(modified).unwrap_or_default();
+        if age < settle {
+            continue;
+        }
+        let modified_ms = modified
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        out.push(LandedFile {
+            path: path.display().to_string(),
+            size: meta.len(),
+            modified_ms,
+        });
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+fn is_temporary(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return true;
+    };
+    name.starts_with('.')
+        || name.starts_with('_')
+        || [".tmp", ".part", ".crc", ".inprogress", ".partial"]
+            .iter()
+            .any(|s| name.ends_with(s))
+}
+
+/// Cuts a file into slices of at most `max_rows` records.
+pub fn slice_file(
+    path: &str,
+    format: Format,
+    max_rows: u64,
+) -> Result<Vec<BatchSlice>, SourceError> {
+    match format {
+        Format::Csv => slice_text(path, max_rows, true),
+        Format::Jsonl => slice_text(path, max_rows, false),
+        Format::Parquet => slice_parquet(path, max_rows),
+    }
+}
+
+/// Finds record boundaries in a text file. For CSV the first record is the header and a newline
+/// inside double quotes does not end a record (RFC 4180: `""` toggles twice, staying inside).
+fn slice_text(path: &str, max_rows: u64, csv: bool) -> Result<Vec<BatchSlice>, SourceError> {
+    let file = File::open(path).map_err(|e| SourceError::io(path, e))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset: u64 = 0;
+    let mut in_quotes = false;
+    let mut record_start: u64 = 0;
+    let mut record_blank = true;
+    let mut header_pending = csv;
+    let mut slices = Vec::new();
+    let mut slice_start: u64 = 0;
+    let mut rows_in_slice: u64 = 0;
+    let mut row_index: u64 = 0;
+
+    let mut end_record = |end: u64,
+                          start: u64,
+                          blank: bool,
+                          header_pending: &mut bool,
+                          slice_start: &mut u64,
+                          rows_in_slice: &mut u64,
+                          slices: &mut Vec<BatchSlice>| {
+        if *header_pending {
+            *header_pending = false;
+            *slice_start = end;
+            return;
+        }
+        if blank {
+            if *rows_in_slice == 0 {
+                *slice_start = end;
+            }
+            return;
+        }
+        if *rows_in_slice == 0 {
+            *slice_start = start;
+        }
+        *rows_in_slice += 1;
+        if *rows_in_slice == max_rows {
+            slices.push(BatchSlice {
+                path: path.to_string(),
+                index: slices.len() as u32,
+                byte_start: *slice_start,
+                byte_end: end,
+                row_start: row_index,
+                row_count: max_rows,
+            });
+            row_index += max_rows;
+            *rows_in_slice = 0;
+            *slice_start = end;
+        }
+    };
+
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| SourceError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        for (i, &b) in buf[..n].iter().enumerate() {
+            let pos = offset + i as u64;
+            match b {
+                b'"' if csv => {
+                    in_quotes = !in_quotes;
+                    record_blank = false;
+                }
+                b'\n' if !in_quotes => {
+                    end_record(
+                        pos + 1,
+                        record_start,
+                        record_blank,
+                        &mut header_pending,
+                        &mut slice_start,
+                        &mut rows_in_slice,
+                        &mut slices,
+                    );
+                    record_start = pos + 1;
+                    record_blank = true;
+                }
+                b'\r' | b' ' | b'\t' => {}
+                _ => record_blank = false,
+            }
+        }
+        offset += n as u64;
+    }
+    if record_start < offset {
+        end_record(
+            offset,
+            record_start,
+            record_blank,
+            &mut header_pending,
+            &mut slice_start,
+            &mut rows_in_slice,
+            &mut slices,
+        );
+    }
+    if rows_in_slice > 0 {
+        slices.push(BatchSlice {
+            path: path.to_string(),
+            index: slices.len() as u32,
+            byte_start: slice_start,
+            byte_end: offset,
+            row_start: row_index,
+            row_count: rows_in_slice,
+        });
+    }
+    Ok(slices)
+}
+
+fn slice_parquet(path: &str, max_rows: u64) -> Result<Vec<BatchSlice>, SourceError> {
+    let file = File::open(path).map_err(|e| SourceError::io(path, e))?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let builder = match ParquetRecordBatchReaderBuilder::try_new(file) {
+        Ok(b) => b,
+        // An unreadable file still becomes one batch, so it shows up in quarantine with its
+        // reason instead of being skipped silently.
+        Err(_) => {
+            return Ok(vec![BatchSlice {
+                path: path.to_string(),
+                index: 0,
+                byte_start: 0,
+                byte_end: size,
+                row_start: 0,
+                row_count: 0,
+            }]);
+        }
+    };
+    let total = builder.metadata().file_metadata().num_rows().max(0) as u64;
+    let mut slices = Vec::new();
+    let mut start = 0;
+    while start < total {
+        let count = max_rows.min(total - start);
+        slices.push(BatchSlice {
+            path: path.to_string(),
+            index: slices.len() as u32,
+            byte_start: 0,
+            byte_end: size,
+            row_start: start,
+            row_count: count,
+        });
+        start += count;
+    }
+    Ok(slices)
+}
+
+/// The columns a source promises: name, Arrow type, whether nulls are allowed.
+#[derive(Debug, Clone)]
+pub struct InputSchema {
+    pub schema: SchemaRef,
+}
+
+impl InputSchema {
+    /// Builds the input schema from declared `name -> type` columns.
+    pub fn from_columns(
+        columns: &indexmap::IndexMap<String, String>,
+        required: &[String],
+    ) -> Result<InputSchema, String> {
+        let mut fields = Vec::with_capacity(columns.len());
+        for (name, ty) in columns {
+            let t: sluice_schema::FieldType =
+                ty.parse().map_err(|e| format!("column {name:?}: {e}"))?;
+            fields.push(Field::new(
+                name,
+                t.to_arrow(),
+                !required.iter().any(|r| r == name),
+            ));
+        }
+        Ok(InputSchema {
+            schema: Arc::new(Schema::new(fields)),
+        })
+    }
+
+    /// Infers the columns from a sample of a file (first 1000 records).
+    pub fn infer(
+        path: &str,
+        format: Format,
+        delimiter: u8,
+    ) -> Result<indexmap::IndexMap<String, String>, SourceError> {
+        let file = File::open(path).map_err(|e| SourceError::io(path, e))?;
+        let schema = match format {
+            Format::Csv => {
+                arrow_csv::reader::Format::default()
+                    .with_header(true)
+                    .with_delimiter(delimiter)
+                    .infer_schema(BufReader::new(file), Some(1000))
+                    .map_err(|e| {
+                        SourceError::bad(path, None, format!("cannot infer columns: {e}"))
+                    })?
+                    .0
+            }
+            Format::Jsonl => {
+                arrow_json::reader::infer_json_schema_from_seekable(
+                    BufReader::new(file),
+                    Some(1000),
+                )
+                .map_err(|e| SourceError::bad(path, None, format!("cannot infer columns: {e}")))?
+                .0
+            }
+            Format::Parquet => ParquetRecordBatchReaderBuilder::try_new(file)
+                .map_err(|e| {
+                    SourceError::bad(path, None, format!("not a readable Parquet file: {e}"))
+                })?
+                .schema()
+                .as_ref()
+                .clone(),
+        };
+        let mut out = indexmap::IndexMap::new();
+        for f in schema.fields() {
+            let t = sluice_schema::FieldType::from_arrow(f.data_type())
+                .map_err(|e| SourceError::bad(path, None, format!("column {:?}: {e}", f.name())))?;
+            out.insert(f.name().clone(), t.to_string());
+        }
+        Ok(out)
+    }
+}
+
+/// Reads one slice with the input schema. Bad data gives [`SourceError::BadData`] naming the
+/// first offending line and column; nothing of the slice is returned in that case.
+pub fn read_slice(
+    slice: &BatchSlice,
+    format: Format,
+    input: &InputSchema,
+    delimiter: u8,
+) -> Result<RecordBatch, SourceError> {
+    match format {
+        Format::Csv => read_csv(slice, input, delimiter),
+        Format::Jsonl => read_jsonl(slice, input),
+        Format::Parquet => read_parquet(slice, input),
+    }
+}
+
+fn read_range(slice: &BatchSlice) -> Result<Vec<u8>, SourceError> {
+    let path = &slice.path;
+    let mut file = File::open(path).map_err(|e| SourceError::io(path, e))?;
+    file.seek(SeekFrom::Start(slice.byte_start))
+        .map_err(|e| SourceError::io(path, e))?;
+    let len = slice.byte_end.saturating_sub(slice.byte_start);
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(len)
+        .read_to_end(&mut bytes)
+        .map_err(|e| SourceError::io(path, e))?;
+    if (bytes.len() as u64) < len {
+        return Err(SourceError::bad(
+            path,
+            None,
+            format!(
+                "file is shorter than when it was taken in ({} bytes missing): it was changed or truncated after landing",
+                len - bytes.len() as u64
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// 1-based line number of byte `offset` in the file (error path only: reads the prefix).
+fn line_of(path: &str, offset: u64) -> u64 {
+    let Ok(file) = File::open(path) else { return 0 };
+    let mut reader = BufReader::new(file).take(offset);
+    let mut buf = vec![0u8; 1 << 16];
+    let mut lines = 1u64;
+    while let Ok(n) = reader.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        lines += memchr::memchr_iter(b'\n', &buf[..n]).count() as u64;
+    }
+    lines
+}
+
+/// Record start offsets within a slice's bytes (same rules as the slicer).
+fn record_starts(bytes: &[u8], csv: bool) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut in_quotes = false;
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'"' if csv => in_quotes = !in_quotes,
+            b'\n' if !in_quotes => {
+                if !bytes[start..i].iter().all(|c| c.is_ascii_whitespace()) {
+                    out.push((start, i + 1));
+                }
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if start < bytes.len() && !bytes[start..].iter().all(|c| c.is_ascii_whitespace()) {
+        out.push((start, bytes.len()));
+    }
+    out
+}
+
+fn csv_header(path: &str, delimiter: u8) -> Result<Vec<String>, SourceError> {
+    let file = File::open(path).map_err(|e| SourceError::io(path, e))?;
+    let mut rdr = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .has_headers(true)
+        .from_reader(file);
+    let headers = rdr
+        .headers()
+        .map_err(|e| SourceError::bad(path, Some(1), format!("cannot read the CSV header: {e}")))?;
+    Ok(headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let h = if i == 0 {
+                h.trim_start_matches('\u{feff}')
+            } else {
+                h
+            };
+            h.trim().to_string()
+        })
+        .collect())
+}
+
+fn read_csv(
+    slice: &BatchSlice,
+    input: &InputSchema,
+    delimiter: u8,
+) -> Result<RecordBatch, SourceError> {
+    let path = &slice.path;
+    let header = csv_header(path, delimiter)?;
+    // Parse every header column: declared ones with their type, others as text (ignored).
+    let declared: HashMap<&str, &Field> = input
+        .schema
+        .fields()
+        .iter()
+        .map(|f| (f.name().as_str(), f.as_ref()))
+        .collect();
+    let reader_schema = Arc::new(Schema::new(
+        header
+            .iter()
+            .map(|h| match declared.get(h.as_str()) {
+                Some(f) => Field::new(h, f.data_type().clone(), true),
+                None => Field::new(h, DataType::Utf8, true),
+            })
+            .collect::<Vec<_>>(),
+    ));
+    let bytes = read_range(slice)?;
+    let decode = |data: &[u8]| -> Result<RecordBatch, arrow::error::ArrowError> {
+        let reader = arrow_csv::ReaderBuilder::new(reader_schema.clone())
+            .with_header(false)
+            .with_delimiter(delimiter)
+            .with_batch_size(8192)
+            .build_buffered(std::io::Cursor::new(data))?;
+        let batches = reader.collect::<Result<Vec<_>, _>>()?;
+        concat_batches(&reader_schema, &batches)
+    };
+    let parsed = match decode(&bytes) {
+        Ok(b) => b,
+        Err(_) => return Err(pinpoint(slice, &bytes, true, |rec| decode(rec).map(|_| ()))),
+    };
+    let mut columns = Vec::with_capacity(input.schema.fields().len());
+    for field in input.schema.fields() {
+        match reader_schema.index_of(field.name()) {
+            Ok(i) => columns.push(parsed.column(i).clone()),
+            Err(_) if field.is_nullable() => {
+                columns.push(new_null_array(field.data_type(), parsed.num_rows()))
+            }
+            Err(_) => {
+                return Err(SourceError::bad(
+                    path,
+                    Some(1),
+                    format!(
+                        "required column {:?} is missing from the header (header has: {})",
+                        field.name(),
+                        header.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    finish(slice, input, columns, |row| {
+        record_starts(&bytes, true)
+            .get(row)
+            .map(|(s, _)| line_of(path, slice.byte_start + *s as u64))
+    })
+}
+
+fn read_jsonl(slice: &BatchSlice, input: &InputSchema) -> Result<RecordBatch, SourceError> {
+    let path = &slice.path;
+    let reader_schema = Arc::new(Schema::new(
+        input
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ));
+    let bytes = read_range(slice)?;
+    let decode = |data: &[u8]| -> Result<RecordBatch, arrow::error::ArrowError> {
+        let reader = arrow_json::ReaderBuilder::new(reader_schema.clone())
+            .with_batch_size(8192)
+            .build(std::io::Cursor::new(data))?;
+        let batches = reader.collect::<Result<Vec<_>, _>>()?;
+        concat_batches(&reader_schema, &batches)
+    };
+    let parsed = match decode(&bytes) {
+        Ok(b) => b,
+        Err(_) => {
+            return Err(pinpoint(slice, &bytes, false, |rec| {
+                decode(rec).map(|_| ())
+            }));
+        }
+    };
+    let columns = parsed.columns().to_vec();
+    finish(slice, input, columns, |row| {
+        record_starts(&bytes, false)
+            .get(row)
+            .map(|(s, _)| line_of(path, slice.byte_start + *s as u64))
+    })
+}
+
+fn read_parquet(slice: &BatchSlice, input: &InputSchema) -> Result<RecordBatch, SourceError> {
+    let path = &slice.path;
+    let file = File::open(path).map_err(|e| SourceError::io(path, e))?;
+    let not_parquet = |e: &dyn std::fmt::Display| {
+        SourceError::bad(path, None, format!("not a readable Parquet file: {e}"))
+    };
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| not_parquet(&e))?;
+    let file_schema = builder.schema().clone();
+    let reader = builder
+        .with_offset(slice.row_start as usize)
+        .with_limit(slice.row_count as usize)
+        .with_batch_size(8192)
+        .build()
+        .map_err(|e| not_parquet(&e))?;
+    let batches = reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| not_parquet(&e))?;
+    let parsed = concat_batches(&file_schema, &batches).map_err(|e| not_parquet(&e))?;
+    let mut columns = Vec::with_capacity(input.schema.fields().len());
+    for field in input.schema.fields() {
+        match file_schema.index_of(field.name()) {
+            Ok(i) => {
+                let col = parsed.column(i);
+                if col.data_type() == field.data_type() {
+                    columns.push(col.clone());
+                    continue;
+                }
+                let strict = CastOptions {
+                    safe: false,
+                    ..Default::default()
+                };
+                match cast_with_options(col, field.data_type(), &strict) {
+                    Ok(c) => columns.push(c),
+                    Err(e) => {
+                        let row = first_cast_failure(col, field.data_type()).unwrap_or(0);
+                        return Err(SourceError::bad(
+                            path,
+                            Some(slice.row_start + row as u64 + 1),
+                            format!(
+                                "column {:?}: value {} does not fit {}: {e}",
+                                field.name(),
+                                value_at(col, row),
+                                field.data_type()
+                            ),
+                        ));
+                    }
+                }
+            }
+            Err(_) if field.is_nullable() => {
+                columns.push(new_null_array(field.data_type(), parsed.num_rows()))
+            }
+            Err(_) => {
+                return Err(SourceError::bad(
+                    path,
+                    None,
+                    format!(
+                        "required column {:?} is missing from the file",
+                        field.name()
+                    ),
+                ));
+            }
+        }
+    }
+    finish(slice, input, columns, |row| {
+        Some(slice.row_start + row as u64 + 1)
+    })
+}
+
+/// Checks required columns and assembles the batch in the input schema's order.
+fn finish(
+    slice: &BatchSlice,
+    input: &InputSchema,
+    columns: Vec<ArrayRef>,
+    line_of_row: impl Fn(usize) -> Option<u64>,
+) -> Result<RecordBatch, SourceError> {
+    for (field, col) in input.schema.fields().iter().zip(&columns) {
+        if !field.is_nullable() && col.null_count() > 0 {
+            let row = (0..col.len()).find(|&r| col.is_null(r)).unwrap_or(0);
+            return Err(SourceError::bad(
+                &slice.path,
+                line_of_row(row),
+                format!("column {:?} is required but has no value", field.name()),
+            ));
+        }
+    }
+    RecordBatch::try_new(input.schema.clone(), columns)
+        .map_err(|e| SourceError::bad(&slice.path, None, e.to_string()))
+}
+
+/// Decoding a slice failed: decode record by record to name the first bad one. Error path only.
+fn pinpoint(
+    slice: &BatchSlice,
+    bytes: &[u8],
+    csv: bool,
+    decode_one: impl Fn(&[u8]) -> Result<(), arrow::error::ArrowError>,
+) -> SourceError {
+    for (start, end) in record_starts(bytes, csv) {
+        if let Err(e) = decode_one(&bytes[start..end]) {
+            let line = line_of(&slice.path, slice.byte_start + start as u64);
+            return SourceError::bad(&slice.path, Some(line), clean_arrow_message(&e.to_string()));
+        }
+    }
+    SourceError::bad(
+        &slice.path,
+        None,
+        "the slice does not decode, but no single record fails alone",
+    )
+}
+
+/// Arrow's messages carry a line relative to the decoder and the whole row; we give the file's
+/// line instead, so drop those parts.
+fn clean_arrow_message(msg: &str) -> String {
+    let msg = msg.strip_prefix("Parser error: ").unwrap_or(msg);
+    let msg = msg.strip_prefix("Json error: ").unwrap_or(msg);
+    let msg = match msg.find(" at line ") {
+        Some(i) => &msg[..i],
+        None => msg,
+    };
+    let msg = match msg.find(". Row data:") {
+        Some(i) => &msg[..i],
+        None => msg,
+    };
+    msg.to_string()
+}
+
+fn first_cast_failure(col: &ArrayRef, to: &DataType) -> Option<usize> {
+    let lenient = cast_with_options(col, to, &CastOptions::default()).ok()?;
+    (0..col.len()).find(|&r| col.is_valid(r) && lenient.is_null(r))
+}
+
+fn value_at(col: &ArrayRef, row: usize) -> String {
+    let opts = FormatOptions::default();
+    match ArrayFormatter::try_new(col.as_ref(), &opts) {
+        Ok(f) if row < col.len() => format!("{:?}", f.value(row).to_string()),
+        _ => "?".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(dir: &Path, name: &str, text: &str) -> String {
+        let p = dir.join(name);
+        std::fs::File::create(&p)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        p.display().to_string()
+    }
+
+    fn schema(cols: &[(&str, &str)], required: &[&str]) -> InputSchema {
+        let map = cols
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        let req: Vec<String> = required.iter().map(|s| s.to_string()).collect();
+        InputSchema::from_columns(&map, &req).unwrap()
+    }
+
+    #[test]
+    fn csv_slices_respect_quotes_headers_and_blank_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "a.csv",
+            "id,note\n1,plain\n2,\"multi\nline\"\n\n3,x\n4,\"q\"\"uote\"\n5,last",
+        );
+        let slices = slice_file(&p, Format::Csv, 2).unwrap();
+        assert_eq!(
+            slices.iter().map(|s| s.row_count).collect::<Vec<_>>(),
+            vec![2, 2, 1]
+        );
+        assert_eq!(slices[1].row_start, 2);
+        let input = schema(&[("id", "int64"), ("note", "string")], &["id"]);
+        let mut ids = Vec::new();
+        let mut notes = Vec::new();
+        for s in &slices {
+            let b = read_slice(s, Format::Csv, &input, b',').unwrap();
+            let col = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .unwrap();
+            ids.extend(col.values().iter().copied());
+            let n = b
+                .column(1)
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .unwrap();
+            notes.extend(n.iter().map(|v| v.unwrap_or("").to_string()));
+        }
+        assert_eq!(ids, vec![1, 2, 3, 4, 5]);
+        assert_eq!(notes[1], "multi\nline");
+        assert_eq!(notes[3], "q\"uote");
+    }
+
+    #[test]
+    fn csv_bad_value_names_file_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "b.csv", "id,amount\n1,2.5\n2,oops\n3,4\n");
+        let input = schema(&[("id", "int64"), ("amount", "float64")], &[]);
+        let slices = slice_file(&p, Format::Csv, 10).unwrap();
+        let err = read_slice(&slices[0], Format::Csv, &input, b',').unwrap_err();
+        let SourceError::BadData { line, reason, file } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(*line, Some(3), "{err}");
+        assert!(file.ends_with("b.csv"));
+        assert!(reason.contains("oops"), "{reason}");
+    }
+
+    #[test]
+    fn csv_columns_are_found_by_name_and_required_ones_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "c.csv", "extra,amount,id\nx,1.5,7\ny,2.5,\n");
+        let input = schema(&[("id", "int64"), ("amount", "float64")], &["id"]);
+        let s = &slice_file(&p, Format::Csv, 10).unwrap()[0];
+        let err = read_slice(s, Format::Csv, &input, b',').unwrap_err();
+        assert!(err.to_string().contains("c.csv:3"), "{err}");
+        assert!(err.to_string().contains("\"id\" is required"), "{err}");
+    }
+
+    #[test]
+    fn jsonl_bad_line_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "d.jsonl",
+            "{\"id\": 1}\n{\"id\": 2}\n{\"id\": \n{\"id\": 4}\n",
+        );
+        let input = schema(&[("id", "int64")], &[]);
+        let slices = slice_file(&p, Format::Jsonl, 2).unwrap();
+        assert_eq!(slices.len(), 2);
+        assert!(read_slice(&slices[0], Format::Jsonl, &input, b',').is_ok());
+        let err = read_slice(&slices[1], Format::Jsonl, &input, b',').unwrap_err();
+        assert!(err.to_string().contains("d.jsonl:3"), "{err}");
+    }
+
+    #[test]
+    fn temporary_and_unsettled_files_are_not_discovered() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "ok.csv", "a\n1\n");
+        write(dir.path(), ".hidden.csv", "a\n1\n");
+        write(dir.path(), "x.csv.tmp", "a\n1\n");
+        let pattern = format!("{}/*.csv*", dir.path().display());
+        let now = discover(&pattern, std::time::Duration::from_secs(3600)).unwrap();
+        assert!(now.is_empty(), "a fresh file is not settled yet: {now:?}");
+        let settled = discover(&pattern, std::time::Duration::ZERO).unwrap();
+        assert_eq!(settled.len(), 1);
+        assert!(settled[0].path.ends_with("ok.csv"));
+    }
+}

@@ -1,0 +1,427 @@
+//! The pipeline spec: a YAML file naming the pipeline, its source, its transform, its sink and
+//! how it is cut into batches.
+//!
+//! ```yaml
+//! pipeline: orders_clean
+//! source:
+//!   files: landing/orders/*.csv     # glob, relative to this file; csv | jsonl | parquet
+//!   columns:                        # optional; inferred from the first file if absent
+//!     order_id: int64
+//!     amount: float64
+//!   settle: 2s                      # a file is read once unchanged for this long
+//! batch:
+//!   max_rows: 100000
+//! transform: |
+//!   SELECT order_id, amount FROM input WHERE amount > 0
+//! sink:
+//!   delta: tables/orders_clean      # local path or object-store URL
+//!   key: [order_id]
+//! ```
+//!
+//! Unknown fields are refused and every error names the file, line and column.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use sluice_core::Located;
+
+/// A parsed pipeline spec, as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    /// Name of the pipeline: letters, digits, `_` and `-`.
+    pub pipeline: String,
+    pub source: SourceSpec,
+    #[serde(default)]
+    pub batch: BatchSpec,
+    /// One SQL query over the table `input` (the batch), run by DataFusion.
+    pub transform: String,
+    pub sink: SinkSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// Glob of the landing files, relative to the spec's folder unless absolute.
+    pub files: String,
+    /// `csv`, `jsonl` or `parquet`; taken from the file extension when absent.
+    #[serde(default)]
+    pub format: Option<Format>,
+    /// Column name -> type (`int64`, `float64`, `string`, `decimal(10,2)`, `timestamp`, ...).
+    /// Declared columns are the input contract: a value that does not fit quarantines its batch.
+    #[serde(default)]
+    pub columns: Option<IndexMap<String, String>>,
+    /// Columns that may be null. Declared columns are nullable unless listed in `required`.
+    #[serde(default)]
+    pub required: Vec<String>,
+    /// A file is read only after its size and modification time have not changed for this long,
+    /// so a file still being written is never read half-way.
+    #[serde(default = "default_settle", with = "humantime_serde")]
+    pub settle: Duration,
+    #[serde(default)]
+    pub csv: CsvOptions,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvOptions {
+    /// Field delimiter, one ASCII character.
+    #[serde(default = "default_delimiter")]
+    pub delimiter: char,
+}
+
+impl Default for CsvOptions {
+    fn default() -> Self {
+        CsvOptions {
+            delimiter: default_delimiter(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Csv,
+    #[serde(alias = "json", alias = "ndjson")]
+    Jsonl,
+    Parquet,
+}
+
+impl Format {
+    pub fn from_path(path: &str) -> Option<Format> {
+        let lower = path.to_ascii_lowercase();
+        if lower.ends_with(".csv") {
+            Some(Format::Csv)
+        } else if lower.ends_with(".jsonl")
+            || lower.ends_with(".ndjson")
+            || lower.ends_with(".json")
+        {
+            Some(Format::Jsonl)
+        } else if lower.ends_with(".parquet") {
+            Some(Format::Parquet)
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSpec {
+    /// At most this many rows per batch.
+    #[serde(default = "default_max_rows")]
+    pub max_rows: u64,
+    /// A batch failing this many times (errors other than bad input) is quarantined.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: i32,
+    /// How long a worker holds a batch without a heartbeat before another may take it.
+    #[serde(default = "default_lease", with = "humantime_serde")]
+    pub lease: Duration,
+}
+
+impl Default for BatchSpec {
+    fn default() -> Self {
+        BatchSpec {
+            max_rows: default_max_rows(),
+            max_attempts: default_max_attempts(),
+            lease: default_lease(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSpec {
+    /// Delta table location: a path (relative to the spec's folder) or a URL (`file://`, `s3://`).
+    pub delta: String,
+    /// Columns that identify a row; used by checks, diffs and the demo's exactly-once proof.
+    #[serde(default)]
+    pub key: Vec<String>,
+}
+
+fn default_settle() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_delimiter() -> char {
+    ','
+}
+fn default_max_rows() -> u64 {
+    100_000
+}
+fn default_max_attempts() -> i32 {
+    3
+}
+fn default_lease() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// A spec error that points at the spot in the file.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{at}: {message}")]
+pub struct SpecError {
+    pub at: Located,
+    pub message: String,
+}
+
+/// A spec read from a file, with what is needed to point errors at its lines.
+#[derive(Debug, Clone)]
+pub struct SpecFile {
+    pub path: PathBuf,
+    pub text: String,
+    pub spec: PipelineSpec,
+}
+
+impl SpecFile {
+    /// Reads and parses a spec file. Syntax, unknown fields and wrong types are refused here
+    /// with the line and column; [`SpecFile::check`] does the semantic checks.
+    pub fn load(path: &Path) -> Result<SpecFile, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|e| SpecError {
+            at: Located {
+                file: path.display().to_string(),
+                line: 0,
+                column: 0,
+            },
+            message: format!("cannot read the pipeline spec: {e}"),
+        })?;
+        SpecFile::parse(path, text)
+    }
+
+    pub fn parse(path: &Path, text: String) -> Result<SpecFile, SpecError> {
+        let spec: PipelineSpec = serde_yaml::from_str(&text).map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((0, 0));
+            SpecError {
+                at: Located {
+                    file: path.display().to_string(),
+                    line,
+                    column,
+                },
+                message: format!(
+                    "{}; see the spec reference in README.md",
+                    strip_yaml_location(&e.to_string())
+                ),
+            }
+        })?;
+        let file = SpecFile {
+            path: path.to_path_buf(),
+            text,
+            spec,
+        };
+        file.check()?;
+        Ok(file)
+    }
+
+    /// Semantic checks that need no data: names, sizes, formats, column types.
+    fn check(&self) -> Result<(), SpecError> {
+        let s = &self.spec;
+        if s.pipeline.is_empty()
+            || !s
+                .pipeline
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(self.error_at(
+                &["pipeline"],
+                format!(
+                    "pipeline name {:?} is not valid: use letters, digits, '_' and '-'",
+                    s.pipeline
+                ),
+            ));
+        }
+        if s.batch.max_rows == 0 {
+            return Err(self.error_at(&["batch", "max_rows"], "max_rows must be at least 1".into()));
+        }
+        if s.batch.max_attempts < 1 {
+            return Err(self.error_at(
+                &["batch", "max_attempts"],
+                "max_attempts must be at least 1".into(),
+            ));
+        }
+        if s.batch.lease < Duration::from_secs(1) {
+            return Err(self.error_at(&["batch", "lease"], "lease must be at least 1s".into()));
+        }
+        if s.source.format.is_none() && Format::from_path(&s.source.files).is_none() {
+            return Err(self.error_at(
+                &["source", "files"],
+                format!(
+                    "cannot tell the format of {:?} from its extension: add `format: csv | jsonl | parquet`",
+                    s.source.files
+                ),
+            ));
+        }
+        if !s.source.csv.delimiter.is_ascii() {
+            return Err(self.error_at(
+                &["source", "csv", "delimiter"],
+                "the CSV delimiter must be one ASCII character".into(),
+            ));
+        }
+        if let Some(columns) = &s.source.columns {
+            for (name, ty) in columns {
+                if let Err(e) = ty.parse::<sluice_schema::FieldType>() {
+                    return Err(self.error_at(
+                        &["source", "columns", name],
+                        format!("column {name:?}: {e}"),
+                    ));
+                }
+            }
+            for name in &s.source.required {
+                if !columns.contains_key(name) {
+                    return Err(self.error_at(
+                        &["source", "required"],
+                        format!("required column {name:?} is not among the declared columns"),
+                    ));
+                }
+            }
+        } else if !s.source.required.is_empty() {
+            return Err(self.error_at(
+                &["source", "required"],
+                "`required` needs declared `columns`".into(),
+            ));
+        }
+        if s.transform.trim().is_empty() {
+            return Err(self.error_at(
+                &["transform"],
+                "transform is empty: write one SQL query over `input`".into(),
+            ));
+        }
+        if s.sink.delta.trim().is_empty() {
+            return Err(self.error_at(
+                &["sink", "delta"],
+                "sink.delta is empty: give a table path or URL".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The format of the source files.
+    pub fn format(&self) -> Format {
+        self.spec
+            .source
+            .format
+            .or_else(|| Format::from_path(&self.spec.source.files))
+            .unwrap_or(Format::Csv)
+    }
+
+    /// An error located at a key path (e.g. `["sink", "delta"]`), or at the file if not found.
+    pub fn error_at(&self, key_path: &[&str], message: String) -> SpecError {
+        let (line, column) = locate_key(&self.text, key_path).unwrap_or((0, 0));
+        SpecError {
+            at: Located {
+                file: self.path.display().to_string(),
+                line,
+                column,
+            },
+            message,
+        }
+    }
+
+    /// The folder relative paths are resolved against.
+    pub fn base_dir(&self) -> PathBuf {
+        let parent = self.path.parent().unwrap_or(Path::new("."));
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf())
+    }
+}
+
+/// serde_yaml appends " at line L column C" to its messages; we print the location first.
+fn strip_yaml_location(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+/// Finds the 1-based (line, column) of a nested mapping key by indentation. Good enough for
+/// block-style YAML, which is what people write in pipeline specs.
+pub fn locate_key(text: &str, key_path: &[&str]) -> Option<(usize, usize)> {
+    let mut min_indent: isize = -1;
+    let mut found = None;
+    let mut lines = text.lines().enumerate();
+    'outer: for key in key_path {
+        for (n, line) in lines.by_ref() {
+            let trimmed = line.trim_start();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            let indent = (line.len() - trimmed.len()) as isize;
+            if found.is_some() && indent <= min_indent {
+                return found;
+            }
+            let trimmed = trimmed.trim_start_matches("- ");
+            let unquoted = trimmed.trim_start_matches(['"', '\'']);
+            if unquoted.starts_with(key)
+                && unquoted[key.len()..]
+                    .trim_start_matches(['"', '\''])
+                    .starts_with(':')
+            {
+                min_indent = indent;
+                found = Some((n + 1, indent as usize + 1));
+                continue 'outer;
+            }
+        }
+        break;
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "pipeline: orders\nsource:\n  files: landing/*.csv\n  columns:\n    id: int64\n    amount: float64\ntransform: SELECT id FROM input\nsink:\n  delta: out\n";
+
+    #[test]
+    fn parses_a_minimal_spec_with_defaults() {
+        let f = SpecFile::parse(Path::new("p.yaml"), GOOD.into()).unwrap();
+        assert_eq!(f.spec.batch.max_rows, 100_000);
+        assert_eq!(f.spec.source.settle, Duration::from_secs(2));
+        assert_eq!(f.format(), Format::Csv);
+    }
+
+    #[test]
+    fn unknown_field_is_refused_with_its_line() {
+        let text = GOOD.replace("sink:\n", "sink:\n  dleta: x\n");
+        let e = SpecFile::parse(Path::new("p.yaml"), text).unwrap_err();
+        assert_eq!(e.at.line, 9, "{e}");
+        assert!(e.message.contains("unknown field `dleta`"), "{e}");
+        assert!(e.to_string().starts_with("p.yaml:9:"), "{e}");
+    }
+
+    #[test]
+    fn bad_column_type_points_at_the_column() {
+        let text = GOOD.replace("amount: float64", "amount: money");
+        let e = SpecFile::parse(Path::new("p.yaml"), text).unwrap_err();
+        assert_eq!((e.at.line, e.at.column), (6, 5), "{e}");
+        assert!(e.message.contains("amount"), "{e}");
+    }
+
+    #[test]
+    fn zero_batch_size_is_refused() {
+        let text = format!("{GOOD}batch:\n  max_rows: 0\n");
+        let e = SpecFile::parse(Path::new("p.yaml"), text).unwrap_err();
+        assert_eq!(e.at.line, 11, "{e}");
+    }
+
+    #[test]
+    fn unknown_extension_needs_a_format() {
+        let text = GOOD.replace("*.csv", "*.dat");
+        let e = SpecFile::parse(Path::new("p.yaml"), text).unwrap_err();
+        assert!(e.message.contains("format"), "{e}");
+        assert_eq!(e.at.line, 3);
+    }
+
+    #[test]
+    fn locate_key_walks_nesting() {
+        assert_eq!(locate_key(GOOD, &["sink", "delta"]), Some((9, 3)));
+        assert_eq!(locate_key(GOOD, &["transform"]), Some((7, 1)));
+        assert_eq!(locate_key(GOOD, &["source", "nope"]), Some((2, 1)));
+    }
+}

@@ -1,0 +1,360 @@
+//! sluice's state store.
+//!
+//! Everything sluice must remember lives behind one trait, [`Store`]: pipelines and their
+//! immutable versions, the files a source has taken in, the batch queue with its leases, the
+//! workers seen, and the measurements of every finished batch run. Two backends implement it:
+//!
+//! * SQLite ([`SqliteStore`]), the embedded default: one file under `.sluice/`. Leasing uses
+//!   short `BEGIN IMMEDIATE` transactions, so several processes on one machine can share it.
+//! * PostgreSQL ([`PostgresStore`]), for workers on many machines. Leasing uses
+//!   `SELECT ... FOR UPDATE SKIP LOCKED`, so workers never wait on each other's rows.
+//!
+//! Both apply their versioned migrations (`migrations/sqlite`, `migrations/postgres`: the same
+//! tables and columns, checked by a test) on [`open`]. One conformance suite
+//! (`tests/conformance.rs`) runs against both; [`testing`] gives other crates' tests a fresh
+//! PostgreSQL database.
+//!
+//! The life of a batch, on the embedded store:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use sluice_core::{BatchId, BatchOutcome, BatchSlice, TaskState, WorkerId};
+//! use sluice_store::{LeaseRequest, NewFile, NewTask, RunReport};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let store = sluice_store::open(&dir.path().join("state.db").display().to_string()).await?;
+//! let v = store
+//!     .register_pipeline_version("orders", "sha256-of-spec", "pipeline: orders", "/specs", false)
+//!     .await?;
+//!
+//! let slice = BatchSlice { path: "/landing/a.csv".into(), index: 0, byte_start: 0,
+//!                          byte_end: 120, row_start: 0, row_count: 3 };
+//! let task = NewTask { batch_id: BatchId::derive("orders", "a.csv@1", &slice), slice };
+//! let file = NewFile { pipeline: "orders".into(), path: "/landing/a.csv".into(), size: 120,
+//!                      modified_ms: 0 };
+//! assert!(store.register_file(&file, v.version, 3, &[task.clone()]).await?);
+//!
+//! let leases = store
+//!     .lease(&LeaseRequest { worker: WorkerId::new("host", 1, 0), pipelines: None, limit: 8,
+//!                            lease_for: Duration::from_secs(30) })
+//!     .await?;
+//! let now = store.now().await?;
+//! let report = RunReport { started_at: now, finished_at: now, rows_in: 3, rows_out: 3,
+//!                          outcome: BatchOutcome::Committed, error: None };
+//! assert!(store.complete(&leases[0], &report).await?);
+//! assert_eq!(store.task(&task.batch_id).await?.map(|t| t.state), Some(TaskState::Done));
+//! # Ok(()) }
+//! ```
+//!
+//! Timestamps are milliseconds since the Unix epoch. Lease expiry is judged by the store's own
+//! clock (PostgreSQL's `clock_timestamp()`; the local clock for SQLite, which is one machine), so
+//! clock skew between worker machines cannot make a live lease look expired.
+
+mod error;
+mod postgres;
+mod rows;
+mod sqlite;
+pub mod testing;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sluice_core::{BatchId, BatchOutcome, BatchSlice, ErrorKind, LeaseToken, TaskState, WorkerId};
+
+pub use error::StoreError;
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Opens the store named by `url` and applies pending migrations.
+///
+/// `sqlite://PATH` (or a bare path) opens or creates a SQLite file; `postgres://...` or
+/// `postgresql://...` connects to PostgreSQL.
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(std::sync::Arc::new(PostgresStore::connect(url).await?))
+    } else {
+        let path = url.strip_prefix("sqlite://").unwrap_or(url);
+        Ok(std::sync::Arc::new(SqliteStore::open(path).await?))
+    }
+}
+
+/// An immutable pipeline spec, numbered per pipeline (1, 2, ...) and identified by content hash.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PipelineVersion {
+    pub pipeline: String,
+    pub version: i64,
+    /// Hex SHA-256 of the normalized spec; registering the same hash again returns this version.
+    pub spec_hash: String,
+    /// The spec as the user wrote it (YAML).
+    pub spec: String,
+    /// Absolute directory the spec's relative paths are resolved against.
+    pub base_dir: String,
+    pub created_at: i64,
+}
+
+/// A pipeline and the version new batches are pinned to.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PipelineRecord {
+    pub name: String,
+    pub current_version: i64,
+    pub created_at: i64,
+}
+
+/// A file a source has taken in. A (pipeline, path) pair is taken in once.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NewFile {
+    pub pipeline: String,
+    pub path: String,
+    pub size: i64,
+    pub modified_ms: i64,
+}
+
+/// A batch to queue.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NewTask {
+    pub batch_id: BatchId,
+    pub slice: BatchSlice,
+}
+
+/// What a worker asks for when it has free slots.
+#[derive(Debug, Clone)]
+pub struct LeaseRequest {
+    pub worker: WorkerId,
+    /// Only these pipelines; `None` means any.
+    pub pipelines: Option<Vec<String>>,
+    /// At most this many tasks (the worker's free slots).
+    pub limit: usize,
+    /// How long the lease lasts unless heartbeats extend it.
+    pub lease_for: Duration,
+}
+
+/// A task held by a worker.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Lease {
+    pub batch_id: BatchId,
+    pub pipeline: String,
+    /// The pipeline version pinned when the batch was queued: the version that must run it.
+    pub version: i64,
+    pub slice: BatchSlice,
+    pub token: LeaseToken,
+    pub worker: WorkerId,
+    /// 1 for the first lease of the batch, counting every lease since queueing or retry.
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub expires_at: i64,
+}
+
+/// The measurements of a finished run, stored for status, checks and analysis.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunReport {
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub rows_in: i64,
+    pub rows_out: i64,
+    pub outcome: BatchOutcome,
+    pub error: Option<String>,
+}
+
+/// What happened to a failed task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailDisposition {
+    /// Back in the queue, after a back-off.
+    Retrying,
+    /// Held with its error until `retry`.
+    Quarantined,
+    /// The lease had expired and was taken over; this report was recorded and nothing changed.
+    LeaseLost,
+}
+
+/// Which quarantined batches to put back in the queue.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RetryTarget {
+    Batch(BatchId),
+    /// Every quarantined batch, of one pipeline or of all.
+    All {
+        pipeline: Option<String>,
+    },
+}
+
+/// What a process reports about one of its workers.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WorkerBeat {
+    pub worker: WorkerId,
+    pub host: String,
+    pub pid: i64,
+    /// `running`, `draining` or `stopped`.
+    pub state: String,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WorkerRecord {
+    pub worker: WorkerId,
+    pub host: String,
+    pub pid: i64,
+    pub state: String,
+    pub started_at: i64,
+    pub last_heartbeat: i64,
+}
+
+/// A batch's row in the queue, as `status`, `quarantine` and tests see it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TaskRecord {
+    pub batch_id: BatchId,
+    pub pipeline: String,
+    pub version: i64,
+    pub slice: BatchSlice,
+    pub state: TaskState,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub lease_owner: Option<WorkerId>,
+    pub last_error: Option<String>,
+    pub error_kind: Option<ErrorKind>,
+    pub rows_in: Option<i64>,
+    pub rows_out: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// One run of one batch: the measurement history.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BatchRun {
+    pub batch_id: BatchId,
+    pub pipeline: String,
+    pub version: i64,
+    pub worker: WorkerId,
+    pub attempt: i32,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub duration_ms: i64,
+    pub rows_in: i64,
+    pub rows_out: i64,
+    pub outcome: BatchOutcome,
+    pub error: Option<String>,
+}
+
+/// Per-pipeline summary for `sluice status`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PipelineStatus {
+    pub pipeline: String,
+    pub current_version: i64,
+    pub files: i64,
+    pub pending: i64,
+    pub leased: i64,
+    pub done: i64,
+    pub quarantined: i64,
+    /// Sums over done batches.
+    pub rows_in: i64,
+    pub rows_out: i64,
+    /// First start and last finish of successful runs: the window throughput is measured over.
+    pub first_started_at: Option<i64>,
+    pub last_finished_at: Option<i64>,
+}
+
+/// The state store. All methods are safe to call concurrently from many workers, processes and
+/// machines; the ones that change a leased task are fenced by the lease token.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+
+    /// Milliseconds since the epoch by the store's clock (the clock leases are judged by).
+    async fn now(&self) -> Result<i64>;
+
+    // ---- pipelines ----
+
+    /// Records a pipeline version. If the pipeline already has a version with this `spec_hash`,
+    /// that version is returned unchanged; otherwise version `max + 1` is created. A new
+    /// pipeline's first version becomes its current version; later versions do not (see
+    /// [`Store::set_current_version`]) unless `make_current` is true.
+    async fn register_pipeline_version(
+        &self,
+        pipeline: &str,
+        spec_hash: &str,
+        spec: &str,
+        base_dir: &str,
+        make_current: bool,
+    ) -> Result<PipelineVersion>;
+    async fn set_current_version(&self, pipeline: &str, version: i64) -> Result<()>;
+    async fn pipeline(&self, pipeline: &str) -> Result<Option<PipelineRecord>>;
+    async fn pipelines(&self) -> Result<Vec<PipelineRecord>>;
+    async fn pipeline_version(
+        &self,
+        pipeline: &str,
+        version: i64,
+    ) -> Result<Option<PipelineVersion>>;
+
+    // ---- files and the queue ----
+
+    /// Paths of the files this pipeline has taken in, so discovery can skip them cheaply.
+    async fn known_files(&self, pipeline: &str) -> Result<Vec<String>>;
+
+    /// Takes a file in and queues its batches, atomically, each pinned to `version`.
+    /// Returns false (and queues nothing) if the (pipeline, path) was taken in before.
+    async fn register_file(
+        &self,
+        file: &NewFile,
+        version: i64,
+        max_attempts: i32,
+        tasks: &[NewTask],
+    ) -> Result<bool>;
+
+    /// Leases up to `limit` pending tasks whose back-off has passed, oldest first. Each lease
+    /// increments the task's attempt count and carries a fresh token.
+    async fn lease(&self, req: &LeaseRequest) -> Result<Vec<Lease>>;
+
+    /// Extends a lease to now + `extend`. False if the lease is no longer held (expired and
+    /// taken over, or finished).
+    async fn heartbeat(
+        &self,
+        batch: &BatchId,
+        token: &LeaseToken,
+        extend: Duration,
+    ) -> Result<bool>;
+
+    /// Marks the task done and records the run. False if the lease was no longer held: the run
+    /// is still recorded, the task is left to its new holder.
+    async fn complete(&self, lease: &Lease, report: &RunReport) -> Result<bool>;
+
+    /// Records a failed run. `quarantine` holds the batch now (bad input: retrying cannot help);
+    /// otherwise it goes back to the queue after `backoff`, or to quarantine once it has used
+    /// `max_attempts` attempts.
+    async fn fail(
+        &self,
+        lease: &Lease,
+        report: &RunReport,
+        kind: ErrorKind,
+        quarantine: bool,
+        backoff: Duration,
+    ) -> Result<FailDisposition>;
+
+    /// Gives an unstarted or abandoned lease back without counting the attempt (drain).
+    async fn release(&self, lease: &Lease) -> Result<()>;
+
+    /// Takes back every lease that expired: the task is queued again, or quarantined if it has
+    /// used all its attempts (a batch that kills its worker every time). Records an `expired`
+    /// run for each. Returns how many were taken back.
+    async fn rescue_expired(&self) -> Result<u64>;
+
+    /// Puts quarantined batches back in the queue with fresh attempts, pinned to their
+    /// pipeline's current version (so a fixed spec is what runs them). Returns how many.
+    async fn retry(&self, target: &RetryTarget) -> Result<u64>;
+
+    async fn task(&self, batch: &BatchId) -> Result<Option<TaskRecord>>;
+    /// Tasks of a pipeline in a state (all states if `None`), oldest first.
+    async fn tasks(&self, pipeline: &str, state: Option<TaskState>) -> Result<Vec<TaskRecord>>;
+
+    // ---- workers and measurements ----
+
+    async fn worker_heartbeat(&self, beat: &WorkerBeat) -> Result<()>;
+    async fn workers(&self) -> Result<Vec<WorkerRecord>>;
+
+    /// Runs of a pipeline, newest first, at most `limit`.
+    async fn batch_runs(&self, pipeline: &str, limit: i64) -> Result<Vec<BatchRun>>;
+
+    async fn status(&self) -> Result<Vec<PipelineStatus>>;
+}

@@ -1,0 +1,1446 @@
+//! One behaviour suite for every [`Store`] backend (River's `riverdrivertest` idea).
+//!
+//! Each test is written once against `Arc<dyn Store>` and instantiated by [`conformance!`] for
+//! SQLite (a temporary file) and PostgreSQL (a fresh database per test; see
+//! `sluice_store::testing`). Set `SLUICE_TEST_POSTGRES=skip` to run only the SQLite half.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sluice_core::{BatchId, BatchOutcome, BatchSlice, ErrorKind, LeaseToken, TaskState, WorkerId};
+use sluice_store::{
+    FailDisposition, Lease, LeaseRequest, NewFile, NewTask, RetryTarget, RunReport, Store,
+    StoreError, WorkerBeat, testing,
+};
+use sqlx::Connection;
+
+type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// A store under test, and how to open a second handle on the same data (a second process).
+struct Harness {
+    url: String,
+    store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Harness {
+    async fn sqlite() -> Harness {
+        let dir = tempfile::tempdir().expect("creating a temp dir");
+        // a nested path: opening must create the missing directories
+        let path = dir.path().join("state").join("sluice.db");
+        let url = format!("sqlite://{}", path.display());
+        let store = sluice_store::open(&url)
+            .await
+            .expect("opening SQLite store");
+        assert_eq!(store.backend(), "sqlite");
+        Harness {
+            url,
+            store,
+            _dir: Some(dir),
+        }
+    }
+
+    async fn postgres() -> Option<Harness> {
+        let url = testing::fresh_postgres_url()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))?;
+        let store = sluice_store::open(&url)
+            .await
+            .expect("opening PostgreSQL store");
+        assert_eq!(store.backend(), "postgres");
+        Some(Harness {
+            url,
+            store,
+            _dir: None,
+        })
+    }
+
+    /// Another handle on the same data, with its own connections.
+    async fn open_again(&self) -> Arc<dyn Store> {
+        sluice_store::open(&self.url)
+            .await
+            .expect("reopening store")
+    }
+
+    async fn finish(self) {
+        if self.store.backend() == "postgres" {
+            drop(self.store);
+            // Leftovers are swept by age anyway; a failure to drop is not the test's failure.
+            let _ = testing::drop_postgres_database(&self.url).await;
+        }
+    }
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let h = super::Harness::sqlite().await;
+                    let store = h.store.clone();
+                    super::$name(&h, store).await.expect(stringify!($name));
+                    h.finish().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let Some(h) = super::Harness::postgres().await else {
+                        eprintln!("SLUICE_TEST_POSTGRES=skip: not testing PostgreSQL");
+                        return;
+                    };
+                    let store = h.store.clone();
+                    super::$name(&h, store).await.expect(stringify!($name));
+                    h.finish().await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    migrations_are_idempotent,
+    version_registration_is_idempotent_by_hash,
+    current_version_rules,
+    concurrent_registration_agrees,
+    register_file_is_atomic_and_idempotent,
+    register_file_refuses_unknown_version,
+    lease_is_fifo_and_limited,
+    lease_filters_by_pipeline,
+    lease_respects_backoff,
+    heartbeat_extends_and_is_fenced,
+    complete_is_fenced,
+    fail_retries_then_quarantines,
+    fail_with_quarantine_is_immediate,
+    release_returns_the_attempt,
+    rescue_expired_requeues,
+    rescue_expired_quarantines_after_max_attempts,
+    retry_repins_to_current_version,
+    status_numbers,
+    workers_upsert,
+    batch_runs_history,
+    concurrent_leasers_drain_the_queue,
+);
+
+// ---- fixtures ----
+
+const LONG: Duration = Duration::from_secs(60);
+
+async fn pipeline(store: &Arc<dyn Store>, name: &str) -> Result<i64, StoreError> {
+    let v = store
+        .register_pipeline_version(name, &format!("hash-{name}-1"), "spec: 1", "/base", false)
+        .await?;
+    Ok(v.version)
+}
+
+fn slice(path: &str, index: u32) -> BatchSlice {
+    BatchSlice {
+        path: path.to_string(),
+        index,
+        byte_start: u64::from(index) * 100,
+        byte_end: u64::from(index + 1) * 100,
+        row_start: u64::from(index) * 10,
+        row_count: 10,
+    }
+}
+
+/// Queues `n` batches of file `path`; returns their ids in queue order.
+async fn queue(
+    store: &Arc<dyn Store>,
+    pipeline: &str,
+    version: i64,
+    path: &str,
+    n: u32,
+    max_attempts: i32,
+) -> Result<Vec<BatchId>, StoreError> {
+    let tasks: Vec<NewTask> = (0..n)
+        .map(|i| {
+            let slice = slice(path, i);
+            NewTask {
+                batch_id: BatchId::derive(pipeline, path, &slice),
+                slice,
+            }
+        })
+        .collect();
+    let file = NewFile {
+        pipeline: pipeline.to_string(),
+        path: path.to_string(),
+        size: i64::from(n) * 100,
+        modified_ms: 1_700_000_000_000,
+    };
+    assert!(
+        store
+            .register_file(&file, version, max_attempts, &tasks)
+            .await?
+    );
+    Ok(tasks.into_iter().map(|t| t.batch_id).collect())
+}
+
+fn worker(n: usize) -> WorkerId {
+    WorkerId::new("testhost", 4242, n)
+}
+
+fn request(worker_n: usize, limit: usize, lease_for: Duration) -> LeaseRequest {
+    LeaseRequest {
+        worker: worker(worker_n),
+        pipelines: None,
+        limit,
+        lease_for,
+    }
+}
+
+fn report(outcome: BatchOutcome, rows: i64, error: Option<&str>) -> RunReport {
+    let now = sluice_core::now_millis();
+    RunReport {
+        started_at: now - 50,
+        finished_at: now,
+        rows_in: rows,
+        rows_out: rows / 2,
+        outcome,
+        error: error.map(str::to_string),
+    }
+}
+
+fn ids(leases: &[Lease]) -> Vec<BatchId> {
+    leases.iter().map(|l| l.batch_id.clone()).collect()
+}
+
+async fn lease_one(store: &Arc<dyn Store>, worker_n: usize, lease_for: Duration) -> Lease {
+    let mut leases = store
+        .lease(&request(worker_n, 1, lease_for))
+        .await
+        .expect("leasing");
+    assert_eq!(leases.len(), 1, "expected one task to lease");
+    leases.remove(0)
+}
+
+async fn state_of(store: &Arc<dyn Store>, batch: &BatchId) -> TaskState {
+    store
+        .task(batch)
+        .await
+        .expect("reading task")
+        .expect("task exists")
+        .state
+}
+
+// ---- migrations and versions ----
+
+async fn migrations_are_idempotent(h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let v = pipeline(&store, "orders").await?;
+    queue(&store, "orders", v, "/in/a.csv", 2, 3).await?;
+    // A second open runs the migrator again on a migrated store: it must change nothing.
+    let again = h.open_again().await;
+    let third = h.open_again().await;
+    assert_eq!(again.tasks("orders", None).await?.len(), 2);
+    assert_eq!(
+        third.pipeline("orders").await?.map(|p| p.current_version),
+        Some(1)
+    );
+    // and both handles write to the same data
+    queue(&again, "orders", v, "/in/b.csv", 1, 3).await?;
+    assert_eq!(store.tasks("orders", None).await?.len(), 3);
+    Ok(())
+}
+
+async fn version_registration_is_idempotent_by_hash(
+    _h: &Harness,
+    store: Arc<dyn Store>,
+) -> TestResult {
+    assert_eq!(store.pipeline("orders").await?, None);
+    let v1 = store
+        .register_pipeline_version("orders", "h1", "spec one", "/base1", false)
+        .await?;
+    assert_eq!(v1.version, 1);
+    assert_eq!(v1.spec, "spec one");
+    assert_eq!(v1.base_dir, "/base1");
+    let same = store
+        .register_pipeline_version("orders", "h1", "spec one, reformatted", "/elsewhere", false)
+        .await?;
+    assert_eq!(
+        same, v1,
+        "same hash must return the stored version unchanged"
+    );
+    let v2 = store
+        .register_pipeline_version("orders", "h2", "spec two", "/base2", false)
+        .await?;
+    assert_eq!(v2.version, 2);
+    // back to an old spec: still version 1, not a new number
+    let back = store
+        .register_pipeline_version("orders", "h1", "spec one", "/base1", false)
+        .await?;
+    assert_eq!(back.version, 1);
+    let v3 = store
+        .register_pipeline_version("orders", "h3", "spec three", "/base3", false)
+        .await?;
+    assert_eq!(v3.version, 3);
+    // numbering is per pipeline, and so is hash identity
+    let other = store
+        .register_pipeline_version("users", "h1", "spec one", "/base1", false)
+        .await?;
+    assert_eq!(other.version, 1);
+    assert_eq!(store.pipeline_version("orders", 2).await?, Some(v2));
+    assert_eq!(store.pipeline_version("orders", 4).await?, None);
+    let names: Vec<String> = store
+        .pipelines()
+        .await?
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(names, ["orders", "users"]);
+    Ok(())
+}
+
+async fn current_version_rules(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    store
+        .register_pipeline_version("orders", "h1", "s1", "/b", false)
+        .await?;
+    let p = store.pipeline("orders").await?.ok_or("pipeline missing")?;
+    assert_eq!(
+        p.current_version, 1,
+        "a new pipeline's first version is current"
+    );
+    store
+        .register_pipeline_version("orders", "h2", "s2", "/b", false)
+        .await?;
+    assert_eq!(
+        store
+            .pipeline("orders")
+            .await?
+            .ok_or("missing")?
+            .current_version,
+        1
+    );
+    store
+        .register_pipeline_version("orders", "h3", "s3", "/b", true)
+        .await?;
+    assert_eq!(
+        store
+            .pipeline("orders")
+            .await?
+            .ok_or("missing")?
+            .current_version,
+        3
+    );
+    store.set_current_version("orders", 2).await?;
+    assert_eq!(
+        store
+            .pipeline("orders")
+            .await?
+            .ok_or("missing")?
+            .current_version,
+        2
+    );
+    // an existing hash with make_current switches back to it
+    store
+        .register_pipeline_version("orders", "h1", "s1", "/b", true)
+        .await?;
+    assert_eq!(
+        store
+            .pipeline("orders")
+            .await?
+            .ok_or("missing")?
+            .current_version,
+        1
+    );
+    let err = store.set_current_version("orders", 9).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    assert_eq!(err.kind(), ErrorKind::User);
+    assert!(store.set_current_version("nope", 1).await.is_err());
+    assert_eq!(
+        store
+            .pipeline("orders")
+            .await?
+            .ok_or("missing")?
+            .current_version,
+        1
+    );
+    Ok(())
+}
+
+async fn concurrent_registration_agrees(h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    // Two "processes", each registering the same specs at the same time.
+    let other = h.open_again().await;
+    let mut calls = Vec::new();
+    for i in 0..16 {
+        let s = if i % 2 == 0 {
+            store.clone()
+        } else {
+            other.clone()
+        };
+        let hash = format!("h{}", i % 4);
+        calls.push(tokio::spawn(async move {
+            s.register_pipeline_version("orders", &hash, "spec", "/b", false)
+                .await
+                .map(|v| (hash, v.version))
+        }));
+    }
+    let mut by_hash: HashMap<String, HashSet<i64>> = HashMap::new();
+    for call in calls {
+        let (hash, version) = call.await??;
+        by_hash.entry(hash).or_default().insert(version);
+    }
+    assert_eq!(by_hash.len(), 4);
+    let mut versions: Vec<i64> = Vec::new();
+    for (hash, vs) in &by_hash {
+        assert_eq!(vs.len(), 1, "hash {hash} got several versions: {vs:?}");
+        versions.extend(vs);
+    }
+    versions.sort();
+    assert_eq!(
+        versions,
+        [1, 2, 3, 4],
+        "four hashes get four consecutive versions"
+    );
+    assert_eq!(
+        store
+            .pipeline("orders")
+            .await?
+            .ok_or("missing")?
+            .current_version,
+        1
+    );
+    Ok(())
+}
+
+// ---- files and queue ----
+
+async fn register_file_is_atomic_and_idempotent(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let v = pipeline(&store, "orders").await?;
+    let ids_a = queue(&store, "orders", v, "/in/a.csv", 3, 5).await?;
+    let tasks = store.tasks("orders", None).await?;
+    assert_eq!(tasks.len(), 3);
+    for (t, id) in tasks.iter().zip(&ids_a) {
+        assert_eq!(&t.batch_id, id);
+        assert_eq!(t.state, TaskState::Pending);
+        assert_eq!(t.version, v);
+        assert_eq!(t.attempts, 0);
+        assert_eq!(t.max_attempts, 5);
+        assert_eq!(t.lease_owner, None);
+        assert_eq!(t.rows_in, None);
+    }
+    assert_eq!(tasks[2].slice, slice("/in/a.csv", 2));
+
+    // The same path again queues nothing, even with different slices.
+    let again = NewFile {
+        pipeline: "orders".into(),
+        path: "/in/a.csv".into(),
+        size: 1,
+        modified_ms: 2,
+    };
+    let extra = NewTask {
+        batch_id: BatchId("b-extra".into()),
+        slice: slice("/in/a.csv", 9),
+    };
+    assert!(
+        !store
+            .register_file(&again, v, 5, std::slice::from_ref(&extra))
+            .await?
+    );
+    assert_eq!(store.task(&extra.batch_id).await?, None);
+    assert_eq!(store.tasks("orders", None).await?.len(), 3);
+
+    // A batch id already queued (through another file) is skipped, the rest is queued.
+    let b = NewFile {
+        pipeline: "orders".into(),
+        path: "/in/b.csv".into(),
+        size: 1,
+        modified_ms: 2,
+    };
+    let dup = NewTask {
+        batch_id: ids_a[0].clone(),
+        slice: slice("/in/b.csv", 0),
+    };
+    let new = NewTask {
+        batch_id: BatchId("b-new".into()),
+        slice: slice("/in/b.csv", 1),
+    };
+    assert!(store.register_file(&b, v, 5, &[dup, new.clone()]).await?);
+    assert_eq!(store.tasks("orders", None).await?.len(), 4);
+    let kept = store.task(&ids_a[0]).await?.ok_or("missing")?;
+    assert_eq!(kept.slice.path, "/in/a.csv", "the first queueing wins");
+
+    // A slice the store cannot hold fails the whole file: nothing of it is taken in.
+    let c = NewFile {
+        pipeline: "orders".into(),
+        path: "/in/c.csv".into(),
+        size: 1,
+        modified_ms: 2,
+    };
+    let good = NewTask {
+        batch_id: BatchId("b-good".into()),
+        slice: slice("/in/c.csv", 0),
+    };
+    let mut huge = slice("/in/c.csv", 1);
+    huge.byte_end = u64::MAX;
+    let bad = NewTask {
+        batch_id: BatchId("b-bad".into()),
+        slice: huge,
+    };
+    assert!(
+        store
+            .register_file(&c, v, 5, &[good.clone(), bad])
+            .await
+            .is_err()
+    );
+    assert_eq!(store.task(&good.batch_id).await?, None);
+    assert_eq!(
+        store.known_files("orders").await?,
+        ["/in/a.csv", "/in/b.csv"]
+    );
+    // ... and the file can be taken in once fixed.
+    assert!(
+        store
+            .register_file(&c, v, 5, std::slice::from_ref(&good))
+            .await?
+    );
+    assert_eq!(store.known_files("orders").await?.len(), 3);
+    assert!(store.known_files("users").await?.is_empty());
+    Ok(())
+}
+
+async fn register_file_refuses_unknown_version(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let v = pipeline(&store, "orders").await?;
+    let file = NewFile {
+        pipeline: "orders".into(),
+        path: "/in/a.csv".into(),
+        size: 1,
+        modified_ms: 1,
+    };
+    let task = NewTask {
+        batch_id: BatchId("b-1".into()),
+        slice: slice("/in/a.csv", 0),
+    };
+    let err = store
+        .register_file(&file, v + 1, 3, std::slice::from_ref(&task))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    assert!(err.to_string().contains("orders@2"), "{err}");
+    assert!(store.known_files("orders").await?.is_empty());
+    assert_eq!(store.task(&task.batch_id).await?, None);
+    Ok(())
+}
+
+async fn lease_is_fifo_and_limited(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let v = pipeline(&store, "orders").await?;
+    let mut all = queue(&store, "orders", v, "/in/b.csv", 3, 3).await?;
+    all.extend(queue(&store, "orders", v, "/in/a.csv", 2, 3).await?);
+
+    assert!(store.lease(&request(1, 0, LONG)).await?.is_empty());
+    let before = store.now().await?;
+    let first = store.lease(&request(1, 2, LONG)).await?;
+    assert_eq!(ids(&first), all[..2], "oldest first, at most `limit`");
+    for l in &first {
+        assert_eq!(l.attempt, 1);
+        assert_eq!(l.max_attempts, 3);
+        assert_eq!(l.worker, worker(1));
+        assert_eq!(l.pipeline, "orders");
+        assert_eq!(l.version, v);
+        assert!(
+            l.expires_at >= before + 60_000,
+            "expires_at {}",
+            l.expires_at
+        );
+        assert!(l.expires_at <= store.now().await? + 60_000);
+        let t = store.task(&l.batch_id).await?.ok_or("missing")?;
+        assert_eq!(t.state, TaskState::Leased);
+        assert_eq!(t.attempts, 1);
+        assert_eq!(t.lease_owner, Some(worker(1)));
+    }
+    assert_ne!(first[0].token, first[1].token);
+    assert_eq!(first[1].slice, slice("/in/b.csv", 1));
+
+    let rest = store.lease(&request(2, 10, LONG)).await?;
+    assert_eq!(ids(&rest), all[2..]);
+    assert!(
+        store.lease(&request(3, 10, LONG)).await?.is_empty(),
+        "nothing left"
+    );
+    Ok(())
+}
+
+async fn lease_filters_by_pipeline(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let a = pipeline(&store, "alpha").await?;
+    let b = pipeline(&store, "beta").await?;
+    let c = pipeline(&store, "gamma").await?;
+    queue(&store, "alpha", a, "/in/a.csv", 2, 3).await?;
+    let beta = queue(&store, "beta", b, "/in/b.csv", 2, 3).await?;
+    let gamma = queue(&store, "gamma", c, "/in/c.csv", 1, 3).await?;
+
+    let mut req = request(1, 10, LONG);
+    req.pipelines = Some(vec![]);
+    assert!(
+        store.lease(&req).await?.is_empty(),
+        "an empty filter matches nothing"
+    );
+    req.pipelines = Some(vec!["beta".into()]);
+    let got = store.lease(&req).await?;
+    assert_eq!(ids(&got), beta);
+    assert!(got.iter().all(|l| l.pipeline == "beta"));
+    req.pipelines = Some(vec!["gamma".into(), "nope".into()]);
+    assert_eq!(ids(&store.lease(&req).await?), gamma);
+    req.pipelines = None;
+    let rest = store.lease(&req).await?;
+    assert_eq!(rest.len(), 2);
+    assert!(rest.iter().all(|l| l.pipeline == "alpha"));
+    Ok(())
+}
+
+async fn lease_respects_backoff(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let v = pipeline(&store, "orders").await?;
+    let [id] = <[BatchId; 1]>::try_from(queue(&store, "orders", v, "/in/a.csv", 1, 3).await?)
+        .map_err(|_| "one task")?;
+    let lease = lease_one(&store, 1, LONG).await;
+    let d = store
+        .fail(
+            &lease,
+            &report(BatchOutcome::Failed, 0, Some("disk hiccup")),
+            ErrorKind::External,
+            false,
+            Duration::from_millis(1500),
+        )
+        .await?;
+    assert_eq!(d, FailDisposition::Retrying);
+    assert_eq!(state_of(&store, &id).await, TaskState::Pending);
+    assert!(
+        store.lease(&request(1, 5, LONG)).await?.is_empty(),
+        "a backed-off task is not leasable yet"
+    );
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let again = lease_one(&store, 2, LONG).await;
+    assert_eq!(again.batch_id, id);
+    assert_eq!(again.attempt, 2);
+    assert_ne!(again.token, lease.token);
+    Ok(())
+}
+
+async fn heartbeat_extends_and_is_fenced(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let v = pipeline(&store, "orders").await?;
+    queue(&store, "orders", v, "/in/a.csv", 1, 3).await?;
+    let lease = lease_one(&store, 1, Duration::from_millis(300)).await;
+    assert!(
+        store
+            .heartbeat(&lease.batch_id, &lease.token, Duration::from_secs(30))
+            .await?
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        store.rescue_expired().await?,
+        0,
+        "the heartbeat extended the lease"
+    );
+    assert_eq!(state_of(&store, &lease.batch_id).await, TaskState::Leased);
+
+    let stale = LeaseToken::random();
+    assert!(
+        !store
+            .heartbeat(&lease.batch_id, &stale, Duration::from_secs(30))
+            .await?
+    );
+    assert!(
+        !store
+            .heartbeat(&BatchId("b-unknown".into()), &lease.token, LONG)
+            .await?
+    );
+    assert!(
+        store
+            .complete(&lease, &report(BatchOutcome::Committed, 4, None))
+            .await?
+    );
+    assert!(
+        !store.heartbeat(&lease.batch_id, &lease.token, LONG).await?,
+        "a finished lease cannot be extended"
+    );
+    assert_eq!(state_of(&store, &lease.batch_id).await, TaskState::Done);
+    Ok(())
+}
+
+async fn complete_is_fenced(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let v = pipeline(&store, "orders").await?;
+    queue(&store, "orders", v, "/in/a.csv", 1, 3).await?;
+    let old = lease_one(&store, 1, Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(store.rescue_expired().await?, 1);
+    let new = lease_one(&store, 2, LONG).await;
+    assert_eq!(new.batch_id, old.batch_id);
+    assert_eq!(new.attempt, 2);
+
+    // The old holder reports late: recorded, but the task stays with the new holder.
+    assert!(
+        !store
+            .complete(&old, &report(BatchOutcome::Committed, 10, None))
+            .await?
+    );
+    let t = store.task(&old.batch_id).await?.ok_or("missing")?;
+    assert_eq!(t.state, TaskState::Leased);
+    assert_eq!(t.lease_owner, Some(worker(2)));
+    assert_eq!(t.rows_in, None);
+    let d = store
+        .fail(
+            &old,
+            &report(BatchOutcome::Failed, 0, Some("late")),
+            ErrorKind::External,
+            true,
+            Duration::ZERO,
+        )
+        .await?;
+    assert_eq!(d, FailDisposition::LeaseLost);
+    store.release(&old).await?;
+    let t = store.task(&old.batch_id).await?.ok_or("missing")?;
+    assert_eq!(
+        (t.state, t.attempts),
+        (TaskState::Leased, 2),
+        "stale calls change nothing"
+    );
+    assert!(
+        t.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("lease expired")),
+        "the stale failure must not overwrite the task's error: {:?}",
+        t.last_error
+    );
+
+    assert!(
+        store
+            .complete(&new, &report(BatchOutcome::Committed, 10, None))
+            .await?
+    );
+    let t = store.task(&new.batch_id).await?.ok_or("missing")?;
+    assert_eq!(t.state, TaskState::Done);
+    assert_eq!((t.rows_in, t.rows_out), (Some(10), Some(5)));
+    assert_eq!(t.lease_owner, None);
+    assert!(
+        !store
+            .complete(&new, &report(BatchOutcome::Committed, 99, None))
+            .await?,
+        "completing twice is refused"
+    );
+    assert_eq!(
+        store.task(&new.batch_id).await?.ok_or("missing")?.rows_in,
+        Some(10)
+    );
+
+    // Every report was recorded: the late one, the late failure, and the real and the repeated completion.
+    let runs = store.batch_runs("orders", 100).await?;
+    let outcomes: Vec<(String, BatchOutcome)> = runs
+        .iter()
+        .map(|r| (r.worker.0.clone(), r.outcome))
+        .collect();
+    assert_eq!(runs.len(), 5, "{outcomes:?}");
+    assert_eq!(
+        runs.iter()
+            .filter(|r| r.outcome == BatchOutcome::Expired)
+            .count(),
+        1
+    );
+    assert_eq!(
+        runs.iter()
+            .filter(|r| r.outcome == BatchOutcome::Committed && r.worker == worker(1))
+            .count(),
+        1
+    );
+    Ok(())
+}
+
+async fn fail_retries_then_quarantines(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let v = pipeline(&store, "orders").await?;
+    queue(&store, "orders", v, "/in/a.csv", 1, 3).await?;
+    for attempt in 1..=3 {
+        let lease = lease_one(&store, 1, LONG).await;
+        assert_eq!(lease.attempt, attempt);
+        let d = store
+            .fail(
+                &lease,
+                &report(BatchOutcome::Failed, 0, Some(&format!("boom {attempt}"))),
+                ErrorKind::External,
+                false,
+                Duration::ZERO,
+            )
+            .await?;
+        let t = store.task(&lease.batch_id).await?.ok_or("missing")?;
+        assert_eq!(
+            t.last_error.as_deref(),
+            Some(format!("boom {attempt}").as_str())
+        );
+        assert_eq!(t.error_kind, Some(ErrorKind::External));
+        assert_eq!(t.lease_owner, None);
+        if attempt < 3 {
+            assert_eq!(d, FailDisposition::Retrying);
+            assert_eq!(t.state, TaskState::Pending);
+        } else {
+            assert_eq!(d, FailDisposition::Quarantined, "max_attempts used up");
+            assert_eq!(t.state, TaskState::Quarantined);
+        }
+    }
+    assert!(store.lease(&request(1, 5, LONG)).await?.is_empty());
+    let runs = store.batch_runs("orders", 10).await?;
+    assert_eq!(runs.len(), 3);
+    assert!(runs.iter().all(|r| r.outcome == BatchOutcome::Failed));
+    let mut attempts: Vec<i32> = runs.iter().map(|r| r.attempt).collect();
+    attempts.sort();
+    assert_eq!(attempts, [1, 2, 3]);
+    Ok(())
+}
+
+async fn fail_with_quarantine_is_immediate(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let v = pipeline(&store, "orders").await?;
+    queue(&store, "orders", v, "/in/a.csv", 1, 5).await?;
+    let lease = lease_one(&store, 1, LONG).await;
+    let d = store
+        .fail(
+            &lease,
+            &report(BatchOutcome::Quarantined, 10, Some("line 3: not a number")),
+            ErrorKind::User,
+            true,
+            Duration::ZERO,
+        )
+        .await?;
+    assert_eq!(d, FailDisposition::Quarantined);
+    let t = store.task(&lease.batch_id).await?.ok_or("missing")?;
+    assert_eq!(t.state, TaskState::Quarantined);
+    assert_eq!(t.attempts, 1);
+    assert_eq!(t.error_kind, Some(ErrorKind::User));
+    assert_eq!(t.last_error.as_deref(), Some("line 3: not a number"));
+    assert!(store.lease(&request(1, 5, LONG)).await?.is_empty());
+    let q = store.tasks("orders", Some(TaskState::Quarantined)).await?;
+    assert_eq!(q.len(), 1);
+    assert!(
+        store
+            .tasks("orders", Some(TaskState::Pending))
+            .await?
+            .is_empty()
+    );
+    Ok(())
+}
+
+async fn release_returns_the_attempt(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let v = pipeline(&store, "orders").await?;
+    queue(&store, "orders", v, "/in/a.csv", 1, 1).await?;
+    let lease = lease_one(&store, 1, LONG).await;
+    store.release(&lease).await?;
+    let t = store.task(&lease.batch_id).await?.ok_or("missing")?;
+    assert_eq!(t.state, TaskState::Pending);
+    assert_eq!(t.attempts, 0, "a released lease does not count");
+    assert_eq!(t.lease_owner, None);
+    // max_attempts is 1: had the release counted, this failure would not be the first attempt
+    let again = lease_one(&store, 2, LONG).await;
+    assert_eq!(again.attempt, 1);
+    assert!(
+        !store.heartbeat(&lease.batch_id, &lease.token, LONG).await?,
+        "the released token is dead"
+    );
+    assert!(
+        store.batch_runs("orders", 10).await?.is_empty(),
+        "a release is not a run"
+    );
+    Ok(())
+}
+
+async fn rescue_expired_requeues(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let v = pipeline(&store, "orders").await?;
+    queue(&store, "orders", v, "/in/a.csv", 2, 3).await?;
+    // long enough that a busy machine cannot expire it before the "not yet" check
+    let short = lease_one(&store, 1, Duration::from_millis(800)).await;
+    let live = lease_one(&store, 2, LONG).await;
+    assert_eq!(store.rescue_expired().await?, 0, "nothing expired yet");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(store.rescue_expired().await?, 1);
+    assert_eq!(store.rescue_expired().await?, 0, "rescued once");
+
+    let t = store.task(&short.batch_id).await?.ok_or("missing")?;
+    assert_eq!(t.state, TaskState::Pending);
+    assert_eq!(t.lease_owner, None);
+    assert_eq!(t.attempts, 1, "the expired attempt counts");
+    assert!(
+        t.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("lease expired"))
+    );
+    assert_eq!(state_of(&store, &live.batch_id).await, TaskState::Leased);
+
+    let runs = store.batch_runs("orders", 10).await?;
+    assert_eq!(runs.len(), 1);
+    let run = &runs[0];
+    assert_eq!(run.outcome, BatchOutcome::Expired);
+    assert_eq!(
+        run.worker,
+        worker(1),
+        "the run names the worker that lost the lease"
+    );
+    assert_eq!(run.batch_id, short.batch_id);
+    assert_eq!(run.attempt, 1);
+    assert!(run.duration_ms >= 800, "duration {}", run.duration_ms);
+
+    let again = lease_one(&store, 3, LONG).await;
+    assert_eq!(again.batch_id, short.batch_id);
+    assert_eq!(again.attempt, 2);
+    Ok(())
+}
+
+async fn rescue_expired_quarantines_after_max_attempts(
+    _h: &Harness,
+    store: Arc<dyn Store>,
+) -> TestResult {
+    let v = pipeline(&store, "orders").await?;
+    queue(&store, "orders", v, "/in/a.csv", 1, 2).await?;
+    for attempt in 1..=2 {
+        let lease = lease_one(&store, attempt, Duration::from_millis(50)).await;
+        assert_eq!(lease.attempt, attempt as i32);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(store.rescue_expired().await?, 1);
+    }
+    let t = &store.tasks("orders", None).await?[0];
+    assert_eq!(t.state, TaskState::Quarantined);
+    let error = t.last_error.as_deref().unwrap_or_default();
+    assert!(error.contains("lease expired 2 times"), "{error}");
+    assert!(store.lease(&request(1, 5, LONG)).await?.is_empty());
+    let runs = store.batch_runs("orders", 10).await?;
+    assert_eq!(runs.len(), 2);
+    assert!(runs.iter().all(|r| r.outcome == BatchOutcome::Expired));
+    Ok(())
+}
+
+async fn retry_repins_to_current_version(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let v1 = pipeline(&store, "orders").await?;
+    let u1 = pipeline(&store, "users").await?;
+    let ids = queue(&store, "orders", v1, "/in/a.csv", 3, 3).await?;
+    let users = queue(&store, "users", u1, "/in/u.csv", 1, 3).await?;
+    for _ in 0..4 {
+        let lease = lease_one(&store, 1, LONG).await;
+        store
+            .fail(
+                &lease,
+                &report(BatchOutcome::Quarantined, 0, Some("bad row")),
+                ErrorKind::User,
+                true,
+                Duration::ZERO,
+            )
+            .await?;
+    }
+    assert_eq!(
+        store
+            .tasks("orders", Some(TaskState::Quarantined))
+            .await?
+            .len(),
+        3
+    );
+
+    // A fixed spec, registered but not current yet: retry pins to the current one.
+    let v2 = store
+        .register_pipeline_version("orders", "fixed", "spec 2", "/b", false)
+        .await?
+        .version;
+    assert_eq!(store.retry(&RetryTarget::Batch(ids[0].clone())).await?, 1);
+    let t = store.task(&ids[0]).await?.ok_or("missing")?;
+    assert_eq!(
+        (t.state, t.version, t.attempts),
+        (TaskState::Pending, v1, 0)
+    );
+    assert_eq!((t.last_error, t.error_kind), (None, None));
+    assert_eq!(
+        store.retry(&RetryTarget::Batch(ids[0].clone())).await?,
+        0,
+        "not quarantined"
+    );
+    assert_eq!(
+        store
+            .retry(&RetryTarget::Batch(BatchId("b-nope".into())))
+            .await?,
+        0
+    );
+
+    store.set_current_version("orders", v2).await?;
+    assert_eq!(store.retry(&RetryTarget::Batch(ids[1].clone())).await?, 1);
+    assert_eq!(store.task(&ids[1]).await?.ok_or("missing")?.version, v2);
+    let mut req = request(1, 10, LONG);
+    req.pipelines = Some(vec!["orders".into()]);
+    let leased = store.lease(&req).await?;
+    assert_eq!(
+        leased
+            .iter()
+            .map(|l| (l.batch_id.clone(), l.version, l.attempt))
+            .collect::<Vec<_>>(),
+        [(ids[0].clone(), v1, 1), (ids[1].clone(), v2, 1)],
+        "a retried batch runs with fresh attempts under the version it was pinned to"
+    );
+
+    assert_eq!(
+        store
+            .retry(&RetryTarget::All {
+                pipeline: Some("orders".into())
+            })
+            .await?,
+        1
+    );
+    assert_eq!(store.task(&ids[2]).await?.ok_or("missing")?.version, v2);
+    assert_eq!(state_of(&store, &users[0]).await, TaskState::Quarantined);
+    assert_eq!(store.retry(&RetryTarget::All { pipeline: None }).await?, 1);
+    assert_eq!(state_of(&store, &users[0]).await, TaskState::Pending);
+    assert_eq!(store.retry(&RetryTarget::All { pipeline: None }).await?, 0);
+    Ok(())
+}
+
+async fn status_numbers(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let v = pipeline(&store, "orders").await?;
+    pipeline(&store, "users").await?;
+    queue(&store, "orders", v, "/in/a.csv", 3, 3).await?;
+    queue(&store, "orders", v, "/in/b.csv", 3, 3).await?;
+    let mut leases = store.lease(&request(1, 5, LONG)).await?.into_iter();
+    let now = sluice_core::now_millis();
+    let (a, b, c, d) = (
+        leases.next().ok_or("lease")?,
+        leases.next().ok_or("lease")?,
+        leases.next().ok_or("lease")?,
+        leases.next().ok_or("lease")?,
+    );
+    let run = |start: i64, finish: i64, rows: i64, outcome: BatchOutcome| RunReport {
+        started_at: start,
+        finished_at: finish,
+        rows_in: rows,
+        rows_out: rows - 1,
+        outcome,
+        error: None,
+    };
+    assert!(
+        store
+            .complete(
+                &a,
+                &run(now - 5_000, now - 4_000, 10, BatchOutcome::Committed)
+            )
+            .await?
+    );
+    assert!(
+        store
+            .complete(
+                &b,
+                &run(now - 3_000, now - 1_000, 20, BatchOutcome::AlreadyCommitted)
+            )
+            .await?
+    );
+    // a failure that started earlier and a quarantine that ended later do not widen the window
+    store
+        .fail(
+            &c,
+            &run(now - 9_000, now - 8_000, 7, BatchOutcome::Failed),
+            ErrorKind::User,
+            true,
+            Duration::ZERO,
+        )
+        .await?;
+    store
+        .fail(
+            &d,
+            &run(now - 2_000, now, 7, BatchOutcome::Quarantined),
+            ErrorKind::User,
+            true,
+            Duration::ZERO,
+        )
+        .await?;
+
+    let status = store.status().await?;
+    assert_eq!(status.len(), 2);
+    let s = &status[0];
+    assert_eq!(s.pipeline, "orders");
+    assert_eq!(s.current_version, v);
+    assert_eq!(s.files, 2);
+    assert_eq!((s.pending, s.leased, s.done, s.quarantined), (1, 1, 2, 2));
+    assert_eq!(
+        (s.rows_in, s.rows_out),
+        (30, 28),
+        "sums over done batches only"
+    );
+    assert_eq!(s.first_started_at, Some(now - 5_000));
+    assert_eq!(s.last_finished_at, Some(now - 1_000));
+    let u = &status[1];
+    assert_eq!(u.pipeline, "users");
+    assert_eq!(
+        (
+            u.files,
+            u.pending,
+            u.leased,
+            u.done,
+            u.quarantined,
+            u.rows_in
+        ),
+        (0, 0, 0, 0, 0, 0)
+    );
+    assert_eq!((u.first_started_at, u.last_finished_at), (None, None));
+    Ok(())
+}
+
+async fn workers_upsert(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    assert!(store.workers().await?.is_empty());
+    let beat = |n: usize, state: &str| WorkerBeat {
+        worker: worker(n),
+        host: "testhost".into(),
+        pid: 4242,
+        state: state.into(),
+    };
+    store.worker_heartbeat(&beat(1, "running")).await?;
+    store.worker_heartbeat(&beat(2, "running")).await?;
+    let first = store.workers().await?;
+    assert_eq!(first.len(), 2);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    store.worker_heartbeat(&beat(1, "draining")).await?;
+    let second = store.workers().await?;
+    assert_eq!(second.len(), 2);
+    let (w1_before, w1) = (&first[0], &second[0]);
+    assert_eq!(w1.worker, worker(1));
+    assert_eq!(w1.state, "draining");
+    assert_eq!(w1.pid, 4242);
+    assert_eq!(
+        w1.started_at, w1_before.started_at,
+        "started_at is kept from the first beat"
+    );
+    assert!(w1.last_heartbeat >= w1_before.last_heartbeat + 20);
+    assert_eq!(second[1].state, "running");
+    assert_eq!(second[1].last_heartbeat, first[1].last_heartbeat);
+    Ok(())
+}
+
+async fn batch_runs_history(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let v = pipeline(&store, "orders").await?;
+    pipeline(&store, "users").await?;
+    queue(&store, "orders", v, "/in/a.csv", 3, 3).await?;
+    let base = sluice_core::now_millis();
+    for i in 0..3 {
+        let lease = lease_one(&store, i, LONG).await;
+        let rep = RunReport {
+            started_at: base + i as i64 * 1000,
+            finished_at: base + i as i64 * 1000 + 250,
+            rows_in: 100 + i as i64,
+            rows_out: 90,
+            outcome: BatchOutcome::Committed,
+            error: None,
+        };
+        assert!(store.complete(&lease, &rep).await?);
+    }
+    let runs = store.batch_runs("orders", 2).await?;
+    assert_eq!(runs.len(), 2, "limit");
+    assert_eq!(runs[0].finished_at, base + 2250, "newest first");
+    assert_eq!(runs[1].finished_at, base + 1250);
+    let r = &runs[0];
+    assert_eq!((r.rows_in, r.rows_out, r.duration_ms), (102, 90, 250));
+    assert_eq!((r.worker.clone(), r.attempt, r.version), (worker(2), 1, v));
+    assert_eq!(r.pipeline, "orders");
+    assert_eq!(r.error, None);
+    assert_eq!(store.batch_runs("orders", 100).await?.len(), 3);
+    assert!(store.batch_runs("orders", 0).await?.is_empty());
+    assert!(store.batch_runs("orders", -1).await?.is_empty());
+    assert!(store.batch_runs("users", 100).await?.is_empty());
+    Ok(())
+}
+
+/// Leasers on two store handles (two "processes") drain the queue concurrently. While a lease is
+/// live no one else may hold its batch, and every batch is completed exactly once.
+async fn concurrent_leasers_drain_the_queue(h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    const TASKS: u32 = 200;
+    const LEASERS: usize = 6;
+    let v = pipeline(&store, "orders").await?;
+    let mut all = Vec::new();
+    for f in 0..4 {
+        all.extend(queue(&store, "orders", v, &format!("/in/{f}.csv"), TASKS / 4, 3).await?);
+    }
+    let other = h.open_again().await;
+    let held: Arc<Mutex<HashSet<BatchId>>> = Arc::default();
+    let completed: Arc<Mutex<HashMap<BatchId, usize>>> = Arc::default();
+    let mut leasers = Vec::new();
+    for n in 0..LEASERS {
+        let s = if n % 2 == 0 {
+            store.clone()
+        } else {
+            other.clone()
+        };
+        let held = held.clone();
+        let completed = completed.clone();
+        leasers.push(tokio::spawn(async move {
+            let mut empty_rounds = 0;
+            while empty_rounds < 3 {
+                let leases = s.lease(&request(n, 4, LONG)).await?;
+                if leases.is_empty() {
+                    empty_rounds += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                empty_rounds = 0;
+                for l in &leases {
+                    let fresh = held
+                        .lock()
+                        .map_err(|_| "poisoned")?
+                        .insert(l.batch_id.clone());
+                    assert!(
+                        fresh,
+                        "{} leased while another lease on it was live",
+                        l.batch_id
+                    );
+                }
+                tokio::task::yield_now().await;
+                for l in leases {
+                    let ok = s
+                        .complete(&l, &report(BatchOutcome::Committed, 10, None))
+                        .await?;
+                    assert!(ok, "live lease on {} refused completion", l.batch_id);
+                    held.lock().map_err(|_| "poisoned")?.remove(&l.batch_id);
+                    *completed
+                        .lock()
+                        .map_err(|_| "poisoned")?
+                        .entry(l.batch_id)
+                        .or_default() += 1;
+                }
+            }
+            Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+        }));
+    }
+    for l in leasers {
+        l.await??;
+    }
+    let completed = completed.lock().map_err(|_| "poisoned")?.clone();
+    assert_eq!(completed.len(), TASKS as usize);
+    assert!(
+        completed.values().all(|&n| n == 1),
+        "a batch completed twice"
+    );
+    let done = store.tasks("orders", Some(TaskState::Done)).await?;
+    assert_eq!(done.len(), TASKS as usize);
+    assert!(done.iter().all(|t| t.attempts == 1));
+    let runs = store.batch_runs("orders", 1000).await?;
+    assert_eq!(runs.len(), TASKS as usize);
+    let status = &store.status().await?[0];
+    assert_eq!((status.done, status.pending, status.leased), (200, 0, 0));
+    assert_eq!(status.rows_in, 2000);
+    let mut seen: Vec<BatchId> = completed.into_keys().collect();
+    seen.sort();
+    all.sort();
+    assert_eq!(seen, all);
+    Ok(())
+}
+
+// ---- backend-specific: the things the generic suite cannot see ----
+
+/// Opens `url` from several handles at once on a store nobody has migrated yet: the migration
+/// must be applied once and every open must succeed (processes starting together).
+async fn first_opens_race(url: &str) -> TestResult {
+    let opens: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.to_string();
+            tokio::spawn(async move { sluice_store::open(&url).await })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for open in opens {
+        stores.push(open.await??);
+    }
+    let v = pipeline(&stores[0], "orders").await?;
+    queue(&stores[1], "orders", v, "/in/a.csv", 1, 3).await?;
+    assert_eq!(stores[3].tasks("orders", None).await?.len(), 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_first_opens_race() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    first_opens_race(&format!("sqlite://{}", dir.path().join("new.db").display())).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_first_opens_race() -> TestResult {
+    let Some(url) = testing::fresh_postgres_url().await? else {
+        return Ok(());
+    };
+    first_opens_race(&url).await?;
+    let _ = testing::drop_postgres_database(&url).await;
+    Ok(())
+}
+
+/// The two migration sequences must describe the same tables with the same columns, or the
+/// conformance suite would be testing two different products.
+#[tokio::test]
+async fn schemas_have_the_same_tables_and_columns() -> TestResult {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let names = |backend: &str| -> std::io::Result<Vec<String>> {
+        let mut names: Vec<String> = std::fs::read_dir(format!("{dir}/migrations/{backend}"))?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()?;
+        names.sort();
+        Ok(names)
+    };
+    assert_eq!(
+        names("sqlite")?,
+        names("postgres")?,
+        "migration files differ"
+    );
+
+    let Some(pg_url) = testing::fresh_postgres_url().await? else {
+        return Ok(());
+    };
+    let tmp = tempfile::tempdir()?;
+    let sqlite_path = tmp.path().join("s.db");
+    sluice_store::open(&sqlite_path.display().to_string()).await?;
+    sluice_store::open(&pg_url).await?;
+
+    let mut sqlite =
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}", sqlite_path.display())).await?;
+    let mut sqlite_columns: Vec<(String, String)> = sqlx::query_as(
+        "SELECT m.name, p.name FROM sqlite_master m, pragma_table_info(m.name) p \
+         WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' AND m.name <> '_sqlx_migrations'",
+    )
+    .fetch_all(&mut sqlite)
+    .await?;
+    let mut pg = sqlx::PgConnection::connect(&pg_url).await?;
+    let mut pg_columns: Vec<(String, String)> = sqlx::query_as(
+        "SELECT table_name::text, column_name::text FROM information_schema.columns \
+         WHERE table_schema = 'public' AND table_name <> '_sqlx_migrations'",
+    )
+    .fetch_all(&mut pg)
+    .await?;
+    sqlite_columns.sort();
+    pg_columns.sort();
+    assert!(
+        sqlite_columns.len() > 40,
+        "introspection found too little: {sqlite_columns:?}"
+    );
+    assert_eq!(sqlite_columns, pg_columns);
+    drop(pg);
+    let _ = testing::drop_postgres_database(&pg_url).await;
+    Ok(())
+}
+
+// ---- processes killed mid-transaction ----
+
+/// Set in a child process started by [`killed_leasers_leave_a_consistent_store`]: the store URL
+/// the child leases from until it is killed.
+const CHILD_ENV: &str = "SLUICE_STORE_TEST_CHILD_URL";
+
+/// Not a test of its own: the body of the child processes. Without [`CHILD_ENV`] it does nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_process_child() -> TestResult {
+    let Ok(url) = std::env::var(CHILD_ENV) else {
+        return Ok(());
+    };
+    let store = sluice_store::open(&url).await?;
+    let me = std::process::id() as usize;
+    // Bounded, so a child whose parent died does not run forever.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < deadline {
+        let leases = store.lease(&request(me, 4, Duration::from_secs(2))).await?;
+        if leases.is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for l in leases {
+            store
+                .complete(&l, &report(BatchOutcome::Committed, 10, None))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Two processes lease and complete from one store and are SIGKILLed mid-stream (most likely
+/// inside a transaction). Afterwards the store must be consistent: a batch is done exactly when
+/// it has one committed run, and rescue plus a survivor finish everything exactly once.
+async fn killed_leasers_leave_a_consistent_store(url: &str) -> TestResult {
+    const TASKS: u32 = 1000;
+    let store = sluice_store::open(url).await?;
+    let v = pipeline(&store, "orders").await?;
+    queue(&store, "orders", v, "/in/big.csv", TASKS, 5).await?;
+    let spawn = || {
+        std::process::Command::new(std::env::current_exe()?)
+            .args([
+                "--exact",
+                "killed_process_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, url)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+    };
+    let mut children = [spawn()?, spawn()?];
+    // Kill once the children are well into the queue, but far from its end.
+    let waited = tokio::time::Instant::now();
+    loop {
+        let done = store.status().await?[0].done;
+        if done >= 100 {
+            break;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "children made no progress"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for child in &mut children {
+        child.kill()?; // SIGKILL
+        child.wait()?;
+    }
+
+    let consistent = |tasks: &[sluice_store::TaskRecord], runs: &[sluice_store::BatchRun]| {
+        let mut committed: HashMap<&BatchId, usize> = HashMap::new();
+        for r in runs.iter().filter(|r| r.outcome == BatchOutcome::Committed) {
+            *committed.entry(&r.batch_id).or_default() += 1;
+        }
+        for t in tasks {
+            let n = committed.get(&t.batch_id).copied().unwrap_or(0);
+            let expected = usize::from(t.state == TaskState::Done);
+            assert_eq!(
+                n, expected,
+                "batch {} is {} with {n} committed runs",
+                t.batch_id, t.state
+            );
+        }
+        committed.len()
+    };
+    let tasks = store.tasks("orders", None).await?;
+    let runs = store.batch_runs("orders", 100_000).await?;
+    let done_at_kill = consistent(&tasks, &runs);
+    assert!(
+        (100..TASKS as usize).contains(&done_at_kill),
+        "the kill should land mid-queue: {done_at_kill} done"
+    );
+
+    // The children's leases expire; the rescuer takes them back and a survivor drains the rest.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    store.rescue_expired().await?;
+    loop {
+        let leases = store.lease(&request(99, 64, LONG)).await?;
+        if leases.is_empty() {
+            break;
+        }
+        for l in leases {
+            assert!(
+                store
+                    .complete(&l, &report(BatchOutcome::Committed, 10, None))
+                    .await?
+            );
+        }
+    }
+    let tasks = store.tasks("orders", None).await?;
+    assert!(tasks.iter().all(|t| t.state == TaskState::Done));
+    let runs = store.batch_runs("orders", 100_000).await?;
+    assert_eq!(consistent(&tasks, &runs), TASKS as usize);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_killed_leasers_leave_a_consistent_store() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    killed_leasers_leave_a_consistent_store(&format!(
+        "sqlite://{}",
+        dir.path().join("shared.db").display()
+    ))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_killed_leasers_leave_a_consistent_store() -> TestResult {
+    let Some(url) = testing::fresh_postgres_url().await? else {
+        return Ok(());
+    };
+    killed_leasers_leave_a_consistent_store(&url).await?;
+    let _ = testing::drop_postgres_database(&url).await;
+    Ok(())
+}

@@ -1,0 +1,361 @@
+//! The worker pool: how batches get from the queue to the table.
+//!
+//! Names follow River's: each **worker** is a lease loop that never holds more than one batch
+//! (so a pool of N never takes more than its N free slots); its **executor** runs the batch
+//! through the pinned pipeline version; the **completer** reports the result to the store,
+//! fenced by the lease token; a **heartbeat** extends the lease while the batch runs; the
+//! **rescuer** takes back leases that expired (a worker died or hung). A [`Discoverer`] turns
+//! landed files into queued batches.
+//!
+//! Shutdown drains: on the cancel signal workers stop leasing, in-flight batches get `grace`
+//! to finish, and what is still running after that is released back to the queue.
+//! Exactly-once does not depend on the drain: a batch whose worker is killed mid-commit is
+//! taken back by the rescuer and its second run finds the first run's Delta commit.
+
+mod discover;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_core::{BatchOutcome, ErrorKind, WorkerId, now_millis};
+use sluice_engine::{BatchError, Pipeline};
+use sluice_store::{FailDisposition, Lease, LeaseRequest, RunReport, Store, WorkerBeat};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+pub use discover::{Discoverer, DiscoveryReport};
+
+/// How a pool runs.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Workers in this process.
+    pub workers: usize,
+    /// Lease length; heartbeats extend it every third of it.
+    pub lease_for: Duration,
+    /// Sleep between lease attempts when the queue is empty.
+    pub poll: Duration,
+    /// How long in-flight batches may run after a drain starts before they are released.
+    pub grace: Duration,
+    /// Only these pipelines (`None`: all pipelines in the store).
+    pub pipelines: Option<Vec<String>>,
+    /// Back-off before a failed batch runs again.
+    pub retry_backoff: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            workers: 2,
+            lease_for: Duration::from_secs(30),
+            poll: Duration::from_millis(200),
+            grace: Duration::from_secs(30),
+            pipelines: None,
+            retry_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Totals of what a pool did, for the CLI's summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PoolReport {
+    pub committed: u64,
+    pub already_committed: u64,
+    pub failed: u64,
+    pub quarantined: u64,
+    pub released: u64,
+    pub rows_in: i64,
+    pub rows_out: i64,
+}
+
+/// Compiled pipeline versions, loaded from the store on first use: a batch runs with the
+/// version it was pinned to when queued, whatever version is current now.
+pub struct VersionCache {
+    store: Arc<dyn Store>,
+    compiled: Mutex<HashMap<(String, i64), Arc<Pipeline>>>,
+}
+
+impl VersionCache {
+    pub fn new(store: Arc<dyn Store>) -> VersionCache {
+        VersionCache {
+            store,
+            compiled: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Seeds the cache with a pipeline compiled by the caller (saves compiling it twice).
+    pub async fn insert(&self, pipeline: Arc<Pipeline>) {
+        self.compiled
+            .lock()
+            .await
+            .insert((pipeline.name().to_string(), pipeline.version), pipeline);
+    }
+
+    pub async fn get(&self, pipeline: &str, version: i64) -> Result<Arc<Pipeline>, String> {
+        let key = (pipeline.to_string(), version);
+        if let Some(p) = self.compiled.lock().await.get(&key) {
+            return Ok(p.clone());
+        }
+        let stored = self
+            .store
+            .pipeline_version(pipeline, version)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("pipeline {pipeline} has no version {version} in the store"))?;
+        let compiled = Pipeline::from_stored(&stored.spec, &stored.base_dir, version)
+            .await
+            .map_err(|e| format!("compiling {pipeline}@{version}: {e}"))?;
+        let compiled = Arc::new(compiled);
+        self.compiled.lock().await.insert(key, compiled.clone());
+        Ok(compiled)
+    }
+}
+
+/// A pool of workers sharing one store.
+pub struct WorkerPool {
+    store: Arc<dyn Store>,
+    config: PoolConfig,
+    versions: Arc<VersionCache>,
+    host: String,
+    report: Mutex<PoolReport>,
+}
+
+impl WorkerPool {
+    pub fn new(store: Arc<dyn Store>, config: PoolConfig, versions: Arc<VersionCache>) -> Self {
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_string())
+            })
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        WorkerPool {
+            store,
+            config,
+            versions,
+            host,
+            report: Mutex::new(PoolReport::default()),
+        }
+    }
+
+    /// Runs the workers and the rescuer until `stop` is cancelled, then drains.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) -> PoolReport {
+        // Cancelled after the grace period: in-flight batches are abandoned and released.
+        let abandon = CancellationToken::new();
+        let mut handles = Vec::new();
+        for slot in 0..self.config.workers {
+            let pool = self.clone();
+            let stop = stop.clone();
+            let abandon = abandon.clone();
+            handles.push(tokio::spawn(async move {
+                pool.worker_loop(slot, stop, abandon).await
+            }));
+        }
+        let rescuer = {
+            let pool = self.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move { pool.rescuer_loop(stop).await })
+        };
+        stop.cancelled().await;
+        let grace = self.config.grace;
+        let all = futures::future::join_all(handles);
+        tokio::pin!(all);
+        tokio::select! {
+            _ = &mut all => {}
+            _ = tokio::time::sleep(grace) => {
+                tracing::warn!("grace period of {grace:?} over: releasing batches still running");
+                abandon.cancel();
+                all.await;
+            }
+        }
+        rescuer.abort();
+        self.report.lock().await.clone()
+    }
+
+    async fn beat(&self, worker: &WorkerId, state: &str) {
+        let beat = WorkerBeat {
+            worker: worker.clone(),
+            host: self.host.clone(),
+            pid: std::process::id() as i64,
+            state: state.to_string(),
+        };
+        if let Err(e) = self.store.worker_heartbeat(&beat).await {
+            tracing::warn!(%worker, error = %e, "worker heartbeat failed");
+        }
+    }
+
+    async fn worker_loop(&self, slot: usize, stop: CancellationToken, abandon: CancellationToken) {
+        let worker = WorkerId::new(&self.host, std::process::id(), slot);
+        self.beat(&worker, "running").await;
+        let mut last_beat = std::time::Instant::now();
+        while !stop.is_cancelled() {
+            if last_beat.elapsed() > Duration::from_secs(5) {
+                self.beat(&worker, "running").await;
+                last_beat = std::time::Instant::now();
+            }
+            let req = LeaseRequest {
+                worker: worker.clone(),
+                pipelines: self.config.pipelines.clone(),
+                limit: 1,
+                lease_for: self.config.lease_for,
+            };
+            let leases = match self.store.lease(&req).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(%worker, error = %e, "leasing failed; backing off");
+                    Vec::new()
+                }
+            };
+            if leases.is_empty() {
+                let jitter = rand::random_range(0..=self.config.poll.as_millis() as u64 / 2);
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(self.config.poll + Duration::from_millis(jitter)) => {}
+                }
+                continue;
+            }
+            for lease in leases {
+                self.execute(&lease, &abandon).await;
+            }
+        }
+        self.beat(&worker, "stopped").await;
+    }
+
+    /// Runs one leased batch with a heartbeat beside it and reports the result.
+    async fn execute(&self, lease: &Lease, abandon: &CancellationToken) {
+        let started_at = now_millis();
+        let heartbeat = self.heartbeat(lease);
+        let run = async {
+            // A version that cannot be loaded here may load later (store back, spec fixed):
+            // retry, and quarantine after max_attempts like any other failure.
+            let pipeline = self
+                .versions
+                .get(&lease.pipeline, lease.version)
+                .await
+                .map_err(|message| BatchError {
+                    kind: ErrorKind::External,
+                    quarantine: false,
+                    message,
+                    rows_in: 0,
+                })?;
+            pipeline.run_batch(&lease.batch_id, &lease.slice).await
+        };
+        let result = tokio::select! {
+            r = run => Some(r),
+            _ = abandon.cancelled() => None,
+        };
+        heartbeat.abort();
+        let Some(result) = result else {
+            if let Err(e) = self.store.release(lease).await {
+                tracing::warn!(batch = %lease.batch_id, error = %e, "releasing failed; the rescuer will take it back");
+            }
+            self.report.lock().await.released += 1;
+            return;
+        };
+        let finished_at = now_millis();
+        match result {
+            Ok(r) => {
+                let report = RunReport {
+                    started_at,
+                    finished_at,
+                    rows_in: r.rows_in,
+                    rows_out: r.rows_out,
+                    outcome: r.outcome,
+                    error: None,
+                };
+                match self.store.complete(lease, &report).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(batch = %lease.batch_id, "lease was lost before completion; the batch's commit stands and its new holder will find it")
+                    }
+                    Err(e) => {
+                        tracing::warn!(batch = %lease.batch_id, error = %e, "completing failed; the batch will be re-run and found committed")
+                    }
+                }
+                let mut rep = self.report.lock().await;
+                match r.outcome {
+                    BatchOutcome::AlreadyCommitted => rep.already_committed += 1,
+                    _ => rep.committed += 1,
+                }
+                rep.rows_in += r.rows_in;
+                rep.rows_out += r.rows_out;
+            }
+            Err(BatchError {
+                kind,
+                quarantine,
+                message,
+                rows_in,
+            }) => {
+                let report = RunReport {
+                    started_at,
+                    finished_at,
+                    rows_in,
+                    rows_out: 0,
+                    outcome: if quarantine {
+                        BatchOutcome::Quarantined
+                    } else {
+                        BatchOutcome::Failed
+                    },
+                    error: Some(message.clone()),
+                };
+                let disposition = self
+                    .store
+                    .fail(lease, &report, kind, quarantine, self.config.retry_backoff)
+                    .await;
+                let mut rep = self.report.lock().await;
+                match disposition {
+                    Ok(FailDisposition::Quarantined) => {
+                        tracing::warn!(batch = %lease.batch_id, "quarantined: {message}");
+                        rep.quarantined += 1
+                    }
+                    Ok(_) => {
+                        tracing::info!(batch = %lease.batch_id, attempt = lease.attempt, "failed, will retry: {message}");
+                        rep.failed += 1
+                    }
+                    Err(e) => {
+                        tracing::warn!(batch = %lease.batch_id, error = %e, "recording a failure failed; the rescuer will take the batch back")
+                    }
+                }
+            }
+        }
+    }
+
+    fn heartbeat(&self, lease: &Lease) -> tokio::task::JoinHandle<()> {
+        let store = self.store.clone();
+        let lease_for = self.config.lease_for;
+        let batch = lease.batch_id.clone();
+        let token = lease.token.clone();
+        tokio::spawn(async move {
+            let every = (lease_for / 3).max(Duration::from_millis(100));
+            loop {
+                tokio::time::sleep(every).await;
+                match store.heartbeat(&batch, &token, lease_for).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(%batch, "lease lost while running; finishing anyway (the commit is idempotent)");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(%batch, error = %e, "heartbeat failed"),
+                }
+            }
+        })
+    }
+
+    async fn rescuer_loop(&self, stop: CancellationToken) {
+        let every =
+            (self.config.lease_for / 2).clamp(Duration::from_millis(200), Duration::from_secs(10));
+        loop {
+            match self.store.rescue_expired().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("took back {n} expired lease(s)"),
+                Err(e) => tracing::warn!(error = %e, "rescuing expired leases failed"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+}
