@@ -132,9 +132,11 @@ pub struct DemoArgs {
     pub json: bool,
 }
 
-pub fn init_tracing(verbose: u8) {
+pub fn init_tracing(verbose: u8, quiet: bool) {
+    // delta-rs logs every optimistic-concurrency retry at warn; they are routine for us.
     let default = match verbose {
-        0 => "warn",
+        0 if quiet => "error",
+        0 => "warn,deltalake_core=error",
         1 => "info,sluice=info",
         _ => "debug",
     };

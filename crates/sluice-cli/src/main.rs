@@ -9,7 +9,9 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    cli::init_tracing(args.verbose);
+    // The demo prints its own summary of everything worth a warning.
+    let quiet = matches!(args.command, cli::Command::Demo(_));
+    cli::init_tracing(args.verbose, quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -481,7 +481,11 @@ fn read_csv(
     };
     let parsed = match decode(&bytes) {
         Ok(b) => b,
-        Err(_) => return Err(pinpoint(slice, &bytes, true, |rec| decode(rec).map(|_| ()))),
+        Err(_) => {
+            return Err(pinpoint(slice, &bytes, true, &reader_schema, |rec| {
+                decode(rec).map(|_| ())
+            }));
+        }
     };
     let mut columns = Vec::with_capacity(input.schema.fields().len());
     for field in input.schema.fields() {
@@ -531,7 +535,7 @@ fn read_jsonl(slice: &BatchSlice, input: &InputSchema) -> Result<RecordBatch, So
     let parsed = match decode(&bytes) {
         Ok(b) => b,
         Err(_) => {
-            return Err(pinpoint(slice, &bytes, false, |rec| {
+            return Err(pinpoint(slice, &bytes, false, &reader_schema, |rec| {
                 decode(rec).map(|_| ())
             }));
         }
@@ -638,12 +642,17 @@ fn pinpoint(
     slice: &BatchSlice,
     bytes: &[u8],
     csv: bool,
+    columns: &Schema,
     decode_one: impl Fn(&[u8]) -> Result<(), arrow::error::ArrowError>,
 ) -> SourceError {
     for (start, end) in record_starts(bytes, csv) {
         if let Err(e) = decode_one(&bytes[start..end]) {
             let line = line_of(&slice.path, slice.byte_start + start as u64);
-            return SourceError::bad(&slice.path, Some(line), clean_arrow_message(&e.to_string()));
+            return SourceError::bad(
+                &slice.path,
+                Some(line),
+                clean_arrow_message(&e.to_string(), columns),
+            );
         }
     }
     SourceError::bad(
@@ -653,20 +662,32 @@ fn pinpoint(
     )
 }
 
-/// Arrow's messages carry a line relative to the decoder and the whole row; we give the file's
-/// line instead, so drop those parts.
-fn clean_arrow_message(msg: &str) -> String {
-    let msg = msg.strip_prefix("Parser error: ").unwrap_or(msg);
-    let msg = msg.strip_prefix("Json error: ").unwrap_or(msg);
-    let msg = match msg.find(" at line ") {
-        Some(i) => &msg[..i],
-        None => msg,
-    };
-    let msg = match msg.find(". Row data:") {
-        Some(i) => &msg[..i],
-        None => msg,
-    };
-    msg.to_string()
+/// Arrow's messages carry a line relative to the decoder, a column index and the whole row; we
+/// give the file's line and the column's name instead.
+fn clean_arrow_message(msg: &str, columns: &Schema) -> String {
+    let mut msg = msg.to_string();
+    for prefix in ["Parser error: ", "Json error: ", "Csv error: "] {
+        if let Some(rest) = msg.strip_prefix(prefix) {
+            msg = rest.to_string();
+        }
+    }
+    for cut in [" at line ", ". Row data:"] {
+        if let Some(i) = msg.find(cut) {
+            msg.truncate(i);
+        }
+    }
+    msg = msg.replace(
+        "incorrect number of fields for line 1, ",
+        "incorrect number of fields: ",
+    );
+    // "... for column 3" -> "... for column \"amount\"".
+    if let Some(i) = msg.rfind("for column ")
+        && let Ok(n) = msg[i + 11..].trim().parse::<usize>()
+        && let Some(f) = columns.fields().get(n)
+    {
+        msg = format!("{}for column {:?}", &msg[..i], f.name());
+    }
+    msg
 }
 
 fn first_cast_failure(col: &ArrayRef, to: &DataType) -> Option<usize> {
@@ -754,7 +775,10 @@ mod tests {
         };
         assert_eq!(*line, Some(3), "{err}");
         assert!(file.ends_with("b.csv"));
-        assert!(reason.contains("oops"), "{reason}");
+        assert!(
+            reason.contains("oops") && reason.contains("\"amount\""),
+            "{reason}"
+        );
     }
 
     #[test]

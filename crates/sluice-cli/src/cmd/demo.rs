@@ -46,12 +46,14 @@ struct Order {
     cancelled: bool,
 }
 
-/// Writes sample order files; returns each file's orders in row order and the bad rows planted.
-fn generate(
-    dir: &Path,
-    rows: u64,
-    files: u64,
-) -> anyhow::Result<(HashMap<String, Vec<Order>>, Vec<String>)> {
+/// The generated sample: each file's orders in row order, and the bad rows planted.
+struct Sample {
+    orders: HashMap<String, Vec<Order>>,
+    planted: Vec<String>,
+}
+
+/// Writes sample order files.
+fn generate(dir: &Path, rows: u64, files: u64) -> anyhow::Result<Sample> {
     let landing = dir.join("landing/orders");
     std::fs::create_dir_all(&landing)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -117,7 +119,7 @@ fn generate(
         out.flush()?;
         orders.insert(std::fs::canonicalize(&path)?.display().to_string(), list);
     }
-    Ok((orders, planted))
+    Ok(Sample { orders, planted })
 }
 
 pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
@@ -139,7 +141,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     };
     say(format!("sluice demo in {}", dir.display()));
     let t0 = Instant::now();
-    let (orders, planted) =
+    let Sample { orders, planted } =
         generate(&dir, args.rows, args.files).context("generating sample data")?;
     say(format!(
         "  generated {} CSV files with {} orders ({} malformed rows planted) in {:.1}s",
@@ -168,10 +170,12 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let report = super::run::drive(
         store.clone(),
         pipeline.clone(),
-        args.workers,
-        Duration::from_millis(100),
-        Duration::from_secs(30),
-        true,
+        super::run::Drive {
+            workers: args.workers,
+            poll: Duration::from_millis(100),
+            grace: Duration::from_secs(30),
+            until_drained: true,
+        },
         stop,
         bar,
     )

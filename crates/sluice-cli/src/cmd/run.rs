@@ -86,19 +86,30 @@ pub async fn pipeline_status(store: &Arc<dyn Store>, name: &str) -> anyhow::Resu
         .unwrap_or_default())
 }
 
+/// How [`drive`] runs.
+pub struct Drive {
+    pub workers: usize,
+    pub poll: Duration,
+    pub grace: Duration,
+    pub until_drained: bool,
+}
+
 /// Runs discovery and a pool until stopped (or drained). Shared by `run` and `demo`.
 pub async fn drive(
     store: Arc<dyn Store>,
     pipeline: Arc<sluice_engine::Pipeline>,
-    workers: usize,
-    poll: Duration,
-    grace: Duration,
-    until_drained: bool,
+    opts: Drive,
     stop: CancellationToken,
     bar: Option<ProgressBar>,
 ) -> anyhow::Result<PoolReport> {
     let versions = Arc::new(VersionCache::new(store.clone()));
     versions.insert(pipeline.clone()).await;
+    let Drive {
+        workers,
+        poll,
+        grace,
+        until_drained,
+    } = opts;
     let config = PoolConfig {
         workers,
         lease_for: pipeline.spec.batch.lease,
@@ -161,10 +172,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let report = drive(
         store.clone(),
         pipeline.clone(),
-        args.workers,
-        args.poll,
-        args.grace,
-        args.until_drained,
+        Drive {
+            workers: args.workers,
+            poll: args.poll,
+            grace: args.grace,
+            until_drained: args.until_drained,
+        },
         stop,
         bar,
     )

@@ -20,6 +20,16 @@ pub struct Project {
 impl Project {
     /// `files` CSV files of `rows` rows each, batches of `max_rows`, a short lease.
     pub fn csv(files: usize, rows: usize, max_rows: usize, lease: &str) -> Project {
+        Project::csv_with(files, rows, max_rows, lease, 3)
+    }
+
+    pub fn csv_with(
+        files: usize,
+        rows: usize,
+        max_rows: usize,
+        lease: &str,
+        max_attempts: u32,
+    ) -> Project {
         let dir = tempfile::tempdir().unwrap();
         let landing = dir.path().join("landing");
         std::fs::create_dir_all(&landing).unwrap();
@@ -35,7 +45,7 @@ impl Project {
             }
         }
         let spec = format!(
-            "pipeline: crash\nsource:\n  files: landing/*.csv\n  columns: {{id: int64, customer: int64, amount: float64}}\n  required: [id]\n  settle: 0s\nbatch:\n  max_rows: {max_rows}\n  lease: {lease}\ntransform: SELECT id, customer, amount * 2 AS doubled FROM input\nsink:\n  delta: out\n  key: [id]\n"
+            "pipeline: crash\nsource:\n  files: landing/*.csv\n  columns: {{id: int64, customer: int64, amount: float64}}\n  required: [id]\n  settle: 0s\nbatch:\n  max_rows: {max_rows}\n  lease: {lease}\n  max_attempts: {max_attempts}\ntransform: SELECT id, customer, amount * 2 AS doubled FROM input\nsink:\n  delta: out\n  key: [id]\n"
         );
         std::fs::write(dir.path().join("p.yaml"), spec).unwrap();
         Project { dir, keys }
