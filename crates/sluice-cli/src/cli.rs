@@ -68,6 +68,8 @@ pub enum Command {
     /// Generate sample orders, run them through a pipeline with several workers, and prove the
     /// Delta table holds every good row exactly once.
     Demo(DemoArgs),
+    /// Dataset schemas: register versions, check compatibility, diff, plan migrations.
+    Schema(crate::cmd::schema::SchemaArgs),
 }
 
 #[derive(Debug, Args)]

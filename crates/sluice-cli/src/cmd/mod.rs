@@ -3,6 +3,7 @@
 
 mod demo;
 mod run;
+pub mod schema;
 mod status;
 mod validate;
 
@@ -47,6 +48,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             store,
         } => status::retry(&store.store, batch, all, pipeline).await,
         Command::Demo(args) => demo::demo(args).await,
+        Command::Schema(args) => schema::schema(args).await,
     }
 }
 
