@@ -112,3 +112,58 @@ fn sigkill_of_several_processes_on_postgres_keeps_exactly_once() {
     );
     assert_exactly_once(&p.table_counts("out", "id"), &p.keys);
 }
+
+#[test]
+fn sigterm_drains_in_flight_batches_and_leaves_nothing_leased() {
+    let p = Project::csv(8, 3000, 250, "30s");
+    let store = p.sqlite();
+    let spec = p.spec().display().to_string();
+    let mut child = p
+        .sluice(&[
+            "run",
+            &spec,
+            "--store",
+            &store,
+            "--workers",
+            "2",
+            "--grace",
+            "20s",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "drain must exit cleanly: {}",
+        stderr(&out)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "drained within the grace period"
+    );
+    let status = p.run(&["status", "--store", &store, "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let pl = &status["pipelines"][0];
+    assert_eq!(pl["leased"], 0, "no lease left behind: {status:#}");
+    assert!(
+        pl["done"].as_i64().unwrap() > 0,
+        "some work was done before the signal"
+    );
+    assert!(
+        pl["pending"].as_i64().unwrap() > 0,
+        "the signal stopped leasing before the end"
+    );
+    // The rest runs later with nothing lost or repeated.
+    let out = p.run(&["run", &spec, "--store", &store, "--until-drained"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_exactly_once(&p.table_counts("out", "id"), &p.keys);
+}

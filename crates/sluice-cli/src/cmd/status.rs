@@ -14,10 +14,27 @@ pub fn throughput(s: &PipelineStatus) -> Option<f64> {
     Some(s.rows_in as f64 / secs)
 }
 
+/// A worker that says it is running but has not reported for this long has died (killed,
+/// machine lost). Workers report between batches, so this is well above a batch's duration.
+const LOST_AFTER_MS: i64 = 60_000;
+
+/// The state to show: `lost` for a running worker that stopped reporting.
+fn shown_state(w: &WorkerRecord, now: i64) -> &str {
+    if w.state == "running" && now - w.last_heartbeat > LOST_AFTER_MS {
+        "lost"
+    } else {
+        &w.state
+    }
+}
+
 pub async fn status(store_url: &str, json: bool) -> anyhow::Result<ExitCode> {
     let store = super::open_store(store_url).await?;
     let pipelines = store.status().await?;
-    let workers = store.workers().await?;
+    let now = now_millis();
+    let mut workers = store.workers().await?;
+    for w in &mut workers {
+        w.state = shown_state(w, now).to_string();
+    }
     let mut quarantined: Vec<TaskRecord> = Vec::new();
     for p in &pipelines {
         quarantined.extend(
@@ -152,4 +169,45 @@ pub async fn retry(
     let n = store.retry(&target).await?;
     println!("{n} batch(es) queued again; a running `sluice run` or `sluice worker` picks them up");
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(state: &str, last_heartbeat: i64) -> WorkerRecord {
+        WorkerRecord {
+            worker: sluice_core::WorkerId("h/1/0".into()),
+            host: "h".into(),
+            pid: 1,
+            state: state.into(),
+            started_at: 0,
+            last_heartbeat,
+        }
+    }
+
+    #[test]
+    fn silent_running_workers_show_as_lost() {
+        assert_eq!(shown_state(&worker("running", 1_000), 2_000), "running");
+        assert_eq!(
+            shown_state(&worker("running", 1_000), 1_000 + LOST_AFTER_MS + 1),
+            "lost"
+        );
+        assert_eq!(
+            shown_state(&worker("stopped", 0), 10 * LOST_AFTER_MS),
+            "stopped"
+        );
+    }
+
+    #[test]
+    fn throughput_needs_a_window() {
+        let mut s = PipelineStatus {
+            rows_in: 10_000,
+            ..Default::default()
+        };
+        assert_eq!(throughput(&s), None);
+        s.first_started_at = Some(0);
+        s.last_finished_at = Some(2_000);
+        assert_eq!(throughput(&s), Some(5_000.0));
+    }
 }
