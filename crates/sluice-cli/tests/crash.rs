@@ -118,7 +118,7 @@ fn sigterm_drains_in_flight_batches_and_leaves_nothing_leased() {
     let p = Project::csv(8, 3000, 250, "30s");
     let store = p.sqlite();
     let spec = p.spec().display().to_string();
-    let mut child = p
+    let child = p
         .sluice(&[
             "run",
             &spec,
