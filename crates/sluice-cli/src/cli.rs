@@ -70,6 +70,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Dataset schemas: register versions, check compatibility, diff, plan migrations.
     Schema(crate::cmd::schema::SchemaArgs),
+    /// Compare two Delta tables by key: rows only in A, only in B, changed rows per column.
+    Diff(crate::cmd::diff::DiffArgs),
 }
 
 #[derive(Debug, Args)]

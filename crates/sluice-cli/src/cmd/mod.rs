@@ -2,6 +2,7 @@
 //! [`Exit`] when it is not the default 1.
 
 mod demo;
+pub mod diff;
 mod run;
 pub mod schema;
 mod status;
@@ -49,6 +50,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => status::retry(&store.store, batch, all, pipeline).await,
         Command::Demo(args) => demo::demo(args).await,
         Command::Schema(args) => schema::schema(args).await,
+        Command::Diff(args) => diff::diff(args).await,
     }
 }
 
