@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod checks;
 pub mod sink;
 pub mod source;
 pub mod spec;
@@ -31,6 +32,7 @@ use datafusion::error::DataFusionError;
 use sha2::{Digest, Sha256};
 use sluice_core::{BatchId, BatchOutcome, BatchSlice, ErrorKind};
 
+use crate::checks::{CheckResult, Checks};
 use crate::sink::{CommitOutcome, DeltaSink, SinkError};
 use crate::source::{InputSchema, LandedFile, SourceError};
 use crate::spec::{Format, PipelineSpec, SpecError, SpecFile};
@@ -72,6 +74,20 @@ pub struct BatchError {
     pub quarantine: bool,
     pub message: String,
     pub rows_in: i64,
+    /// Check results, when the checks ran (a batch held by an error-level check).
+    pub checks: Vec<CheckResult>,
+}
+
+impl BatchError {
+    fn new(kind: ErrorKind, message: String, rows_in: i64) -> BatchError {
+        BatchError {
+            kind,
+            quarantine: kind == ErrorKind::User,
+            message,
+            rows_in,
+            checks: Vec::new(),
+        }
+    }
 }
 
 /// The measurements of a successful run.
@@ -81,6 +97,7 @@ pub struct BatchResult {
     pub rows_out: i64,
     pub outcome: BatchOutcome,
     pub duration_ms: i64,
+    pub checks: Vec<CheckResult>,
 }
 
 /// A compiled pipeline version.
@@ -94,6 +111,9 @@ pub struct Pipeline {
     output: SchemaRef,
     transform: SqlTransform,
     sink: Arc<DeltaSink>,
+    checks: Checks,
+    /// Where rows held back by checks go; present when the pipeline has checks.
+    quarantine: Option<Arc<DeltaSink>>,
 }
 
 impl Pipeline {
@@ -158,7 +178,34 @@ impl Pipeline {
                     .into());
             }
         }
+        let checks = Checks::compile(&spec.checks, output.clone(), &base_dir)
+            .await
+            .map_err(|(i, message)| {
+                let (line, column) =
+                    spec::locate_list_item(&file.text, "checks", i).unwrap_or((0, 0));
+                SpecError {
+                    at: sluice_core::Located {
+                        file: file.path.display().to_string(),
+                        line,
+                        column,
+                    },
+                    message,
+                }
+            })?;
+        let quarantine = if checks.is_empty() {
+            None
+        } else {
+            let location =
+                spec.sink.quarantine.clone().unwrap_or_else(|| {
+                    format!("{}_quarantine", spec.sink.delta.trim_end_matches('/'))
+                });
+            let url = sink::table_url(&location, &base_dir)
+                .map_err(|e| file.error_at(&["sink", "quarantine"], e.to_string()))?;
+            Some(Arc::new(DeltaSink::new(url)))
+        };
         Ok(Pipeline {
+            checks,
+            quarantine,
             spec,
             version,
             base_dir,
@@ -238,28 +285,73 @@ impl Pipeline {
         let started = Instant::now();
         let input = self.read(slice).await?;
         let rows_in = input.num_rows() as i64;
-        let output = self.transform.run(input).await.map_err(|e| BatchError {
-            kind: datafusion_error_kind(&e),
-            quarantine: datafusion_error_kind(&e) == ErrorKind::User,
-            message: format!(
-                "{}: the transform failed on this batch: {}",
-                slice_label(slice),
-                first_line(&e)
-            ),
-            rows_in,
-        })?;
-        let rows_out: i64 = output.iter().map(|b| b.num_rows() as i64).sum();
-        let app_id = DeltaSink::app_id(self.name(), &batch_id.0);
-        let outcome = self.sink.commit(&app_id, output).await.map_err(|e| {
-            let message = format!("{}: {e}", slice_label(slice));
-            let kind = EngineError::Sink(e).kind();
-            BatchError {
-                kind,
-                quarantine: kind == ErrorKind::User,
-                message,
+        let output = self.transform.run(input).await.map_err(|e| {
+            BatchError::new(
+                datafusion_error_kind(&e),
+                format!(
+                    "{}: the transform failed on this batch: {}",
+                    slice_label(slice),
+                    first_line(&e)
+                ),
                 rows_in,
-            }
+            )
         })?;
+        let schema = output
+            .first()
+            .map(|b| b.schema())
+            .unwrap_or_else(|| self.output.clone());
+        let audit = self.checks.audit(output, schema).await.map_err(|e| {
+            BatchError::new(
+                datafusion_error_kind(&e),
+                format!(
+                    "{}: running the checks failed: {}",
+                    slice_label(slice),
+                    first_line(&e)
+                ),
+                rows_in,
+            )
+        })?;
+        if !audit.failing_rows.is_empty() {
+            self.write_quarantine(batch_id, &audit.failing_rows)
+                .await
+                .map_err(|e| {
+                    let mut err = BatchError::new(
+                        ErrorKind::External,
+                        format!("{}: storing rows failing checks: {e}", slice_label(slice)),
+                        rows_in,
+                    );
+                    err.checks = audit.results.clone();
+                    err
+                })?;
+        }
+        if let Some(reason) = audit.hold {
+            let table = self
+                .quarantine
+                .as_ref()
+                .map(|q| q.url().to_string())
+                .unwrap_or_default();
+            let mut err = BatchError::new(
+                ErrorKind::User,
+                format!(
+                    "{}: {reason}; nothing was published, failing rows are in {table}",
+                    slice_label(slice)
+                ),
+                rows_in,
+            );
+            err.checks = audit.results;
+            return Err(err);
+        }
+        let rows_out: i64 = audit.publish.iter().map(|b| b.num_rows() as i64).sum();
+        let app_id = DeltaSink::app_id(self.name(), &batch_id.0);
+        let outcome = self
+            .sink
+            .commit(&app_id, audit.publish)
+            .await
+            .map_err(|e| {
+                let message = format!("{}: {e}", slice_label(slice));
+                let kind = EngineError::Sink(e).kind();
+                BatchError::new(kind, message, rows_in)
+            })?;
         Ok(BatchResult {
             rows_in,
             rows_out,
@@ -268,7 +360,35 @@ impl Pipeline {
                 CommitOutcome::AlreadyCommitted => BatchOutcome::AlreadyCommitted,
             },
             duration_ms: started.elapsed().as_millis() as i64,
+            checks: audit.results,
         })
+    }
+
+    /// Stores rows held back by checks in the quarantine table, once per batch and version.
+    async fn write_quarantine(
+        &self,
+        batch_id: &BatchId,
+        rows: &[(String, String, arrow::array::RecordBatch)],
+    ) -> Result<(), String> {
+        let Some(q) = &self.quarantine else {
+            return Ok(());
+        };
+        let record = checks::quarantine_records(self.name(), self.version, &batch_id.0, rows)?;
+        let app_id = format!(
+            "sluice-quarantine/{}/{}/v{}",
+            self.name(),
+            batch_id.0,
+            self.version
+        );
+        q.commit(&app_id, vec![record])
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// The quarantine table of rows held back by checks, if the pipeline has checks.
+    pub fn quarantine_table(&self) -> Option<&Arc<DeltaSink>> {
+        self.quarantine.as_ref()
     }
 
     /// Reads a slice on the blocking pool (file I/O and parsing).
@@ -281,21 +401,10 @@ impl Pipeline {
             source::read_slice(&slice, format, &input, delimiter)
         })
         .await
-        .map_err(|e| BatchError {
-            kind: ErrorKind::Internal,
-            quarantine: false,
-            message: format!("reader task failed: {e}"),
-            rows_in: 0,
-        })?;
+        .map_err(|e| BatchError::new(ErrorKind::Internal, format!("reader task failed: {e}"), 0))?;
         read.map_err(|e| {
             let message = e.to_string();
-            let kind = EngineError::Source(e).kind();
-            BatchError {
-                kind,
-                quarantine: kind == ErrorKind::User,
-                message,
-                rows_in: 0,
-            }
+            BatchError::new(EngineError::Source(e).kind(), message, 0)
         })
     }
 }

@@ -39,6 +39,9 @@ pub struct PipelineSpec {
     /// One SQL query over the table `input` (the batch), run by DataFusion.
     pub transform: String,
     pub sink: SinkSpec,
+    /// Data quality checks run on every batch before it is published (see `checks`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<crate::checks::CheckSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -139,6 +142,9 @@ pub struct SinkSpec {
     /// Columns that identify a row; used by checks, diffs and the demo's exactly-once proof.
     #[serde(default)]
     pub key: Vec<String>,
+    /// Delta table for rows held back by checks (default: the sink's location + `_quarantine`).
+    #[serde(default)]
+    pub quarantine: Option<String>,
 }
 
 fn default_settle() -> Duration {
@@ -331,6 +337,32 @@ impl SpecFile {
     }
 }
 
+/// Finds the 1-based (line, column) of the `index`-th item of a top-level block list (`key:`
+/// followed by `- ...` lines).
+pub fn locate_list_item(text: &str, key: &str, index: usize) -> Option<(usize, usize)> {
+    let (start, _) = locate_key(text, &[key])?;
+    let mut item_indent = None;
+    let mut seen = 0;
+    for (n, line) in text.lines().enumerate().skip(start) {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let indent = line.len() - trimmed.len();
+        if indent == 0 && !trimmed.starts_with('-') {
+            break;
+        }
+        if trimmed.starts_with("- ") && item_indent.is_none_or(|i| i == indent) {
+            item_indent = Some(indent);
+            if seen == index {
+                return Some((n + 1, indent + 1));
+            }
+            seen += 1;
+        }
+    }
+    None
+}
+
 /// serde_yaml appends " at line L column C" to its messages; we print the location first.
 fn strip_yaml_location(msg: &str) -> String {
     match msg.rfind(" at line ") {
@@ -416,6 +448,14 @@ mod tests {
         let e = SpecFile::parse(Path::new("p.yaml"), text).unwrap_err();
         assert!(e.message.contains("format"), "{e}");
         assert_eq!(e.at.line, 3);
+    }
+
+    #[test]
+    fn locate_list_item_counts_items() {
+        let text = "pipeline: x\nchecks:\n  - not_null: {columns: [a]}\n  - range:\n      column: b\n  - unique: {columns: [c]}\nsink: {}\n";
+        assert_eq!(locate_list_item(text, "checks", 0), Some((3, 3)));
+        assert_eq!(locate_list_item(text, "checks", 2), Some((6, 3)));
+        assert_eq!(locate_list_item(text, "checks", 3), None);
     }
 
     #[test]

@@ -239,6 +239,7 @@ impl WorkerPool {
                     quarantine: false,
                     message,
                     rows_in: 0,
+                    checks: Vec::new(),
                 })?;
             pipeline.run_batch(&lease.batch_id, &lease.slice).await
         };
@@ -287,6 +288,7 @@ impl WorkerPool {
                 quarantine,
                 message,
                 rows_in,
+                ..
             }) => {
                 let report = RunReport {
                     started_at,

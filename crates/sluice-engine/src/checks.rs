@@ -1,0 +1,1055 @@
+//! Data quality checks, run on every batch after the transform and before the commit
+//! (write-audit-publish).
+//!
+//! ```yaml
+//! checks:
+//!   - not_null: { columns: [order_id, email] }
+//!   - unique: { columns: [order_id] }
+//!   - range: { column: amount, min: 0, severity: warn }
+//!   - accepted_values: { column: status, values: [paid, shipped, refunded] }
+//!   - regex: { column: email, pattern: '^[^@]+@[^@]+$', action: drop }
+//!   - expression: { name: sane_total, expr: "amount < 100000", error_if: "> 5%", warn_if: "> 0" }
+//!   - sql: { name: no_future, query: "SELECT * FROM output WHERE created_at > now()" }
+//!   - row_count: { min: 1 }
+//!   - schema: { required: { order_id: int64 }, forbidden: [ssn] }
+//!   - freshness: { column: created_at, max_age: 30d }
+//!   - relationships: { column: customer_id, to: { delta: tables/customers, column: id } }
+//! ```
+//!
+//! Every check has `severity` (`error` | `warn`, default error), optional `warn_if` /
+//! `error_if` thresholds (`"> 10"` rows or `"> 5%"` of the rows considered; default: any failing
+//! row), an optional `where` SQL filter choosing the rows considered, and a `name` (default: the
+//! check kind and its columns). Row-level checks also take an `action`, as Databricks'
+//! expectations do: `quarantine` (default: an error-level failure holds the whole batch),
+//! `drop` (failing rows are removed and stored in the quarantine table; the rest is published;
+//! an error-level failure still holds the batch) or `warn` (record only, never hold).
+//!
+//! Checks are planned against the transform's output when the pipeline compiles, so a column
+//! that does not exist is a spec error at `sluice validate`. They run in DataFusion over the
+//! batch's Arrow data: all simple row-level checks share one aggregate scan.
+//!
+//! NULL handling: `range`, `accepted_values`, `regex` and `relationships` ignore NULLs (use
+//! `not_null` for those); an `expression` that evaluates to NULL fails.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Int64Type, SchemaRef};
+use datafusion::datasource::MemTable;
+use datafusion::error::DataFusionError;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use serde::{Deserialize, Serialize};
+
+/// How bad a failure is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    #[default]
+    Error,
+    Warn,
+}
+
+/// What a failing row-level check does to the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Warn,
+    Drop,
+    Quarantine,
+}
+
+/// "fails when more than N rows (or N percent of the rows considered) fail".
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "ThresholdRepr", into = "String")]
+pub struct Threshold {
+    pub value: f64,
+    pub percent: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ThresholdRepr {
+    Number(f64),
+    Text(String),
+}
+
+impl TryFrom<ThresholdRepr> for Threshold {
+    type Error = String;
+    fn try_from(r: ThresholdRepr) -> Result<Self, String> {
+        match r {
+            ThresholdRepr::Number(value) => Ok(Threshold {
+                value,
+                percent: false,
+            }),
+            ThresholdRepr::Text(s) => {
+                let t = s.trim().trim_start_matches('>').trim();
+                let (num, percent) = match t.strip_suffix('%') {
+                    Some(n) => (n.trim(), true),
+                    None => (t, false),
+                };
+                let value: f64 = num.parse().map_err(|_| {
+                    format!("threshold {s:?} is not valid: write a count like \"> 10\" or a share like \"> 5%\"")
+                })?;
+                if value < 0.0 || (percent && value > 100.0) {
+                    return Err(format!("threshold {s:?} is out of range"));
+                }
+                Ok(Threshold { value, percent })
+            }
+        }
+    }
+}
+
+impl From<Threshold> for String {
+    fn from(t: Threshold) -> String {
+        if t.percent {
+            format!("> {}%", t.value)
+        } else {
+            format!("> {}", t.value)
+        }
+    }
+}
+
+impl Threshold {
+    const ANY: Threshold = Threshold {
+        value: 0.0,
+        percent: false,
+    };
+
+    fn exceeded(&self, failing: u64, considered: u64) -> bool {
+        if self.percent {
+            considered > 0 && (failing as f64) * 100.0 / (considered as f64) > self.value
+        } else {
+            failing as f64 > self.value
+        }
+    }
+}
+
+macro_rules! check_struct {
+    ($(#[$m:meta])* $name:ident { $($(#[$fm:meta])* $field:ident : $ty:ty),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            $($(#[$fm])* pub $field: $ty,)*
+            /// Name in reports (default: kind and columns).
+            #[serde(default)]
+            pub name: Option<String>,
+            #[serde(default)]
+            pub severity: Severity,
+            #[serde(default)]
+            pub action: Option<Action>,
+            #[serde(default)]
+            pub warn_if: Option<Threshold>,
+            #[serde(default)]
+            pub error_if: Option<Threshold>,
+            /// SQL predicate choosing the rows the check considers.
+            #[serde(default, rename = "where")]
+            pub filter: Option<String>,
+        }
+    };
+}
+
+check_struct!(ColumnsCheck { columns: Vec<String> });
+check_struct!(AcceptedValuesCheck { column: String, values: Vec<serde_json::Value> });
+check_struct!(RangeCheck {
+    column: String,
+    #[serde(default)]
+    min: Option<serde_json::Value>,
+    #[serde(default)]
+    max: Option<serde_json::Value>,
+    /// Whether min and max themselves pass (default true).
+    #[serde(default = "yes")]
+    inclusive: bool,
+});
+check_struct!(RegexCheck {
+    column: String,
+    pattern: String
+});
+check_struct!(ExpressionCheck { expr: String });
+check_struct!(
+    /// A query over `output` returning the failing rows.
+    SqlCheck { query: String }
+);
+check_struct!(RowCountCheck {
+    #[serde(default)]
+    min: Option<u64>,
+    #[serde(default)]
+    max: Option<u64>,
+});
+check_struct!(SchemaCheck {
+    #[serde(default)]
+    required: indexmap::IndexMap<String, String>,
+    #[serde(default)]
+    forbidden: Vec<String>,
+});
+check_struct!(FreshnessCheck {
+    column: String,
+    #[serde(with = "humantime_serde")]
+    max_age: Duration,
+});
+check_struct!(RelationshipsCheck {
+    column: String,
+    to: Reference
+});
+
+fn yes() -> bool {
+    true
+}
+
+/// Another table whose column must hold every value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reference {
+    /// Delta table location, relative to the spec's folder or a URL.
+    pub delta: String,
+    pub column: String,
+}
+
+/// One declared check: a one-key mapping naming its kind (`- not_null: {...}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "CheckRepr", into = "CheckRepr")]
+pub enum CheckSpec {
+    NotNull(ColumnsCheck),
+    Unique(ColumnsCheck),
+    AcceptedValues(AcceptedValuesCheck),
+    Range(RangeCheck),
+    Regex(RegexCheck),
+    Expression(ExpressionCheck),
+    Sql(SqlCheck),
+    RowCount(RowCountCheck),
+    Schema(SchemaCheck),
+    Freshness(FreshnessCheck),
+    Relationships(RelationshipsCheck),
+}
+
+/// The YAML shape of a check. serde_yaml reads externally tagged enums only from YAML tags, so
+/// the one-key mapping is a struct of optional kinds; unknown kinds are refused by name with
+/// the list of known ones, and nested errors keep their line and column.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckRepr {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    not_null: Option<ColumnsCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    unique: Option<ColumnsCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    accepted_values: Option<AcceptedValuesCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    range: Option<RangeCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    regex: Option<RegexCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expression: Option<ExpressionCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sql: Option<SqlCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    row_count: Option<RowCountCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    schema: Option<SchemaCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    freshness: Option<FreshnessCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    relationships: Option<RelationshipsCheck>,
+}
+
+impl TryFrom<CheckRepr> for CheckSpec {
+    type Error = String;
+    fn try_from(r: CheckRepr) -> Result<Self, String> {
+        let mut found = Vec::new();
+        if let Some(c) = r.not_null {
+            found.push(CheckSpec::NotNull(c));
+        }
+        if let Some(c) = r.unique {
+            found.push(CheckSpec::Unique(c));
+        }
+        if let Some(c) = r.accepted_values {
+            found.push(CheckSpec::AcceptedValues(c));
+        }
+        if let Some(c) = r.range {
+            found.push(CheckSpec::Range(c));
+        }
+        if let Some(c) = r.regex {
+            found.push(CheckSpec::Regex(c));
+        }
+        if let Some(c) = r.expression {
+            found.push(CheckSpec::Expression(c));
+        }
+        if let Some(c) = r.sql {
+            found.push(CheckSpec::Sql(c));
+        }
+        if let Some(c) = r.row_count {
+            found.push(CheckSpec::RowCount(c));
+        }
+        if let Some(c) = r.schema {
+            found.push(CheckSpec::Schema(c));
+        }
+        if let Some(c) = r.freshness {
+            found.push(CheckSpec::Freshness(c));
+        }
+        if let Some(c) = r.relationships {
+            found.push(CheckSpec::Relationships(c));
+        }
+        match found.len() {
+            1 => Ok(found.remove(0)),
+            0 => Err("a check names its kind: not_null, unique, accepted_values, range, regex, expression, sql, row_count, schema, freshness or relationships".into()),
+            _ => Err("one check per list item: start each check with its own `- `".into()),
+        }
+    }
+}
+
+impl From<CheckSpec> for CheckRepr {
+    fn from(c: CheckSpec) -> CheckRepr {
+        let mut r = CheckRepr::default();
+        match c {
+            CheckSpec::NotNull(c) => r.not_null = Some(c),
+            CheckSpec::Unique(c) => r.unique = Some(c),
+            CheckSpec::AcceptedValues(c) => r.accepted_values = Some(c),
+            CheckSpec::Range(c) => r.range = Some(c),
+            CheckSpec::Regex(c) => r.regex = Some(c),
+            CheckSpec::Expression(c) => r.expression = Some(c),
+            CheckSpec::Sql(c) => r.sql = Some(c),
+            CheckSpec::RowCount(c) => r.row_count = Some(c),
+            CheckSpec::Schema(c) => r.schema = Some(c),
+            CheckSpec::Freshness(c) => r.freshness = Some(c),
+            CheckSpec::Relationships(c) => r.relationships = Some(c),
+        }
+        r
+    }
+}
+
+/// The fields every check shares.
+struct Common<'a> {
+    name: &'a Option<String>,
+    severity: Severity,
+    action: Option<Action>,
+    warn_if: Option<Threshold>,
+    error_if: Option<Threshold>,
+    filter: &'a Option<String>,
+}
+
+macro_rules! common {
+    ($c:expr) => {
+        Common {
+            name: &$c.name,
+            severity: $c.severity,
+            action: $c.action,
+            warn_if: $c.warn_if,
+            error_if: $c.error_if,
+            filter: &$c.filter,
+        }
+    };
+}
+
+impl CheckSpec {
+    fn common(&self) -> Common<'_> {
+        match self {
+            CheckSpec::NotNull(c) | CheckSpec::Unique(c) => common!(c),
+            CheckSpec::AcceptedValues(c) => common!(c),
+            CheckSpec::Range(c) => common!(c),
+            CheckSpec::Regex(c) => common!(c),
+            CheckSpec::Expression(c) => common!(c),
+            CheckSpec::Sql(c) => common!(c),
+            CheckSpec::RowCount(c) => common!(c),
+            CheckSpec::Schema(c) => common!(c),
+            CheckSpec::Freshness(c) => common!(c),
+            CheckSpec::Relationships(c) => common!(c),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CheckSpec::NotNull(_) => "not_null",
+            CheckSpec::Unique(_) => "unique",
+            CheckSpec::AcceptedValues(_) => "accepted_values",
+            CheckSpec::Range(_) => "range",
+            CheckSpec::Regex(_) => "regex",
+            CheckSpec::Expression(_) => "expression",
+            CheckSpec::Sql(_) => "sql",
+            CheckSpec::RowCount(_) => "row_count",
+            CheckSpec::Schema(_) => "schema",
+            CheckSpec::Freshness(_) => "freshness",
+            CheckSpec::Relationships(_) => "relationships",
+        }
+    }
+
+    /// The name used in reports.
+    pub fn name(&self) -> String {
+        if let Some(n) = self.common().name {
+            return n.clone();
+        }
+        let what = match self {
+            CheckSpec::NotNull(c) | CheckSpec::Unique(c) => c.columns.join(","),
+            CheckSpec::AcceptedValues(c) => c.column.clone(),
+            CheckSpec::Range(c) => c.column.clone(),
+            CheckSpec::Regex(c) => c.column.clone(),
+            CheckSpec::Freshness(c) => c.column.clone(),
+            CheckSpec::Relationships(c) => c.column.clone(),
+            CheckSpec::Expression(c) => c.expr.clone(),
+            CheckSpec::Sql(_) | CheckSpec::RowCount(_) | CheckSpec::Schema(_) => String::new(),
+        };
+        if what.is_empty() {
+            self.kind().to_string()
+        } else {
+            format!("{}({what})", self.kind())
+        }
+    }
+
+    /// Row-level checks can drop rows; batch-level ones (row_count, schema, freshness, sql)
+    /// can only hold or warn.
+    fn row_level(&self) -> bool {
+        matches!(
+            self,
+            CheckSpec::NotNull(_)
+                | CheckSpec::Unique(_)
+                | CheckSpec::AcceptedValues(_)
+                | CheckSpec::Range(_)
+                | CheckSpec::Regex(_)
+                | CheckSpec::Expression(_)
+                | CheckSpec::Relationships(_)
+        )
+    }
+
+    fn action(&self) -> Action {
+        let c = self.common();
+        match c.action {
+            Some(a) => a,
+            None if c.severity == Severity::Warn => Action::Warn,
+            None => Action::Quarantine,
+        }
+    }
+
+    /// Pass, warn or error for `failing` of `considered` rows.
+    fn level(&self, failing: u64, considered: u64) -> Level {
+        let c = self.common();
+        if self.action() == Action::Warn || c.severity == Severity::Warn {
+            let warn = c.warn_if.or(c.error_if).unwrap_or(Threshold::ANY);
+            return if warn.exceeded(failing, considered) {
+                Level::Warn
+            } else {
+                Level::Pass
+            };
+        }
+        if c.error_if
+            .unwrap_or(Threshold::ANY)
+            .exceeded(failing, considered)
+        {
+            Level::Error
+        } else if c.warn_if.is_some_and(|w| w.exceeded(failing, considered)) {
+            Level::Warn
+        } else {
+            Level::Pass
+        }
+    }
+
+    /// SQL predicate true for a failing row (NULL counts as not failing unless noted).
+    fn failing_predicate(&self) -> Option<String> {
+        Some(match self {
+            CheckSpec::NotNull(c) => c
+                .columns
+                .iter()
+                .map(|col| format!("{} IS NULL", ident(col)))
+                .collect::<Vec<_>>()
+                .join(" OR "),
+            CheckSpec::AcceptedValues(c) => format!(
+                "{col} IS NOT NULL AND {col} NOT IN ({})",
+                c.values.iter().map(literal).collect::<Vec<_>>().join(", "),
+                col = ident(&c.column)
+            ),
+            CheckSpec::Range(c) => {
+                let col = ident(&c.column);
+                let (lo, hi) = if c.inclusive {
+                    ("<", ">")
+                } else {
+                    ("<=", ">=")
+                };
+                let mut parts = Vec::new();
+                if let Some(min) = &c.min {
+                    parts.push(format!("{col} {lo} {}", literal(min)));
+                }
+                if let Some(max) = &c.max {
+                    parts.push(format!("{col} {hi} {}", literal(max)));
+                }
+                if parts.is_empty() {
+                    "false".into()
+                } else {
+                    format!("{col} IS NOT NULL AND ({})", parts.join(" OR "))
+                }
+            }
+            CheckSpec::Regex(c) => format!(
+                "{col} IS NOT NULL AND NOT regexp_like(CAST({col} AS VARCHAR), {})",
+                literal(&serde_json::Value::String(c.pattern.clone())),
+                col = ident(&c.column)
+            ),
+            CheckSpec::Expression(c) => format!("NOT coalesce(({}), false)", c.expr),
+            CheckSpec::Unique(c) => format!(
+                "count(*) OVER (PARTITION BY {}) > 1",
+                c.columns
+                    .iter()
+                    .map(|s| ident(s))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            _ => return None,
+        })
+    }
+}
+
+const REF_TABLE: &str = "__sluice_ref";
+
+/// Quotes an identifier for DataFusion SQL.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn literal(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => format!("'{}'", s.replace('\'', "''")),
+        serde_json::Value::Null => "NULL".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Outcome of one check on one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Pass,
+    Warn,
+    Error,
+}
+
+/// The measurement of one check on one batch: stored per pipeline version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckResult {
+    pub name: String,
+    pub kind: String,
+    pub level: Level,
+    /// Rows considered (after `where`); for batch-level checks, the batch's rows.
+    pub considered: u64,
+    pub failing: u64,
+    /// Rows removed from the published batch by a `drop` action.
+    pub dropped: u64,
+    pub detail: String,
+}
+
+/// What the checks decided for a batch.
+#[derive(Debug, Clone)]
+pub struct Audit {
+    pub results: Vec<CheckResult>,
+    /// The rows to publish (all rows, less dropped ones).
+    pub publish: Vec<RecordBatch>,
+    /// Rows that failed an error-level check or were dropped, per check, to store in the
+    /// quarantine table.
+    pub failing_rows: Vec<(String, String, RecordBatch)>,
+    /// Set when an error-level check fails: the batch must not be published.
+    pub hold: Option<String>,
+}
+
+/// A pipeline's checks, compiled against its output schema.
+#[derive(Debug, Clone, Default)]
+pub struct Checks {
+    specs: Vec<CheckSpec>,
+    /// Resolved reference tables for `relationships`, by check index.
+    references: Vec<Option<url::Url>>,
+}
+
+impl Checks {
+    /// Validates checks against the output schema by planning them. `base_dir` resolves
+    /// relative reference tables. Errors name the check (index, name) and the reason.
+    pub async fn compile(
+        specs: &[CheckSpec],
+        output: SchemaRef,
+        base_dir: &std::path::Path,
+    ) -> Result<Checks, (usize, String)> {
+        let mut references = Vec::new();
+        for (i, spec) in specs.iter().enumerate() {
+            let fail = |m: String| (i, format!("check {}: {m}", spec.name()));
+            let c = spec.common();
+            if c.action == Some(Action::Drop) && !spec.row_level() {
+                return Err(fail(format!(
+                    "action `drop` needs a row-level check; {} checks the batch as a whole: use quarantine or warn",
+                    spec.kind()
+                )));
+            }
+            let columns: Vec<&String> = match spec {
+                CheckSpec::NotNull(c) | CheckSpec::Unique(c) => {
+                    if c.columns.is_empty() {
+                        return Err(fail("list at least one column".into()));
+                    }
+                    c.columns.iter().collect()
+                }
+                CheckSpec::AcceptedValues(c) => vec![&c.column],
+                CheckSpec::Range(c) => vec![&c.column],
+                CheckSpec::Regex(c) => {
+                    regex_syntax_ok(&c.pattern).map_err(fail)?;
+                    vec![&c.column]
+                }
+                CheckSpec::Freshness(c) => vec![&c.column],
+                CheckSpec::Relationships(c) => vec![&c.column],
+                CheckSpec::Schema(c) => {
+                    for (_, ty) in &c.required {
+                        ty.parse::<sluice_schema::FieldType>()
+                            .map_err(|e| fail(e.to_string()))?;
+                    }
+                    vec![]
+                }
+                _ => vec![],
+            };
+            for col in columns {
+                if output.index_of(col).is_err() {
+                    return Err(fail(format!(
+                        "column {col:?} is not in the transform's output ({})",
+                        output
+                            .fields()
+                            .iter()
+                            .map(|f| f.name().as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+            }
+            if let CheckSpec::Freshness(c) = spec {
+                let t = output
+                    .field_with_name(&c.column)
+                    .map(|f| f.data_type().clone());
+                if !matches!(
+                    t,
+                    Ok(DataType::Timestamp(..) | DataType::Date32 | DataType::Date64)
+                ) {
+                    return Err(fail(format!(
+                        "freshness needs a timestamp or date column; {:?} is {:?}",
+                        c.column,
+                        t.ok()
+                    )));
+                }
+            }
+            let reference = match spec {
+                CheckSpec::Relationships(c) => Some(
+                    crate::sink::table_url(&c.to.delta, base_dir)
+                        .map_err(|e| fail(e.to_string()))?,
+                ),
+                _ => None,
+            };
+            references.push(reference);
+        }
+        let checks = Checks {
+            specs: specs.to_vec(),
+            references,
+        };
+        // Plan every query against an empty batch: bad SQL, bad `where`, bad types surface now.
+        let empty = RecordBatch::new_empty(output.clone());
+        for (i, spec) in checks.specs.iter().enumerate() {
+            if matches!(spec, CheckSpec::Relationships(_)) {
+                continue; // the reference table may not exist yet; its column is checked at run
+            }
+            let ctx = checks.context(vec![empty.clone()], output.clone())?;
+            for sql in checks.queries(i) {
+                let plan = ctx.sql(&sql).await;
+                if let Err(e) = plan {
+                    return Err((i, format!("check {}: {}", spec.name(), first_line(&e))));
+                }
+            }
+        }
+        Ok(checks)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.specs.is_empty()
+    }
+
+    pub fn specs(&self) -> &[CheckSpec] {
+        &self.specs
+    }
+
+    fn context(
+        &self,
+        batches: Vec<RecordBatch>,
+        schema: SchemaRef,
+    ) -> Result<SessionContext, (usize, String)> {
+        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+        let batches = if batches.is_empty() {
+            vec![RecordBatch::new_empty(schema)]
+        } else {
+            batches
+        };
+        let (batches, schema) = numbered(&batches).map_err(|e| (0, e.to_string()))?;
+        let table = MemTable::try_new(schema, vec![batches]).map_err(|e| (0, e.to_string()))?;
+        ctx.register_table("output", Arc::new(table))
+            .map_err(|e| (0, e.to_string()))?;
+        Ok(ctx)
+    }
+
+    /// The queries a check runs (used for planning at compile time).
+    fn queries(&self, i: usize) -> Vec<String> {
+        let spec = &self.specs[i];
+        let filter = spec
+            .common()
+            .filter
+            .clone()
+            .unwrap_or_else(|| "true".into());
+        let mut out = vec![format!("SELECT count(*) FROM output WHERE {filter}")];
+        if let Some(sql) = spec.failing_rows_sql(&filter) {
+            out.push(sql);
+        }
+        match spec {
+            CheckSpec::Sql(c) => out.push(c.query.clone()),
+            CheckSpec::Freshness(c) => out.push(format!(
+                "SELECT max({}) FROM output WHERE {filter}",
+                ident(&c.column)
+            )),
+            _ => {}
+        }
+        out
+    }
+
+    /// Runs every check on the transform's output.
+    pub async fn audit(
+        &self,
+        batches: Vec<RecordBatch>,
+        schema: SchemaRef,
+    ) -> Result<Audit, DataFusionError> {
+        let mut audit = Audit {
+            results: Vec::new(),
+            publish: batches.clone(),
+            failing_rows: Vec::new(),
+            hold: None,
+        };
+        if self.specs.is_empty() {
+            return Ok(audit);
+        }
+        let ctx = self
+            .context(batches, schema.clone())
+            .map_err(|(_, e)| DataFusionError::Plan(e))?;
+        let mut drop_rows: std::collections::HashSet<i64> = std::collections::HashSet::new();
+        for (i, spec) in self.specs.iter().enumerate() {
+            let filter = spec
+                .common()
+                .filter
+                .clone()
+                .unwrap_or_else(|| "true".into());
+            let considered =
+                count(&ctx, &format!("SELECT count(*) FROM output WHERE {filter}")).await?;
+            let (failing, detail, rows) = match spec {
+                CheckSpec::RowCount(c) => {
+                    let low = c.min.is_some_and(|m| considered < m);
+                    let high = c.max.is_some_and(|m| considered > m);
+                    let detail = format!(
+                        "{considered} rows; expected {}..{}",
+                        c.min.map(|m| m.to_string()).unwrap_or_default(),
+                        c.max.map(|m| m.to_string()).unwrap_or_default()
+                    );
+                    (u64::from(low || high), detail, None)
+                }
+                CheckSpec::Schema(c) => {
+                    let mut problems = Vec::new();
+                    for (col, ty) in &c.required {
+                        let want = ty
+                            .parse::<sluice_schema::FieldType>()
+                            .map(|t| t.to_arrow())
+                            .map_err(|e| DataFusionError::Plan(e.to_string()))?;
+                        match schema.field_with_name(col) {
+                            Err(_) => problems.push(format!("missing column {col:?}")),
+                            Ok(f) if f.data_type() != &want => problems
+                                .push(format!("column {col:?} is {} not {want}", f.data_type())),
+                            Ok(_) => {}
+                        }
+                    }
+                    for col in &c.forbidden {
+                        if schema.index_of(col).is_ok() {
+                            problems.push(format!("forbidden column {col:?} is present"));
+                        }
+                    }
+                    (problems.len() as u64, problems.join("; "), None)
+                }
+                CheckSpec::Freshness(c) => {
+                    let newest = newest_millis(
+                        &ctx,
+                        &format!(
+                            "SELECT max({}) FROM output WHERE {filter}",
+                            ident(&c.column)
+                        ),
+                    )
+                    .await?;
+                    let limit = sluice_core::now_millis() - c.max_age.as_millis() as i64;
+                    match newest {
+                        None if considered == 0 => (0, "no rows".into(), None),
+                        None => (1, format!("{:?} has no values", c.column), None),
+                        Some(ms) => {
+                            let age = Duration::from_millis(
+                                (sluice_core::now_millis() - ms).max(0) as u64,
+                            );
+                            let stale = ms < limit;
+                            (
+                                u64::from(stale),
+                                format!(
+                                    "newest {} is {} old (max {})",
+                                    c.column,
+                                    humantime::format_duration(Duration::from_secs(age.as_secs())),
+                                    humantime::format_duration(c.max_age)
+                                ),
+                                None,
+                            )
+                        }
+                    }
+                }
+                CheckSpec::Sql(c) => {
+                    let rows = ctx.sql(&c.query).await?.collect().await?;
+                    let n: usize = rows.iter().map(|b| b.num_rows()).sum();
+                    (
+                        n as u64,
+                        format!("query returned {n} failing row(s)"),
+                        Some(rows),
+                    )
+                }
+                _ => {
+                    if let (CheckSpec::Relationships(c), Some(url)) = (spec, &self.references[i]) {
+                        register_reference(&ctx, url, &c.to.column).await?;
+                    }
+                    let sql = spec
+                        .failing_rows_sql(&filter)
+                        .unwrap_or_else(|| "SELECT * FROM output WHERE false".into());
+                    let rows = ctx.sql(&sql).await?.collect().await?;
+                    let n: usize = rows.iter().map(|b| b.num_rows()).sum();
+                    (
+                        n as u64,
+                        format!("{n} of {considered} row(s) fail"),
+                        Some(rows),
+                    )
+                }
+            };
+            let level = spec.level(failing, considered);
+            let mut dropped = 0;
+            if failing > 0
+                && spec.action() == Action::Drop
+                && let Some(rows) = &rows
+            {
+                dropped = failing;
+                for b in rows {
+                    if let Some(ids) = b
+                        .column_by_name(ROW_ID)
+                        .and_then(|c| c.as_primitive_opt::<Int64Type>())
+                    {
+                        drop_rows.extend(ids.values().iter().copied());
+                    }
+                }
+            }
+            if let Some(rows) = rows
+                && failing > 0
+                && (level == Level::Error || dropped > 0)
+            {
+                for b in rows.into_iter().filter(|b| b.num_rows() > 0) {
+                    audit
+                        .failing_rows
+                        .push((spec.name(), detail.clone(), strip_helper_columns(b)));
+                }
+            }
+            if level == Level::Error && audit.hold.is_none() {
+                audit.hold = Some(format!("check {} failed: {detail}", spec.name()));
+            }
+            audit.results.push(CheckResult {
+                name: spec.name(),
+                kind: spec.kind().to_string(),
+                level,
+                considered,
+                failing,
+                dropped,
+                detail,
+            });
+        }
+        if audit.hold.is_none() && !drop_rows.is_empty() {
+            let mut offset = 0i64;
+            let mut publish = Vec::with_capacity(audit.publish.len());
+            for b in &audit.publish {
+                let keep: arrow::array::BooleanArray = (0..b.num_rows() as i64)
+                    .map(|i| Some(!drop_rows.contains(&(offset + i))))
+                    .collect();
+                offset += b.num_rows() as i64;
+                publish.push(arrow::compute::filter_record_batch(b, &keep)?);
+            }
+            audit.publish = publish;
+        }
+        Ok(audit)
+    }
+}
+
+/// The helper column numbering the rows of `output`, so failing rows can be dropped by id.
+const ROW_ID: &str = "__sluice_row";
+
+impl CheckSpec {
+    /// Rows of `output` considered by the check and failing it, with their row ids.
+    fn failing_rows_sql(&self, filter: &str) -> Option<String> {
+        if let CheckSpec::Relationships(c) = self {
+            // An anti-join: DataFusion cannot run a subquery inside a projection.
+            return Some(format!(
+                "SELECT o.* FROM output o LEFT JOIN (SELECT DISTINCT {rc} AS __sluice_key FROM {REF_TABLE}) r \
+                 ON o.{col} = r.__sluice_key \
+                 WHERE coalesce(({filter}) AND o.{col} IS NOT NULL AND r.__sluice_key IS NULL, false)",
+                col = ident(&c.column),
+                rc = ident(&c.to.column)
+            ));
+        }
+        let pred = self.failing_predicate()?;
+        Some(format!(
+            "SELECT * FROM (SELECT *, coalesce(({filter}) AND ({pred}), false) AS __sluice_fail FROM output) WHERE __sluice_fail"
+        ))
+    }
+}
+
+/// Appends the row-id column to each batch (ids run on across batches).
+fn numbered(batches: &[RecordBatch]) -> Result<(Vec<RecordBatch>, SchemaRef), DataFusionError> {
+    let mut out = Vec::with_capacity(batches.len());
+    let mut next = 0i64;
+    let mut schema = None;
+    for b in batches {
+        let ids = arrow::array::Int64Array::from_iter_values(next..next + b.num_rows() as i64);
+        next += b.num_rows() as i64;
+        let mut fields: Vec<_> = b.schema().fields().iter().cloned().collect();
+        fields.push(Arc::new(arrow::datatypes::Field::new(
+            ROW_ID,
+            DataType::Int64,
+            false,
+        )));
+        let s = Arc::new(arrow::datatypes::Schema::new(fields));
+        let mut cols = b.columns().to_vec();
+        cols.push(Arc::new(ids));
+        out.push(RecordBatch::try_new(s.clone(), cols)?);
+        schema = Some(s);
+    }
+    Ok((
+        out,
+        schema.unwrap_or_else(|| Arc::new(arrow::datatypes::Schema::empty())),
+    ))
+}
+
+fn strip_helper_columns(b: RecordBatch) -> RecordBatch {
+    let keep: Vec<usize> = b
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| !f.name().starts_with("__sluice_"))
+        .map(|(i, _)| i)
+        .collect();
+    b.project(&keep).unwrap_or(b)
+}
+
+async fn count(ctx: &SessionContext, sql: &str) -> Result<u64, DataFusionError> {
+    let rows = ctx.sql(sql).await?.collect().await?;
+    Ok(rows
+        .first()
+        .filter(|b| b.num_rows() > 0)
+        .and_then(|b| {
+            b.column(0)
+                .as_primitive_opt::<Int64Type>()
+                .map(|a| a.value(0))
+        })
+        .unwrap_or(0)
+        .max(0) as u64)
+}
+
+async fn newest_millis(ctx: &SessionContext, sql: &str) -> Result<Option<i64>, DataFusionError> {
+    let rows = ctx.sql(sql).await?.collect().await?;
+    let Some(b) = rows.first().filter(|b| b.num_rows() > 0) else {
+        return Ok(None);
+    };
+    let col = arrow::compute::cast(
+        b.column(0),
+        &DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None),
+    )?;
+    let ts = col.as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+    Ok((!ts.is_null(0)).then(|| ts.value(0)))
+}
+
+async fn register_reference(
+    ctx: &SessionContext,
+    url: &url::Url,
+    column: &str,
+) -> Result<(), DataFusionError> {
+    if ctx.table_exist(REF_TABLE)? {
+        ctx.deregister_table(REF_TABLE)?;
+    }
+    let sink = crate::sink::DeltaSink::new(url.clone());
+    let batches = sink
+        .read_all()
+        .await
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    let Some(first) = batches.first() else {
+        return Err(DataFusionError::Plan(format!(
+            "reference table {url} is empty or does not exist yet"
+        )));
+    };
+    if first.schema().index_of(column).is_err() {
+        return Err(DataFusionError::Plan(format!(
+            "reference table {url} has no column {column:?}"
+        )));
+    }
+    let table = MemTable::try_new(first.schema(), vec![batches])?;
+    ctx.register_table(REF_TABLE, Arc::new(table))?;
+    Ok(())
+}
+
+fn regex_syntax_ok(pattern: &str) -> Result<(), String> {
+    regex::Regex::new(pattern)
+        .map(|_| ())
+        .map_err(|e| format!("pattern {pattern:?} is not a valid regular expression: {e}"))
+}
+
+fn first_line(e: &dyn std::fmt::Display) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
+}
+
+/// Rows held back by checks, as one batch of the quarantine table: which batch, pipeline
+/// version, check and reason, and the row itself as JSON (so the table's schema stays the same
+/// whatever the pipeline's output columns are, across versions).
+pub fn quarantine_records(
+    pipeline: &str,
+    version: i64,
+    batch_id: &str,
+    rows: &[(String, String, RecordBatch)],
+) -> Result<RecordBatch, String> {
+    use arrow::array::{Int64Array, StringArray, TimestampMicrosecondArray};
+    use arrow::datatypes::{Field, Schema, TimeUnit};
+    let mut checks = Vec::new();
+    let mut reasons = Vec::new();
+    let mut json_rows = Vec::new();
+    for (check, reason, batch) in rows {
+        let mut writer = arrow_json::LineDelimitedWriter::new(Vec::new());
+        writer.write(batch).map_err(|e| e.to_string())?;
+        writer.finish().map_err(|e| e.to_string())?;
+        let text = String::from_utf8(writer.into_inner()).map_err(|e| e.to_string())?;
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            checks.push(check.clone());
+            reasons.push(reason.clone());
+            json_rows.push(line.to_string());
+        }
+    }
+    let n = json_rows.len();
+    let now = sluice_core::now_millis() * 1000;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("batch_id", DataType::Utf8, false),
+        Field::new("pipeline", DataType::Utf8, false),
+        Field::new("version", DataType::Int64, false),
+        Field::new("check", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("row", DataType::Utf8, false),
+        Field::new(
+            "quarantined_at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+    ]));
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(vec![batch_id; n])),
+            Arc::new(StringArray::from(vec![pipeline; n])),
+            Arc::new(Int64Array::from(vec![version; n])),
+            Arc::new(StringArray::from(checks)),
+            Arc::new(StringArray::from(reasons)),
+            Arc::new(StringArray::from(json_rows)),
+            Arc::new(TimestampMicrosecondArray::from(vec![now; n]).with_timezone("UTC")),
+        ],
+    )
+    .map_err(|e| e.to_string())
+}

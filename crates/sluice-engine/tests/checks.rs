@@ -1,0 +1,427 @@
+//! Every check kind: pass, warn and fail; thresholds as counts and percentages; `where`
+//! filters; NULLs; empty batches; drop; and spec errors for columns that do not exist.
+
+use std::sync::Arc;
+
+use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use sluice_engine::checks::{Audit, CheckSpec, Checks, Level};
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, true),
+        Field::new("amount", DataType::Float64, true),
+        Field::new("status", DataType::Utf8, true),
+        Field::new("email", DataType::Utf8, true),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        ),
+    ]))
+}
+
+/// Six rows: a duplicate id (4), a negative and a huge amount, a NULL amount, a status outside
+/// the accepted set, a malformed email, NULLs here and there; timestamps 1h..6h old.
+fn batch() -> RecordBatch {
+    let now = sluice_core::now_millis() * 1000;
+    let hour = 3_600_000_000i64;
+    RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(Int64Array::from(vec![
+                Some(1),
+                Some(2),
+                Some(3),
+                Some(4),
+                Some(4),
+                Some(6),
+            ])),
+            Arc::new(Float64Array::from(vec![
+                Some(10.0),
+                Some(-5.0),
+                Some(20.0),
+                None,
+                Some(30.0),
+                Some(1000.0),
+            ])),
+            Arc::new(StringArray::from(vec![
+                Some("paid"),
+                Some("paid"),
+                Some("bogus"),
+                Some("shipped"),
+                None,
+                Some("paid"),
+            ])),
+            Arc::new(StringArray::from(vec![
+                Some("a@x.io"),
+                Some("bad"),
+                Some("c@x.io"),
+                Some("d@x.io"),
+                Some("e@x.io"),
+                None,
+            ])),
+            Arc::new(
+                TimestampMicrosecondArray::from(
+                    (1..=6).map(|h| now - h * hour).collect::<Vec<_>>(),
+                )
+                .with_timezone("UTC"),
+            ),
+        ],
+    )
+    .unwrap()
+}
+
+async fn compile(yaml: &str) -> Result<Checks, (usize, String)> {
+    let specs: Vec<CheckSpec> = serde_yaml::from_str(yaml).expect("check YAML");
+    Checks::compile(&specs, schema(), std::path::Path::new("/tmp")).await
+}
+
+async fn audit_on(yaml: &str, batches: Vec<RecordBatch>) -> Audit {
+    let checks = compile(yaml).await.unwrap();
+    checks.audit(batches, schema()).await.unwrap()
+}
+
+async fn audit(yaml: &str) -> Audit {
+    audit_on(yaml, vec![batch()]).await
+}
+
+/// (level, failing, considered) of the only check.
+async fn one(yaml: &str) -> (Level, u64, u64) {
+    let a = audit(yaml).await;
+    assert_eq!(a.results.len(), 1);
+    let r = &a.results[0];
+    assert_eq!(
+        a.hold.is_some(),
+        r.level == Level::Error,
+        "hold iff error: {a:?}"
+    );
+    (r.level, r.failing, r.considered)
+}
+
+#[tokio::test]
+async fn not_null_fails_passes_and_warns() {
+    assert_eq!(
+        one("- not_null: {columns: [amount]}").await,
+        (Level::Error, 1, 6)
+    );
+    assert_eq!(
+        one("- not_null: {columns: [id]}").await,
+        (Level::Pass, 0, 6)
+    );
+    assert_eq!(
+        one("- not_null: {columns: [amount, email]}").await,
+        (Level::Error, 2, 6)
+    );
+    assert_eq!(
+        one("- not_null: {columns: [amount], severity: warn}").await,
+        (Level::Warn, 1, 6)
+    );
+    assert_eq!(
+        one("- not_null: {columns: [amount], action: warn}").await,
+        (Level::Warn, 1, 6)
+    );
+}
+
+#[tokio::test]
+async fn thresholds_as_counts_and_percentages() {
+    // 1 of 6 rows fails (16.7%).
+    assert_eq!(
+        one("- not_null: {columns: [amount], error_if: '> 1'}")
+            .await
+            .0,
+        Level::Pass
+    );
+    assert_eq!(
+        one("- not_null: {columns: [amount], error_if: '> 0'}")
+            .await
+            .0,
+        Level::Error
+    );
+    assert_eq!(
+        one("- not_null: {columns: [amount], error_if: 1, warn_if: 0}")
+            .await
+            .0,
+        Level::Warn
+    );
+    assert_eq!(
+        one("- not_null: {columns: [amount], error_if: '> 10%'}")
+            .await
+            .0,
+        Level::Error
+    );
+    assert_eq!(
+        one("- not_null: {columns: [amount], error_if: '> 20%', warn_if: '> 10%'}")
+            .await
+            .0,
+        Level::Warn
+    );
+    assert_eq!(
+        one("- not_null: {columns: [amount], error_if: '> 20%', warn_if: '> 17%'}")
+            .await
+            .0,
+        Level::Pass
+    );
+    assert_eq!(
+        one("- not_null: {columns: [amount], severity: warn, warn_if: '> 50%'}")
+            .await
+            .0,
+        Level::Pass
+    );
+    let bad: Result<Vec<CheckSpec>, _> =
+        serde_yaml::from_str("- not_null: {columns: [a], error_if: 'lots'}");
+    assert!(bad.unwrap_err().to_string().contains("threshold"));
+    let bad: Result<Vec<CheckSpec>, _> =
+        serde_yaml::from_str("- not_null: {columns: [a], error_if: '> 150%'}");
+    assert!(bad.is_err());
+}
+
+#[tokio::test]
+async fn where_filters_choose_the_rows_considered() {
+    // Paid rows have amounts 10, -5, 1000.
+    assert_eq!(
+        one("- range: {column: amount, min: 0, where: \"status = 'paid'\"}").await,
+        (Level::Error, 1, 3)
+    );
+    assert_eq!(
+        one("- range: {column: amount, min: 0, where: \"status = 'shipped'\"}").await,
+        (Level::Pass, 0, 1)
+    );
+    assert_eq!(
+        one("- not_null: {columns: [email], where: 'id > 100'}").await,
+        (Level::Pass, 0, 0)
+    );
+}
+
+#[tokio::test]
+async fn range_accepted_values_and_regex_ignore_nulls() {
+    assert_eq!(
+        one("- range: {column: amount, min: 0, max: 100}").await,
+        (Level::Error, 2, 6)
+    );
+    assert_eq!(
+        one("- range: {column: amount, min: 10, inclusive: false}").await,
+        (Level::Error, 2, 6)
+    );
+    assert_eq!(
+        one("- range: {column: amount, min: -10, max: 1000}").await,
+        (Level::Pass, 0, 6)
+    );
+    assert_eq!(
+        one("- accepted_values: {column: status, values: [paid, shipped]}").await,
+        (Level::Error, 1, 6)
+    );
+    assert_eq!(
+        one("- accepted_values: {column: status, values: [paid, shipped, bogus]}")
+            .await
+            .0,
+        Level::Pass
+    );
+    assert_eq!(
+        one("- accepted_values: {column: id, values: [1, 2, 3, 4, 6]}")
+            .await
+            .0,
+        Level::Pass
+    );
+    assert_eq!(
+        one("- regex: {column: email, pattern: '^[^@]+@[^@]+$'}").await,
+        (Level::Error, 1, 6)
+    );
+    assert_eq!(
+        one("- regex: {column: email, pattern: '@', severity: warn}").await,
+        (Level::Warn, 1, 6)
+    );
+}
+
+#[tokio::test]
+async fn expression_counts_null_as_failing() {
+    assert_eq!(
+        one("- expression: {expr: 'amount < 500'}").await,
+        (Level::Error, 2, 6)
+    );
+    assert_eq!(
+        one("- expression: {expr: 'id > 0'}").await,
+        (Level::Pass, 0, 6)
+    );
+}
+
+#[tokio::test]
+async fn unique_flags_every_duplicated_row() {
+    assert_eq!(one("- unique: {columns: [id]}").await, (Level::Error, 2, 6));
+    assert_eq!(
+        one("- unique: {columns: [id, amount]}").await,
+        (Level::Pass, 0, 6)
+    );
+}
+
+#[tokio::test]
+async fn sql_row_count_schema_and_freshness() {
+    assert_eq!(
+        one("- sql: {query: 'SELECT * FROM output WHERE amount > 100'}").await,
+        (Level::Error, 1, 6)
+    );
+    assert_eq!(
+        one("- sql: {query: 'SELECT * FROM output WHERE amount > 5000'}")
+            .await
+            .0,
+        Level::Pass
+    );
+    assert_eq!(one("- row_count: {min: 1, max: 10}").await.0, Level::Pass);
+    assert_eq!(one("- row_count: {min: 10}").await.0, Level::Error);
+    assert_eq!(
+        one("- row_count: {max: 3, severity: warn}").await.0,
+        Level::Warn
+    );
+    assert_eq!(
+        one("- schema: {required: {id: int64, amount: float64}}")
+            .await
+            .0,
+        Level::Pass
+    );
+    let a = audit("- schema: {required: {id: string}, forbidden: [email]}").await;
+    assert_eq!(a.results[0].failing, 2, "{:?}", a.results[0]);
+    assert!(a.results[0].detail.contains("forbidden column \"email\""));
+    assert_eq!(
+        one("- freshness: {column: ts, max_age: 2h}").await.0,
+        Level::Pass
+    );
+    assert_eq!(
+        one("- freshness: {column: ts, max_age: 10m}").await.0,
+        Level::Error
+    );
+}
+
+#[tokio::test]
+async fn empty_batches_pass_row_checks_and_fail_a_minimum_row_count() {
+    let empty = vec![RecordBatch::new_empty(schema())];
+    let a = audit_on(
+        "- not_null: {columns: [amount]}\n- unique: {columns: [id]}\n- range: {column: amount, min: 0}\n- freshness: {column: ts, max_age: 1h}\n",
+        empty.clone(),
+    )
+    .await;
+    assert!(
+        a.results
+            .iter()
+            .all(|r| r.level == Level::Pass && r.considered == 0),
+        "{a:?}"
+    );
+    let a = audit_on("- row_count: {min: 1}", empty).await;
+    assert_eq!(a.results[0].level, Level::Error);
+    assert!(a.hold.is_some());
+    let a = audit_on("- not_null: {columns: [id]}", vec![]).await;
+    assert_eq!(a.results[0].level, Level::Pass);
+}
+
+#[tokio::test]
+async fn drop_publishes_the_rest_and_keeps_failing_rows() {
+    let a =
+        audit("- regex: {column: email, pattern: '^[^@]+@[^@]+$', action: drop, severity: warn}")
+            .await;
+    assert!(a.hold.is_none());
+    let published: usize = a.publish.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(published, 5);
+    assert_eq!(a.results[0].dropped, 1);
+    assert_eq!(a.failing_rows.len(), 1);
+    assert_eq!(a.failing_rows[0].2.num_rows(), 1);
+    assert_eq!(
+        a.failing_rows[0].2.num_columns(),
+        5,
+        "helper columns are not stored"
+    );
+    // Two drops at once, one of them a window predicate.
+    let a = audit("- unique: {columns: [id], action: drop, severity: warn}\n- range: {column: amount, min: 0, action: drop, severity: warn}\n").await;
+    let published: usize = a.publish.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(published, 3, "ids 4,4 and the negative amount dropped");
+    // A drop whose error threshold is exceeded holds the batch.
+    let a =
+        audit("- range: {column: amount, min: 0, max: 100, action: drop, error_if: '> 20%'}").await;
+    assert!(a.hold.is_some(), "2 of 6 rows exceed 20%");
+    // Warn-level failures are recorded and everything is published.
+    let a = audit("- range: {column: amount, min: 0, severity: warn}").await;
+    assert!(a.hold.is_none());
+    assert_eq!(a.results[0].level, Level::Warn);
+    assert_eq!(a.publish.iter().map(|b| b.num_rows()).sum::<usize>(), 6);
+}
+
+#[tokio::test]
+async fn held_batches_carry_their_failing_rows() {
+    let a = audit("- not_null: {columns: [amount]}\n- accepted_values: {column: status, values: [paid, shipped]}\n").await;
+    let held = a.hold.unwrap();
+    assert!(held.contains("not_null(amount)"), "{held}");
+    assert_eq!(a.failing_rows.len(), 2);
+    let rec = sluice_engine::checks::quarantine_records("p", 1, "b-1", &a.failing_rows).unwrap();
+    assert_eq!(rec.num_rows(), 2);
+}
+
+#[tokio::test]
+async fn spec_errors_are_found_when_compiling() {
+    let cases = [
+        (
+            "- not_null: {columns: [nope]}",
+            "column \"nope\" is not in the transform's output",
+        ),
+        (
+            "- range: {column: amount, min: 0}\n- regex: {column: ghost, pattern: x}",
+            "ghost",
+        ),
+        ("- expression: {expr: 'nope > 1'}", "nope"),
+        (
+            "- not_null: {columns: [id], where: 'missing = 1'}",
+            "missing",
+        ),
+        ("- sql: {query: 'SELECT * FROM nowhere'}", "nowhere"),
+        ("- row_count: {min: 1, action: drop}", "drop"),
+        (
+            "- regex: {column: email, pattern: '(['}",
+            "regular expression",
+        ),
+        ("- freshness: {column: status, max_age: 1h}", "timestamp"),
+        ("- schema: {required: {id: money}}", "money"),
+        ("- not_null: {columns: []}", "at least one column"),
+    ];
+    for (yaml, expected) in cases {
+        let err = compile(yaml)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{yaml} must be refused"));
+        assert!(err.1.contains(expected), "{yaml}: {err:?}");
+    }
+    let (index, _) =
+        compile("- range: {column: amount, min: 0}\n- regex: {column: ghost, pattern: x}")
+            .await
+            .err()
+            .unwrap();
+    assert_eq!(index, 1, "the error names the failing check");
+    let unknown: Result<Vec<CheckSpec>, _> =
+        serde_yaml::from_str("- not_null: {columns: [id], severty: warn}");
+    assert!(
+        unknown
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field `severty`")
+    );
+}
+
+#[tokio::test]
+async fn relationships_look_values_up_in_another_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sluice_engine::sink::table_url("customers", dir.path()).unwrap();
+    let ids = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("cid", DataType::Int64, false)])),
+        vec![Arc::new(Int64Array::from(vec![1, 2, 3, 4]))],
+    )
+    .unwrap();
+    sluice_engine::sink::DeltaSink::new(url)
+        .commit("seed", vec![ids])
+        .await
+        .unwrap();
+    let yaml = format!(
+        "- relationships: {{column: id, to: {{delta: {}, column: cid}}}}",
+        dir.path().join("customers").display()
+    );
+    assert_eq!(
+        one(&yaml).await,
+        (Level::Error, 1, 6),
+        "id 6 has no customer"
+    );
+}
