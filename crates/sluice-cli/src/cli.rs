@@ -65,6 +65,8 @@ pub enum Command {
         #[command(flatten)]
         store: StoreArg,
     },
+    /// Inspect what is held back: quarantined batches and the rows checks held.
+    Quarantine(crate::cmd::quarantine::QuarantineArgs),
     /// Generate sample orders, run them through a pipeline with several workers, and prove the
     /// Delta table holds every good row exactly once.
     Demo(DemoArgs),

@@ -71,6 +71,16 @@ fn failing_batches_are_held_warnings_recorded_and_retry_lands_fixed_data_once() 
     assert!(rows.iter().any(|r| r.contains("\"id\":6")), "{rows:?}");
     assert!(rows.iter().any(|r| r.contains("\"id\":13")), "{rows:?}");
     assert_eq!(read_strings(&q, "check"), vec!["not_null(email)"; 2]);
+    let shown = p.run(&["quarantine", "show", "--store", &p.sqlite(), "--json"]);
+    assert!(shown.status.success(), "{}", stderr(&shown));
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(
+        shown[0]["batches"].as_array().unwrap().len(),
+        2,
+        "{shown:#}"
+    );
+    assert_eq!(shown[0]["rows"].as_array().unwrap().len(), 2, "{shown:#}");
+    assert_eq!(shown[0]["rows"][0]["check"], "not_null(email)");
 
     // Fix the data in place (same length, so the landed file's slices still hold) and retry.
     let fixed = std::fs::read_to_string(p.dir.path().join("in/a.csv"))

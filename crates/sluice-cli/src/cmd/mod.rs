@@ -3,6 +3,7 @@
 
 mod demo;
 pub mod diff;
+pub mod quarantine;
 mod run;
 pub mod schema;
 mod status;
@@ -49,6 +50,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             store,
         } => status::retry(&store.store, batch, all, pipeline).await,
         Command::Demo(args) => demo::demo(args).await,
+        Command::Quarantine(args) => quarantine::quarantine(args).await,
         Command::Schema(args) => schema::schema(args).await,
         Command::Diff(args) => diff::diff(args).await,
     }
