@@ -73,7 +73,16 @@ pub fn table_url(location: &str, base_dir: &std::path::Path) -> Result<Url, Sink
         reason,
     };
     if location.contains("://") {
-        return Url::parse(location).map_err(|e| bad(e.to_string()));
+        let url = Url::parse(location).map_err(|e| bad(e.to_string()))?;
+        // Object stores need delta-rs's cloud features, which this build leaves out to keep
+        // the first build short; say so now rather than at the first commit.
+        if !matches!(url.scheme(), "file" | "memory") {
+            return Err(bad(format!(
+                "the {:?} object store is not built into this sluice; use a local path or a file:// URL (object stores: see README, \"Tables on object stores\")",
+                url.scheme()
+            )));
+        }
+        return Ok(url);
     }
     let path = base_dir.join(location);
     std::fs::create_dir_all(&path)
@@ -269,4 +278,33 @@ fn delta_compatible(batch: &RecordBatch) -> Result<RecordBatch, String> {
         .map(|(c, f)| cast(c, f.data_type()).map_err(|e| format!("column {:?}: {e}", f.name())))
         .collect::<Result<Vec<_>, _>>()?;
     RecordBatch::try_new(target, columns).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_resolve_to_urls() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = table_url("t/x", dir.path()).unwrap();
+        assert_eq!(url.scheme(), "file");
+        assert!(url.path().ends_with("/t/x/"), "{url}");
+        assert!(
+            dir.path().join("t/x").is_dir(),
+            "a local table folder is created"
+        );
+        assert_eq!(
+            table_url("memory:///t", dir.path()).unwrap().scheme(),
+            "memory"
+        );
+        let err = table_url("s3://bucket/t", dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"s3\" object store is not built into this sluice"),
+            "{err}"
+        );
+        assert!(table_url("file://[bad", dir.path()).is_err());
+    }
 }
