@@ -21,8 +21,8 @@
 //! the highest version per app id and treats any lower one as done. Parallel workers finish
 //! batches out of order, so a shared app id would make an earlier, still uncommitted batch look
 //! committed and its rows would be lost. The price is one small txn entry per batch in the
-//! table's state; `delta.setTransactionRetentionDuration` can bound it for very long-lived tables
-//! (the store's task state still prevents re-queueing done batches).
+//! table's state, bounded by `delta.setTransactionRetentionDuration` ([`TXN_RETENTION`], set
+//! when sluice creates the table; the store's task state prevents re-queueing done batches).
 
 use std::sync::Arc;
 
@@ -35,6 +35,12 @@ use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
 use tokio::sync::Mutex;
 use url::Url;
+
+/// How long a batch's commit marker is kept in the table's state (set when sluice creates the
+/// table). A batch is only ever re-run within its lease expiry plus retries, minutes after its
+/// commit; the store's task state guards anything older. Bounding the markers keeps snapshot
+/// state and checkpoints from growing with every batch a pipeline ever ran.
+pub const TXN_RETENTION: &str = "interval 7 days";
 
 /// What a commit did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,11 +183,19 @@ impl DeltaSink {
                 return Ok(CommitOutcome::AlreadyCommitted);
             }
             let props = CommitProperties::default()
-                .with_application_transaction(Transaction::new(app_id, 1))
+                .with_application_transaction(Transaction::new_with_last_update(
+                    app_id,
+                    1,
+                    Some(sluice_core::now_millis()),
+                ))
                 .with_max_retries(50);
             let write = table
                 .write(batches.clone())
                 .with_save_mode(SaveMode::Append)
+                .with_configuration([(
+                    "delta.setTransactionRetentionDuration",
+                    Some(TXN_RETENTION),
+                )])
                 .with_commit_properties(props)
                 .await;
             match write {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
+use sluice_engine::deltalake;
 use sluice_engine::sink::{CommitOutcome, DeltaSink, table_url};
 
 fn batch(ids: std::ops::Range<i64>) -> RecordBatch {
@@ -138,4 +139,22 @@ async fn different_batches_from_concurrent_writers_all_land() {
         "every batch of every writer landed, including the table's creation race"
     );
     assert!(c.values().all(|&n| n == 1));
+}
+
+#[tokio::test]
+async fn tables_sluice_creates_bound_their_commit_markers() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = table_url("t", dir.path()).unwrap();
+    DeltaSink::new(url.clone())
+        .commit("sluice/p/b0", vec![batch(0..3)])
+        .await
+        .unwrap();
+    let table = deltalake::DeltaTable::try_from_url(url).await.unwrap();
+    let config = table.snapshot().unwrap().metadata().configuration().clone();
+    assert_eq!(
+        config
+            .get("delta.setTransactionRetentionDuration")
+            .map(String::as_str),
+        Some(sluice_engine::sink::TXN_RETENTION)
+    );
 }
