@@ -283,34 +283,7 @@ impl Pipeline {
         slice: &BatchSlice,
     ) -> Result<BatchResult, BatchError> {
         let started = Instant::now();
-        let input = self.read(slice).await?;
-        let rows_in = input.num_rows() as i64;
-        let output = self.transform.run(input).await.map_err(|e| {
-            BatchError::new(
-                datafusion_error_kind(&e),
-                format!(
-                    "{}: the transform failed on this batch: {}",
-                    slice_label(slice),
-                    first_line(&e)
-                ),
-                rows_in,
-            )
-        })?;
-        let schema = output
-            .first()
-            .map(|b| b.schema())
-            .unwrap_or_else(|| self.output.clone());
-        let audit = self.checks.audit(output, schema).await.map_err(|e| {
-            BatchError::new(
-                datafusion_error_kind(&e),
-                format!(
-                    "{}: running the checks failed: {}",
-                    slice_label(slice),
-                    first_line(&e)
-                ),
-                rows_in,
-            )
-        })?;
+        let (rows_in, audit) = self.audit_slice(slice).await?;
         if !audit.failing_rows.is_empty() {
             self.write_quarantine(batch_id, &audit.failing_rows)
                 .await
@@ -358,6 +331,57 @@ impl Pipeline {
             outcome: match outcome {
                 CommitOutcome::Committed { .. } => BatchOutcome::Committed,
                 CommitOutcome::AlreadyCommitted => BatchOutcome::AlreadyCommitted,
+            },
+            duration_ms: started.elapsed().as_millis() as i64,
+            checks: audit.results,
+        })
+    }
+
+    /// Reads, transforms and checks a slice: everything before publishing.
+    async fn audit_slice(&self, slice: &BatchSlice) -> Result<(i64, checks::Audit), BatchError> {
+        let input = self.read(slice).await?;
+        let rows_in = input.num_rows() as i64;
+        let output = self.transform.run(input).await.map_err(|e| {
+            BatchError::new(
+                datafusion_error_kind(&e),
+                format!(
+                    "{}: the transform failed on this batch: {}",
+                    slice_label(slice),
+                    first_line(&e)
+                ),
+                rows_in,
+            )
+        })?;
+        let schema = output
+            .first()
+            .map(|b| b.schema())
+            .unwrap_or_else(|| self.output.clone());
+        let audit = self.checks.audit(output, schema).await.map_err(|e| {
+            BatchError::new(
+                datafusion_error_kind(&e),
+                format!(
+                    "{}: running the checks failed: {}",
+                    slice_label(slice),
+                    first_line(&e)
+                ),
+                rows_in,
+            )
+        })?;
+        Ok((rows_in, audit))
+    }
+
+    /// Runs a batch through this version without publishing anything: what `verify pre` uses
+    /// to try a candidate on recent data. `outcome` is `Quarantined` when a check would hold it.
+    pub async fn dry_run(&self, slice: &BatchSlice) -> Result<BatchResult, BatchError> {
+        let started = Instant::now();
+        let (rows_in, audit) = self.audit_slice(slice).await?;
+        Ok(BatchResult {
+            rows_in,
+            rows_out: audit.publish.iter().map(|b| b.num_rows() as i64).sum(),
+            outcome: if audit.hold.is_some() {
+                BatchOutcome::Quarantined
+            } else {
+                BatchOutcome::Committed
             },
             duration_ms: started.elapsed().as_millis() as i64,
             checks: audit.results,
