@@ -13,6 +13,7 @@
 //! | may v3 be registered under `BACKWARD_TRANSITIVE`? | [`compat`] |
 //! | what changed from v2 to v3, and how bad is it? | [`mod@diff`] |
 //! | how do we roll it out without downtime? | [`mod@plan`] |
+//! | is this file a new version, an old one, or refused? | [`registry`] |
 //! | read a v1 batch as v3, or a v3 batch as v1 | [`convert`] |
 //! | does this batch satisfy v3's types and constraints? | [`validate`] |
 //!
@@ -72,6 +73,7 @@ pub mod compat;
 pub mod convert;
 pub mod diff;
 pub mod plan;
+pub mod registry;
 pub mod schema;
 pub mod types;
 pub mod validate;

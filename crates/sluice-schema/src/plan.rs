@@ -117,6 +117,25 @@ impl Dialect {
             .join(".")
     }
 
+    /// An expression converting `column` (already quoted) from `old` to `new`. PostgreSQL's
+    /// CAST between text and bytea does not encode: it reads escapes one way and prints hex the
+    /// other, so those go through UTF-8 explicitly; it has no boolean -> bigint cast either.
+    pub fn convert(self, column: &str, old: &FieldType, new: &FieldType) -> String {
+        let target = self.type_name(new);
+        match (self, old, new) {
+            (Dialect::Postgres, FieldType::String, FieldType::Binary) => {
+                format!("convert_to({column}, 'UTF8')")
+            }
+            (Dialect::Postgres, FieldType::Binary, FieldType::String) => {
+                format!("convert_from({column}, 'UTF8')")
+            }
+            (Dialect::Postgres, FieldType::Bool, t) if t.is_integer() => {
+                format!("CAST(CAST({column} AS INTEGER) AS {target})")
+            }
+            _ => format!("CAST({column} AS {target})"),
+        }
+    }
+
     /// A SQL literal for a JSON default in a column of type `t`, if one can be written.
     pub fn literal(self, value: &serde_json::Value, t: &FieldType) -> Option<String> {
         use serde_json::Value;
@@ -367,6 +386,11 @@ impl fmt::Display for Plan {
 const COLUMN_MAPPING_NOTE: &str =
     "Delta needs column mapping ('delta.columnMapping.mode' = 'name') to drop or rename a column";
 
+/// PostgreSQL has no `try_cast` (and `pg_input_is_valid` only from 16, and only from text):
+/// a session-local function that runs the very cast the backfill will run and reports whether
+/// it fails. `pg_temp` keeps it out of the database; it is gone when the session ends.
+const POSTGRES_FITS_FUNCTION: &str = "CREATE OR REPLACE FUNCTION pg_temp.sluice_fits(value anyelement, target text) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN EXECUTE format('SELECT CAST($1 AS %s)', target) USING value; RETURN true; EXCEPTION WHEN others THEN RETURN false; END $$";
+
 const DELTA_REWRITE_NOTE: &str = "delta-rs cannot change a column type in place: sluice rewrites the table (overwrite with the new schema); Spark with 'delta.enableTypeWidening' can run the ALTER instead";
 
 /// Builds the plan from `from` (version `from_version`) to `to` (version `to_version`).
@@ -594,7 +618,10 @@ impl Builder {
             }
             ChangeKind::WidenType | ChangeKind::NarrowType | ChangeKind::ChangeType => {
                 if let (Some(old_t), Some(new_t)) = (type_at_old(from, change), type_at(to, path)) {
-                    self.retype(change.kind, path, &old_t, &new_t);
+                    let stays_required = !path.contains(['.', '['])
+                        && old_field.is_some_and(|f| !f.nullable)
+                        && new_field.is_some_and(|f| !f.nullable);
+                    self.retype(change.kind, path, &old_t, &new_t, stays_required);
                 }
             }
             ChangeKind::MakeRequired => {
@@ -727,7 +754,22 @@ impl Builder {
             match d {
                 Dialect::Delta => ddl.delta.extend(extra),
                 Dialect::Iceberg => ddl.iceberg.extend(extra),
-                Dialect::Postgres => ddl.postgres.extend(extra),
+                Dialect::Postgres => {
+                    // `ADD COLUMN ... DEFAULT` gives existing rows the default (what sluice
+                    // readers see for them), so a later SET NOT NULL finds no null; adding the
+                    // column and then the default would leave old rows null.
+                    let literal = field
+                        .default
+                        .as_ref()
+                        .and_then(|v| d.literal(v, &field.field_type));
+                    match (literal, ddl.postgres.first_mut()) {
+                        (Some(literal), Some(add)) => {
+                            add.push_str(" DEFAULT ");
+                            add.push_str(&literal);
+                        }
+                        _ => ddl.postgres.extend(extra),
+                    }
+                }
             }
         }
         let step = self.push(
@@ -842,20 +884,21 @@ impl Builder {
     fn validate_fit(&mut self, column: &str, new: &FieldType) {
         let ddl = Ddl::each(|d| {
             let col = d.quote_path(column);
-            let check = match d {
-                Dialect::Delta | Dialect::Iceberg => format!(
-                    "{col} IS NOT NULL AND try_cast({col} AS {}) IS NULL",
+            match d {
+                Dialect::Delta | Dialect::Iceberg => vec![format!(
+                    "SELECT COUNT(*) AS misfits FROM {} WHERE {col} IS NOT NULL AND try_cast({col} AS {}) IS NULL",
+                    self.table(d),
                     d.type_name(new)
-                ),
-                Dialect::Postgres => format!(
-                    "{col} IS NOT NULL AND NOT pg_input_is_valid({col}::text, {})",
-                    d.quote_literal(&d.type_name(new))
-                ),
-            };
-            vec![format!(
-                "SELECT COUNT(*) AS misfits FROM {} WHERE {check}",
-                self.table(d)
-            )]
+                )],
+                Dialect::Postgres => vec![
+                    POSTGRES_FITS_FUNCTION.to_string(),
+                    format!(
+                        "SELECT COUNT(*) AS misfits FROM {} WHERE {col} IS NOT NULL AND NOT pg_temp.sluice_fits({col}, {})",
+                        self.table(d),
+                        d.quote_literal(&d.type_name(new))
+                    ),
+                ],
+            }
         });
         let step = self.push(
             Phase::Expand,
@@ -892,11 +935,7 @@ impl Builder {
         }
         let ddl = Ddl::each(|d| {
             let source = if retyped {
-                format!(
-                    "CAST({} AS {})",
-                    d.quote_ident(from),
-                    d.type_name(&new.field_type)
-                )
+                d.convert(&d.quote_ident(from), &old.field_type, &new.field_type)
             } else {
                 d.quote_ident(from)
             };
@@ -941,9 +980,30 @@ impl Builder {
         step.notes.push(format!(
             "alternative with no copy: ALTER TABLE ... RENAME COLUMN {from} TO {to} (Delta needs column mapping mode 'name'); it breaks name-based readers at once"
         ));
+        // The copy was added nullable so old writers keep working; a field required before and
+        // after gets its constraint back. (Nullable -> required is the MakeRequired change's.)
+        if !old.nullable && !new.nullable {
+            let ddl = self.set_not_null_ddl(to);
+            self.push(
+                Phase::Contract,
+                "set_not_null",
+                to,
+                format!("make {to} required, as {from} was"),
+                ddl,
+            );
+        }
     }
 
-    fn retype(&mut self, kind: ChangeKind, path: &str, old: &FieldType, new: &FieldType) {
+    /// `stays_required`: the column is NOT NULL before and after, so the swapped-in column
+    /// must get the constraint back.
+    fn retype(
+        &mut self,
+        kind: ChangeKind,
+        path: &str,
+        old: &FieldType,
+        new: &FieldType,
+        stays_required: bool,
+    ) {
         let in_place_everywhere =
             kind == ChangeKind::WidenType && iceberg_in_place(old, new) && !path.contains('[');
         if in_place_everywhere {
@@ -1009,11 +1069,10 @@ impl Builder {
         }
         let ddl = Ddl::each(|d| {
             vec![format!(
-                "UPDATE {} SET {} = CAST({} AS {})",
+                "UPDATE {} SET {} = {}",
                 self.table(d),
                 d.quote_ident(&temp),
-                d.quote_path(&column),
-                d.type_name(new)
+                d.convert(&d.quote_path(&column), old, new)
             )]
         });
         let step = self.push(
@@ -1027,7 +1086,7 @@ impl Builder {
         step.notes
             .push("dual-write both columns until the swap".into());
         let ddl = Ddl::each(|d| {
-            vec![
+            let mut statements = vec![
                 format!(
                     "ALTER TABLE {} DROP COLUMN {}",
                     self.table(d),
@@ -1039,7 +1098,15 @@ impl Builder {
                     d.quote_ident(&temp),
                     d.quote_ident(&column)
                 ),
-            ]
+            ];
+            if stays_required {
+                statements.push(format!(
+                    "ALTER TABLE {} ALTER COLUMN {} SET NOT NULL",
+                    self.table(d),
+                    d.quote_ident(&column)
+                ));
+            }
+            statements
         });
         let step = self.push(
             Phase::Contract,

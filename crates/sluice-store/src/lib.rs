@@ -54,6 +54,7 @@
 
 mod error;
 mod postgres;
+mod registry;
 mod rows;
 mod sqlite;
 pub mod testing;
@@ -255,6 +256,60 @@ pub struct PipelineStatus {
     pub last_finished_at: Option<i64>,
 }
 
+/// A dataset of the schema registry: a named table contract with a history of schema versions.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DatasetRecord {
+    pub name: String,
+    /// The dataset's own compatibility mode; `None` follows the registry default.
+    pub compatibility: Option<String>,
+    /// The newest version; `None` before the first registration (a mode set ahead of it).
+    pub latest_version: Option<i64>,
+    /// How many versions the dataset has.
+    pub versions: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// An immutable, numbered schema of a dataset, stored as the JSON the registry normalized.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SchemaVersionRecord {
+    pub dataset: String,
+    pub version: i64,
+    /// The normalized schema with field ids, as JSON text.
+    pub schema_json: String,
+    /// Hash of the normalized schema; one version per fingerprint per dataset.
+    pub fingerprint: String,
+    /// The highest field id ever given in the dataset up to this version.
+    pub last_field_id: i64,
+    pub created_at: i64,
+}
+
+/// A schema version to register; see [`Store::register_schema_version`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewSchemaVersion<'a> {
+    pub dataset: &'a str,
+    pub fingerprint: &'a str,
+    pub schema_json: &'a str,
+    pub last_field_id: i64,
+    /// The latest version the caller assigned ids from and checked compatibility against
+    /// (`None`: the dataset had no version). The new version is only created while this is
+    /// still the latest, so a concurrent registration can never skip the checks.
+    pub based_on: Option<i64>,
+}
+
+/// What [`Store::register_schema_version`] did.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum SchemaRegistration {
+    /// A new version, numbered `latest + 1`.
+    Created(SchemaVersionRecord),
+    /// The dataset already has a version with this fingerprint; nothing was written.
+    Existing(SchemaVersionRecord),
+    /// Another registration got in first: `based_on` is no longer the latest version. Nothing
+    /// was written; read the history again, re-check, and retry.
+    Stale { latest: Option<i64> },
+}
+
 /// The state store. All methods are safe to call concurrently from many workers, processes and
 /// machines; the ones that change a leased task are fenced by the lease token.
 #[async_trait]
@@ -357,4 +412,38 @@ pub trait Store: Send + Sync + 'static {
     async fn batch_runs(&self, pipeline: &str, limit: i64) -> Result<Vec<BatchRun>>;
 
     async fn status(&self) -> Result<Vec<PipelineStatus>>;
+
+    // ---- schema registry ----
+
+    /// Records a schema version, atomically. If the dataset already has a version with this
+    /// fingerprint it is returned as [`SchemaRegistration::Existing`]; otherwise, if
+    /// `based_on` is still the dataset's latest version, version `latest + 1` is created (and
+    /// the dataset with it); otherwise [`SchemaRegistration::Stale`] and nothing changes.
+    /// Concurrent registrations of one dataset take turns, so numbering has no gaps or twins.
+    async fn register_schema_version(
+        &self,
+        new: &NewSchemaVersion<'_>,
+    ) -> Result<SchemaRegistration>;
+
+    /// One version of a dataset; `None` for `version` means the latest.
+    async fn schema_version(
+        &self,
+        dataset: &str,
+        version: Option<i64>,
+    ) -> Result<Option<SchemaVersionRecord>>;
+
+    /// Every version of a dataset, oldest first.
+    async fn schema_versions(&self, dataset: &str) -> Result<Vec<SchemaVersionRecord>>;
+
+    async fn dataset(&self, dataset: &str) -> Result<Option<DatasetRecord>>;
+    /// Every dataset, by name.
+    async fn datasets(&self) -> Result<Vec<DatasetRecord>>;
+
+    /// Sets the compatibility mode of one dataset (creating its record if it has no version
+    /// yet), or with `None` the registry default. The mode is stored as given; callers
+    /// validate it.
+    async fn set_compatibility(&self, dataset: Option<&str>, mode: &str) -> Result<()>;
+
+    /// The mode a dataset is checked under: its own, else the registry default.
+    async fn compatibility(&self, dataset: &str) -> Result<String>;
 }

@@ -10,15 +10,17 @@ use async_trait::async_trait;
 use sluice_core::{BatchId, ErrorKind, LeaseToken, TaskState};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 
+use crate::registry::{self, DatasetRow, SchemaVersionRow};
 use crate::rows::{
     self, ExpiredRow, FileCountRow, INSERT_RUN_SQL, NewRun, PipelineRow, RunRow, RunWindowRow,
     SliceColumns, StateCountRow, TaskRow, VersionRow, WorkerRow, run_columns, task_columns,
     version_columns,
 };
 use crate::{
-    BatchRun, FailDisposition, Lease, LeaseRequest, NewFile, NewTask, PipelineRecord,
-    PipelineStatus, PipelineVersion, Result, RetryTarget, RunReport, Store, StoreError, TaskRecord,
-    WorkerBeat, WorkerRecord,
+    BatchRun, DatasetRecord, FailDisposition, Lease, LeaseRequest, NewFile, NewSchemaVersion,
+    NewTask, PipelineRecord, PipelineStatus, PipelineVersion, Result, RetryTarget, RunReport,
+    SchemaRegistration, SchemaVersionRecord, Store, StoreError, TaskRecord, WorkerBeat,
+    WorkerRecord,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -638,5 +640,139 @@ impl Store for PostgresStore {
             .map_err(StoreError::postgres)?;
         tx.commit().await.map_err(StoreError::postgres)?;
         rows::assemble_status(pipelines, states, files, runs)
+    }
+
+    async fn register_schema_version(
+        &self,
+        new: &NewSchemaVersion<'_>,
+    ) -> Result<SchemaRegistration> {
+        registry::check_new_version(new)?;
+        let mut tx = self.pool.begin().await.map_err(StoreError::postgres)?;
+        // Registrations of one dataset take turns on its row (created here if new: a concurrent
+        // creator makes this wait, then do nothing), so the checks below and `latest + 1` see
+        // every registration committed before.
+        sqlx::query(concat!(
+            "INSERT INTO datasets (name, compatibility, created_at, updated_at) VALUES ($1, NULL, ",
+            db_now!(),
+            ", ",
+            db_now!(),
+            ") ON CONFLICT (name) DO NOTHING"
+        ))
+        .bind(new.dataset)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::postgres)?;
+        sqlx::query("SELECT name FROM datasets WHERE name = $1 FOR UPDATE")
+            .bind(new.dataset)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::postgres)?;
+        let existing: Option<SchemaVersionRow> =
+            sqlx::query_as(registry::SCHEMA_VERSION_BY_FINGERPRINT_SQL)
+                .bind(new.dataset)
+                .bind(new.fingerprint)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(StoreError::postgres)?;
+        if let Some(row) = existing {
+            return Ok(SchemaRegistration::Existing(row.into()));
+        }
+        let latest: Option<i64> = sqlx::query_scalar(registry::LATEST_VERSION_SQL)
+            .bind(new.dataset)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(StoreError::postgres)?;
+        if latest != new.based_on {
+            // Dropping the transaction rolls back the dataset row if this call created it.
+            return Ok(SchemaRegistration::Stale { latest });
+        }
+        let now = db_now(&mut tx).await?;
+        sqlx::query("UPDATE datasets SET updated_at = $2 WHERE name = $1")
+            .bind(new.dataset)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::postgres)?;
+        let row: SchemaVersionRow = sqlx::query_as(registry::INSERT_SCHEMA_VERSION_SQL)
+            .bind(new.dataset)
+            .bind(latest.unwrap_or(0) + 1)
+            .bind(new.schema_json)
+            .bind(new.fingerprint)
+            .bind(new.last_field_id)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(StoreError::postgres)?;
+        tx.commit().await.map_err(StoreError::postgres)?;
+        Ok(SchemaRegistration::Created(row.into()))
+    }
+
+    async fn schema_version(
+        &self,
+        dataset: &str,
+        version: Option<i64>,
+    ) -> Result<Option<SchemaVersionRecord>> {
+        let row: Option<SchemaVersionRow> = sqlx::query_as(registry::SCHEMA_VERSION_SQL)
+            .bind(dataset)
+            .bind(version)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::postgres)?;
+        Ok(row.map(SchemaVersionRecord::from))
+    }
+
+    async fn schema_versions(&self, dataset: &str) -> Result<Vec<SchemaVersionRecord>> {
+        let rows: Vec<SchemaVersionRow> = sqlx::query_as(registry::SCHEMA_VERSIONS_SQL)
+            .bind(dataset)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::postgres)?;
+        Ok(rows.into_iter().map(SchemaVersionRecord::from).collect())
+    }
+
+    async fn dataset(&self, dataset: &str) -> Result<Option<DatasetRecord>> {
+        let row: Option<DatasetRow> = sqlx::query_as(registry::DATASETS_SQL)
+            .bind(Some(dataset))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::postgres)?;
+        Ok(row.map(DatasetRecord::from))
+    }
+
+    async fn datasets(&self) -> Result<Vec<DatasetRecord>> {
+        let rows: Vec<DatasetRow> = sqlx::query_as(registry::DATASETS_SQL)
+            .bind(None::<&str>)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::postgres)?;
+        Ok(rows.into_iter().map(DatasetRecord::from).collect())
+    }
+
+    async fn set_compatibility(&self, dataset: Option<&str>, mode: &str) -> Result<()> {
+        let mut conn = self.pool.acquire().await.map_err(StoreError::postgres)?;
+        let query = match dataset {
+            Some(dataset) => sqlx::query(registry::SET_DATASET_COMPATIBILITY_SQL)
+                .bind(dataset)
+                .bind(mode)
+                .bind(db_now(&mut conn).await?),
+            None => sqlx::query(registry::SET_CONFIG_SQL)
+                .bind(registry::DEFAULT_COMPATIBILITY_KEY)
+                .bind(mode),
+        };
+        query
+            .execute(&mut *conn)
+            .await
+            .map_err(StoreError::postgres)?;
+        Ok(())
+    }
+
+    async fn compatibility(&self, dataset: &str) -> Result<String> {
+        let mode: Option<String> = sqlx::query_scalar(registry::COMPATIBILITY_SQL)
+            .bind(dataset)
+            .bind(registry::DEFAULT_COMPATIBILITY_KEY)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::postgres)?;
+        registry::compatibility_or_corrupt(mode)
     }
 }

@@ -16,15 +16,17 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Connection, Sqlite, Transaction};
 
+use crate::registry::{self, DatasetRow, SchemaVersionRow};
 use crate::rows::{
     self, ExpiredRow, FileCountRow, INSERT_RUN_SQL, NewRun, PipelineRow, RunRow, RunWindowRow,
     SliceColumns, StateCountRow, TaskRow, VersionRow, WorkerRow, run_columns, task_columns,
     version_columns,
 };
 use crate::{
-    BatchRun, FailDisposition, Lease, LeaseRequest, NewFile, NewTask, PipelineRecord,
-    PipelineStatus, PipelineVersion, Result, RetryTarget, RunReport, Store, StoreError, TaskRecord,
-    WorkerBeat, WorkerRecord,
+    BatchRun, DatasetRecord, FailDisposition, Lease, LeaseRequest, NewFile, NewSchemaVersion,
+    NewTask, PipelineRecord, PipelineStatus, PipelineVersion, Result, RetryTarget, RunReport,
+    SchemaRegistration, SchemaVersionRecord, Store, StoreError, TaskRecord, WorkerBeat,
+    WorkerRecord,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -670,6 +672,125 @@ impl Store for SqliteStore {
             .map_err(StoreError::sqlite)?;
         tx.commit().await.map_err(StoreError::sqlite)?;
         rows::assemble_status(pipelines, states, files, runs)
+    }
+
+    async fn register_schema_version(
+        &self,
+        new: &NewSchemaVersion<'_>,
+    ) -> Result<SchemaRegistration> {
+        registry::check_new_version(new)?;
+        // The write lock makes the fingerprint check, the staleness check and `latest + 1` one
+        // step: another process's registration waits for this one and then sees it.
+        let mut tx = self.write_tx().await?;
+        let existing: Option<SchemaVersionRow> =
+            sqlx::query_as(registry::SCHEMA_VERSION_BY_FINGERPRINT_SQL)
+                .bind(new.dataset)
+                .bind(new.fingerprint)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(StoreError::sqlite)?;
+        if let Some(row) = existing {
+            return Ok(SchemaRegistration::Existing(row.into()));
+        }
+        let latest: Option<i64> = sqlx::query_scalar(registry::LATEST_VERSION_SQL)
+            .bind(new.dataset)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(StoreError::sqlite)?;
+        if latest != new.based_on {
+            return Ok(SchemaRegistration::Stale { latest });
+        }
+        let now = now_millis();
+        sqlx::query(
+            "INSERT INTO datasets (name, compatibility, created_at, updated_at) \
+             VALUES ($1, NULL, $2, $2) \
+             ON CONFLICT (name) DO UPDATE SET updated_at = excluded.updated_at",
+        )
+        .bind(new.dataset)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::sqlite)?;
+        let row: SchemaVersionRow = sqlx::query_as(registry::INSERT_SCHEMA_VERSION_SQL)
+            .bind(new.dataset)
+            .bind(latest.unwrap_or(0) + 1)
+            .bind(new.schema_json)
+            .bind(new.fingerprint)
+            .bind(new.last_field_id)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(StoreError::sqlite)?;
+        tx.commit().await.map_err(StoreError::sqlite)?;
+        Ok(SchemaRegistration::Created(row.into()))
+    }
+
+    async fn schema_version(
+        &self,
+        dataset: &str,
+        version: Option<i64>,
+    ) -> Result<Option<SchemaVersionRecord>> {
+        let row: Option<SchemaVersionRow> = sqlx::query_as(registry::SCHEMA_VERSION_SQL)
+            .bind(dataset)
+            .bind(version)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::sqlite)?;
+        Ok(row.map(SchemaVersionRecord::from))
+    }
+
+    async fn schema_versions(&self, dataset: &str) -> Result<Vec<SchemaVersionRecord>> {
+        let rows: Vec<SchemaVersionRow> = sqlx::query_as(registry::SCHEMA_VERSIONS_SQL)
+            .bind(dataset)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::sqlite)?;
+        Ok(rows.into_iter().map(SchemaVersionRecord::from).collect())
+    }
+
+    async fn dataset(&self, dataset: &str) -> Result<Option<DatasetRecord>> {
+        let row: Option<DatasetRow> = sqlx::query_as(registry::DATASETS_SQL)
+            .bind(Some(dataset))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::sqlite)?;
+        Ok(row.map(DatasetRecord::from))
+    }
+
+    async fn datasets(&self) -> Result<Vec<DatasetRecord>> {
+        let rows: Vec<DatasetRow> = sqlx::query_as(registry::DATASETS_SQL)
+            .bind(None::<&str>)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::sqlite)?;
+        Ok(rows.into_iter().map(DatasetRecord::from).collect())
+    }
+
+    async fn set_compatibility(&self, dataset: Option<&str>, mode: &str) -> Result<()> {
+        let query = match dataset {
+            Some(dataset) => sqlx::query(registry::SET_DATASET_COMPATIBILITY_SQL)
+                .bind(dataset)
+                .bind(mode)
+                .bind(now_millis()),
+            None => sqlx::query(registry::SET_CONFIG_SQL)
+                .bind(registry::DEFAULT_COMPATIBILITY_KEY)
+                .bind(mode),
+        };
+        query
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::sqlite)?;
+        Ok(())
+    }
+
+    async fn compatibility(&self, dataset: &str) -> Result<String> {
+        let mode: Option<String> = sqlx::query_scalar(registry::COMPATIBILITY_SQL)
+            .bind(dataset)
+            .bind(registry::DEFAULT_COMPATIBILITY_KEY)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::sqlite)?;
+        registry::compatibility_or_corrupt(mode)
     }
 }
 

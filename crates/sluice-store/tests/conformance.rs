@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use sluice_core::{BatchId, BatchOutcome, BatchSlice, ErrorKind, LeaseToken, TaskState, WorkerId};
 use sluice_store::{
-    FailDisposition, Lease, LeaseRequest, NewFile, NewTask, RetryTarget, RunReport, Store,
-    StoreError, WorkerBeat, testing,
+    FailDisposition, Lease, LeaseRequest, NewFile, NewSchemaVersion, NewTask, RetryTarget,
+    RunReport, SchemaRegistration, SchemaVersionRecord, Store, StoreError, WorkerBeat, testing,
 };
 use sqlx::Connection;
 
@@ -124,6 +124,11 @@ conformance!(
     workers_upsert,
     batch_runs_history,
     concurrent_leasers_drain_the_queue,
+    schema_versions_are_numbered_and_found_by_fingerprint,
+    schema_registration_refuses_a_stale_base,
+    compatibility_defaults_and_overrides,
+    datasets_list_versions_and_modes,
+    concurrent_schema_registration_agrees,
 );
 
 // ---- fixtures ----
@@ -1219,6 +1224,282 @@ async fn concurrent_leasers_drain_the_queue(h: &Harness, store: Arc<dyn Store>) 
     Ok(())
 }
 
+// ---- schema registry ----
+
+fn schema_version<'a>(
+    dataset: &'a str,
+    fingerprint: &'a str,
+    based_on: Option<i64>,
+) -> NewSchemaVersion<'a> {
+    NewSchemaVersion {
+        dataset,
+        fingerprint,
+        schema_json: "{\"dataset\":\"orders\",\"fields\":[]}",
+        last_field_id: 3,
+        based_on,
+    }
+}
+
+fn created(r: SchemaRegistration) -> Result<SchemaVersionRecord, String> {
+    match r {
+        SchemaRegistration::Created(v) => Ok(v),
+        other => Err(format!("expected a new version, got {other:?}")),
+    }
+}
+
+async fn schema_versions_are_numbered_and_found_by_fingerprint(
+    _h: &Harness,
+    store: Arc<dyn Store>,
+) -> TestResult {
+    assert_eq!(store.schema_version("orders", None).await?, None);
+    assert!(store.schema_versions("orders").await?.is_empty());
+    let v1 = created(
+        store
+            .register_schema_version(&schema_version("orders", "f1", None))
+            .await?,
+    )?;
+    assert_eq!(
+        (v1.version, v1.fingerprint.as_str(), v1.last_field_id),
+        (1, "f1", 3)
+    );
+    assert_eq!(v1.schema_json, "{\"dataset\":\"orders\",\"fields\":[]}");
+    // The same fingerprint is the same version, whatever base the caller thought it had.
+    for based_on in [None, Some(1), Some(7)] {
+        let again = store
+            .register_schema_version(&schema_version("orders", "f1", based_on))
+            .await?;
+        assert_eq!(again, SchemaRegistration::Existing(v1.clone()));
+    }
+    let v2 = created(
+        store
+            .register_schema_version(&NewSchemaVersion {
+                last_field_id: 5,
+                schema_json: "{\"v\":2}",
+                ..schema_version("orders", "f2", Some(1))
+            })
+            .await?,
+    )?;
+    assert_eq!((v2.version, v2.last_field_id), (2, 5));
+    // Going back to the first schema finds version 1, it does not make a version 3.
+    assert_eq!(
+        store
+            .register_schema_version(&schema_version("orders", "f1", Some(2)))
+            .await?,
+        SchemaRegistration::Existing(v1.clone())
+    );
+    // Numbering and fingerprints are per dataset.
+    let users = created(
+        store
+            .register_schema_version(&schema_version("users", "f1", None))
+            .await?,
+    )?;
+    assert_eq!(users.version, 1);
+
+    assert_eq!(
+        store.schema_version("orders", None).await?,
+        Some(v2.clone())
+    );
+    assert_eq!(
+        store.schema_version("orders", Some(1)).await?,
+        Some(v1.clone())
+    );
+    assert_eq!(store.schema_version("orders", Some(3)).await?, None);
+    assert_eq!(store.schema_version("nope", Some(1)).await?, None);
+    assert_eq!(store.schema_versions("orders").await?, vec![v1, v2]);
+
+    let bad = store
+        .register_schema_version(&schema_version("orders", "", Some(2)))
+        .await
+        .unwrap_err();
+    assert!(matches!(bad, StoreError::Invalid(_)), "{bad}");
+    Ok(())
+}
+
+async fn schema_registration_refuses_a_stale_base(
+    _h: &Harness,
+    store: Arc<dyn Store>,
+) -> TestResult {
+    // A caller that checked against "no versions" loses to one that registered v1 first.
+    created(
+        store
+            .register_schema_version(&schema_version("orders", "f1", None))
+            .await?,
+    )?;
+    assert_eq!(
+        store
+            .register_schema_version(&schema_version("orders", "f2", None))
+            .await?,
+        SchemaRegistration::Stale { latest: Some(1) }
+    );
+    // A base ahead of the history is just as stale.
+    assert_eq!(
+        store
+            .register_schema_version(&schema_version("orders", "f2", Some(2)))
+            .await?,
+        SchemaRegistration::Stale { latest: Some(1) }
+    );
+    // A new dataset has no versions: only `None` is current.
+    assert_eq!(
+        store
+            .register_schema_version(&schema_version("users", "f1", Some(1)))
+            .await?,
+        SchemaRegistration::Stale { latest: None }
+    );
+    // Nothing was written by the refused calls, not even the new dataset.
+    assert_eq!(store.schema_versions("orders").await?.len(), 1);
+    assert_eq!(store.dataset("users").await?, None);
+    let v2 = created(
+        store
+            .register_schema_version(&schema_version("orders", "f2", Some(1)))
+            .await?,
+    )?;
+    assert_eq!(v2.version, 2);
+    Ok(())
+}
+
+async fn compatibility_defaults_and_overrides(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    // The migration seeds BACKWARD as the default, for datasets known or not.
+    assert_eq!(store.compatibility("orders").await?, "BACKWARD");
+    store.set_compatibility(None, "FULL").await?;
+    assert_eq!(store.compatibility("orders").await?, "FULL");
+
+    // A mode can be set before the first version: it creates the dataset record.
+    store
+        .set_compatibility(Some("orders"), "BACKWARD_TRANSITIVE")
+        .await?;
+    assert_eq!(store.compatibility("orders").await?, "BACKWARD_TRANSITIVE");
+    assert_eq!(store.compatibility("users").await?, "FULL");
+    let orders = store.dataset("orders").await?.ok_or("orders missing")?;
+    assert_eq!(orders.compatibility.as_deref(), Some("BACKWARD_TRANSITIVE"));
+    assert_eq!((orders.latest_version, orders.versions), (None, 0));
+
+    // Registering keeps the override; changing the default does not touch it.
+    created(
+        store
+            .register_schema_version(&schema_version("orders", "f1", None))
+            .await?,
+    )?;
+    store.set_compatibility(None, "NONE").await?;
+    assert_eq!(store.compatibility("orders").await?, "BACKWARD_TRANSITIVE");
+    assert_eq!(store.compatibility("users").await?, "NONE");
+    store.set_compatibility(Some("orders"), "FORWARD").await?;
+    assert_eq!(store.compatibility("orders").await?, "FORWARD");
+    Ok(())
+}
+
+async fn datasets_list_versions_and_modes(h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    assert!(store.datasets().await?.is_empty());
+    created(
+        store
+            .register_schema_version(&schema_version("orders", "f1", None))
+            .await?,
+    )?;
+    created(
+        store
+            .register_schema_version(&schema_version("orders", "f2", Some(1)))
+            .await?,
+    )?;
+    created(
+        store
+            .register_schema_version(&schema_version("events", "f1", None))
+            .await?,
+    )?;
+    store.set_compatibility(Some("events"), "NONE").await?;
+    // Another process sees the same registry.
+    let other = h.open_again().await;
+    let datasets = other.datasets().await?;
+    let summary: Vec<(&str, Option<&str>, Option<i64>, i64)> = datasets
+        .iter()
+        .map(|d| {
+            (
+                d.name.as_str(),
+                d.compatibility.as_deref(),
+                d.latest_version,
+                d.versions,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("events", Some("NONE"), Some(1), 1),
+            ("orders", None, Some(2), 2)
+        ]
+    );
+    let orders = &datasets[1];
+    assert!(orders.updated_at >= orders.created_at);
+    assert_eq!(other.dataset("orders").await?.as_ref(), Some(orders));
+    assert_eq!(other.dataset("nope").await?, None);
+    Ok(())
+}
+
+async fn concurrent_schema_registration_agrees(h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    // Two "processes" register four schemas from sixteen callers at once, each the way the
+    // registry does: read the latest version, register based on it, start over when stale.
+    let other = h.open_again().await;
+    let mut calls = Vec::new();
+    for i in 0..16 {
+        let s = if i % 2 == 0 {
+            store.clone()
+        } else {
+            other.clone()
+        };
+        let fingerprint = format!("f{}", i % 4);
+        calls.push(tokio::spawn(async move {
+            for _ in 0..200 {
+                let latest = s.schema_version("orders", None).await?.map(|v| v.version);
+                let new = NewSchemaVersion {
+                    dataset: "orders",
+                    fingerprint: &fingerprint,
+                    schema_json: "{}",
+                    last_field_id: latest.unwrap_or(0) + 1,
+                    based_on: latest,
+                };
+                match s.register_schema_version(&new).await? {
+                    SchemaRegistration::Created(v) => {
+                        assert_eq!(v.version, latest.unwrap_or(0) + 1);
+                        return Ok::<_, StoreError>((fingerprint, v.version, true));
+                    }
+                    SchemaRegistration::Existing(v) => {
+                        return Ok((fingerprint, v.version, false));
+                    }
+                    SchemaRegistration::Stale { latest: now } => {
+                        assert_ne!(now, latest, "stale must mean the history moved");
+                    }
+                }
+            }
+            Err(StoreError::Invalid(format!(
+                "{fingerprint} stayed stale for 200 attempts"
+            )))
+        }));
+    }
+    let mut by_fingerprint: HashMap<String, HashSet<i64>> = HashMap::new();
+    let mut creations = 0;
+    for call in calls {
+        let (fingerprint, version, was_created) = call.await??;
+        by_fingerprint
+            .entry(fingerprint)
+            .or_default()
+            .insert(version);
+        creations += usize::from(was_created);
+    }
+    assert_eq!(creations, 4, "each schema is created once");
+    let mut versions: Vec<i64> = Vec::new();
+    for (fingerprint, vs) in &by_fingerprint {
+        assert_eq!(vs.len(), 1, "{fingerprint} got several versions: {vs:?}");
+        versions.extend(vs);
+    }
+    versions.sort();
+    assert_eq!(versions, [1, 2, 3, 4], "no gaps, no twins");
+    let history = store.schema_versions("orders").await?;
+    assert_eq!(
+        history.iter().map(|v| v.last_field_id).collect::<Vec<_>>(),
+        [1, 2, 3, 4],
+        "every version was based on the one before it"
+    );
+    Ok(())
+}
+
 // ---- backend-specific: the things the generic suite cannot see ----
 
 /// Opens `url` from several handles at once on a store nobody has migrated yet: the migration
@@ -1377,6 +1658,9 @@ async fn killed_leasers_leave_a_consistent_store(url: &str) -> TestResult {
         child.kill()?; // SIGKILL
         child.wait()?;
     }
+    // A COMMIT the server had already received still completes after its client dies. Let such
+    // in-flight statements finish, or the two reads below may straddle one and disagree.
+    tokio::time::sleep(Duration::from_secs(1)).await;
 
     let consistent = |tasks: &[sluice_store::TaskRecord], runs: &[sluice_store::BatchRun]| {
         let mut committed: HashMap<&BatchId, usize> = HashMap::new();

@@ -1,8 +1,24 @@
 //! `sluice schema ...`: the dataset schema registry.
+//!
+//! The decisions (ids, fingerprints, compatibility) are `sluice_schema::registry`'s; the history
+//! and the modes live in the store. This module reads one, asks the other, and reports.
 
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use clap::{Args, Subcommand};
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use sluice_schema::compat::Violation;
+use sluice_schema::diff::{Change, max_severity};
+use sluice_schema::registry::{self, Decision, RegisteredVersion};
+use sluice_schema::{CompatibilityMode, Dialect, Schema};
+use sluice_store::{NewSchemaVersion, SchemaRegistration, Store};
+
+use super::InputError;
+use crate::cli::StoreArg;
 
 #[derive(Debug, Args)]
 pub struct SchemaArgs {
@@ -11,8 +27,785 @@ pub struct SchemaArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum SchemaCommand {}
+pub enum SchemaCommand {
+    /// Register a schema file (YAML) as the next version of its dataset. The same schema again
+    /// is its existing version; an incompatible one is refused with every violation (exit 1).
+    Register {
+        /// The schema file: `dataset:` and `fields:`.
+        file: PathBuf,
+        #[command(flatten)]
+        store: StoreArg,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What `register` would do with a schema file, without writing anything (exit 1 if it
+    /// would be refused).
+    Check {
+        file: PathBuf,
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every dataset with its latest version and compatibility mode.
+    List {
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The fields of one version: DATASET (the latest) or DATASET@VERSION.
+    Show {
+        version: String,
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The classified changes from one version to another (DATASET@A DATASET@B).
+    Diff {
+        from: String,
+        to: String,
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The expand/contract migration plan from one version to another, with DDL and risk.
+    Plan {
+        from: String,
+        to: String,
+        /// Which DDL to show.
+        #[arg(long, value_enum, default_value_t = DialectChoice::All)]
+        dialect: DialectChoice,
+        /// The table the DDL names (default: the dataset name; dots separate a namespace).
+        #[arg(long)]
+        table: Option<String>,
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show or set compatibility modes. `mode` shows the default, `mode MODE` sets it,
+    /// `mode DATASET` shows a dataset's, `mode DATASET MODE` sets it. Modes: NONE, BACKWARD,
+    /// BACKWARD_TRANSITIVE, FORWARD, FORWARD_TRANSITIVE, FULL, FULL_TRANSITIVE.
+    Mode {
+        /// `[DATASET] [MODE]`
+        #[arg(num_args = 0..=2, value_name = "DATASET|MODE")]
+        args: Vec<String>,
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DialectChoice {
+    Delta,
+    Iceberg,
+    Postgres,
+    All,
+}
+
+impl DialectChoice {
+    fn dialects(self) -> Vec<Dialect> {
+        match self {
+            DialectChoice::Delta => vec![Dialect::Delta],
+            DialectChoice::Iceberg => vec![Dialect::Iceberg],
+            DialectChoice::Postgres => vec![Dialect::Postgres],
+            DialectChoice::All => Dialect::ALL.to_vec(),
+        }
+    }
+}
 
 pub async fn schema(args: SchemaArgs) -> anyhow::Result<ExitCode> {
-    match args.command {}
+    match args.command {
+        SchemaCommand::Register { file, store, json } => {
+            register(&file, &store.store, json, false).await
+        }
+        SchemaCommand::Check { file, store, json } => {
+            register(&file, &store.store, json, true).await
+        }
+        SchemaCommand::List { store, json } => list(&store.store, json).await,
+        SchemaCommand::Show {
+            version,
+            store,
+            json,
+        } => show(&version, &store.store, json).await,
+        SchemaCommand::Diff {
+            from,
+            to,
+            store,
+            json,
+        } => diff(&from, &to, &store.store, json).await,
+        SchemaCommand::Plan {
+            from,
+            to,
+            dialect,
+            table,
+            store,
+            json,
+        } => plan(&from, &to, dialect, table.as_deref(), &store.store, json).await,
+        SchemaCommand::Mode { args, store, json } => mode(&args, &store.store, json).await,
+    }
+}
+
+/// Registrations that keep losing the race to other writers give up after this many rounds;
+/// each round re-reads the history and re-checks compatibility.
+const REGISTER_ATTEMPTS: usize = 20;
+
+async fn register(
+    file: &Path,
+    store_url: &str,
+    json: bool,
+    dry_run: bool,
+) -> anyhow::Result<ExitCode> {
+    let schema = load_schema_file(file)?;
+    let dataset = schema.dataset.clone();
+    let store = super::open_store(store_url).await?;
+    let mode = dataset_mode(&store, &dataset).await?;
+    for _ in 0..REGISTER_ATTEMPTS {
+        let history = load_history(&store, &dataset).await?;
+        let candidate = registry::prepare(schema.clone(), history.last())
+            .map_err(|e| InputError(format!("{}: {e}", file.display())))?;
+        let decision = registry::decide(&candidate, &history, mode);
+        let changes = history
+            .last()
+            .map(|latest| sluice_schema::diff(&latest.schema, &candidate.schema))
+            .unwrap_or_default();
+        let report = RegisterReport {
+            file,
+            dataset: &dataset,
+            mode,
+            fingerprint: &candidate.fingerprint,
+            latest: history.last().map(|v| v.version),
+            changes: &changes,
+        };
+        let (outcome, version) = match &decision {
+            Decision::Existing { version } => ("unchanged", *version),
+            Decision::Incompatible { violations, .. } => {
+                report.print_refused(violations, dry_run, json)?;
+                return Ok(ExitCode::from(1));
+            }
+            Decision::Register { version } if dry_run => ("would_register", *version),
+            Decision::Register { .. } => {
+                let new = NewSchemaVersion {
+                    dataset: &dataset,
+                    fingerprint: &candidate.fingerprint,
+                    schema_json: &candidate.json,
+                    last_field_id: i64::from(candidate.last_field_id),
+                    based_on: candidate.based_on.map(i64::from),
+                };
+                match store
+                    .register_schema_version(&new)
+                    .await
+                    .with_context(|| format!("registering {dataset} from {}", file.display()))?
+                {
+                    SchemaRegistration::Created(v) => ("registered", version_u32(v.version)),
+                    SchemaRegistration::Existing(v) => ("unchanged", version_u32(v.version)),
+                    // Someone registered a version since we read the history: check again.
+                    SchemaRegistration::Stale { .. } => continue,
+                }
+            }
+        };
+        report.print_accepted(outcome, version, json)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    anyhow::bail!(
+        "registering {dataset} from {}: other registrations kept changing its history \
+         ({REGISTER_ATTEMPTS} attempts); try again",
+        file.display()
+    )
+}
+
+fn version_u32(v: i64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+struct RegisterReport<'a> {
+    file: &'a Path,
+    dataset: &'a str,
+    mode: CompatibilityMode,
+    fingerprint: &'a str,
+    latest: Option<u32>,
+    changes: &'a [Change],
+}
+
+impl RegisterReport<'_> {
+    fn json(&self, outcome: &str, version: Option<u32>, violations: &[Violation]) -> Value {
+        json!({
+            "file": self.file.display().to_string(),
+            "dataset": self.dataset,
+            "outcome": outcome,
+            "version": version,
+            "latest_version": self.latest,
+            "mode": self.mode.as_str(),
+            "fingerprint": self.fingerprint,
+            "changes": self.changes,
+            "violations": violations,
+        })
+    }
+
+    fn print_accepted(&self, outcome: &str, version: u32, json: bool) -> anyhow::Result<()> {
+        if json {
+            let out = self.json(outcome, Some(version), &[]);
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            return Ok(());
+        }
+        let checked = match self.latest {
+            None => "its first version".to_string(),
+            Some(_) if self.mode == CompatibilityMode::None => {
+                "mode NONE: compatibility not checked".to_string()
+            }
+            Some(latest) if self.mode.as_str().ends_with("_TRANSITIVE") && latest > 1 => {
+                format!("{}-compatible with v1..v{latest}", self.mode)
+            }
+            Some(latest) => format!("{}-compatible with v{latest}", self.mode),
+        };
+        match outcome {
+            "unchanged" => println!(
+                "{}@{version}: unchanged, {} is already registered as version {version}",
+                self.dataset,
+                self.file.display()
+            ),
+            "would_register" => println!(
+                "{}: {} would be registered as version {version} ({checked}); nothing written",
+                self.dataset,
+                self.file.display()
+            ),
+            _ => println!(
+                "{}@{version}: registered from {} ({checked})",
+                self.dataset,
+                self.file.display()
+            ),
+        }
+        if outcome != "unchanged" && !self.changes.is_empty() {
+            println!("\nchanges from v{}:", self.latest.unwrap_or(0));
+            print!("{}", changes_table(self.changes));
+        }
+        Ok(())
+    }
+
+    fn print_refused(
+        &self,
+        violations: &[Violation],
+        dry_run: bool,
+        json: bool,
+    ) -> anyhow::Result<()> {
+        if json {
+            let out = self.json("refused", None, violations);
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            return Ok(());
+        }
+        let verb = if dry_run {
+            "would be refused"
+        } else {
+            "refused"
+        };
+        println!(
+            "{}: {} {verb}: not {}-compatible with the registered versions; {} violation(s):",
+            self.dataset,
+            self.file.display(),
+            self.mode,
+            violations.len()
+        );
+        let rows: Vec<Vec<String>> = violations
+            .iter()
+            .map(|v| {
+                vec![
+                    v.field.clone(),
+                    v.rule.to_string(),
+                    format!("v{} reads v{}", v.reader_version, v.writer_version),
+                    v.message.clone(),
+                ]
+            })
+            .collect();
+        print!("{}", table(&["FIELD", "RULE", "VERSIONS", "WHY"], &rows));
+        println!(
+            "\nnext: make the change compatible (give new required fields a default, keep types \
+             promotable, add the old name to `aliases` for a rename), or, if every reader and \
+             writer moves together, relax the mode: `sluice schema mode {} NONE`",
+            self.dataset
+        );
+        Ok(())
+    }
+}
+
+async fn list(store_url: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let store = super::open_store(store_url).await?;
+    let datasets = store.datasets().await?;
+    let default = default_mode(&store).await?;
+    if json {
+        let out = json!({
+            "default_mode": default,
+            "datasets": datasets.iter().map(|d| json!({
+                "dataset": d.name,
+                "latest_version": d.latest_version,
+                "versions": d.versions,
+                "mode": d.compatibility.as_deref().unwrap_or(&default),
+                "mode_is_default": d.compatibility.is_none(),
+                "created_at": d.created_at,
+                "updated_at": d.updated_at,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if datasets.is_empty() {
+        println!(
+            "no datasets in {} yet (default mode {default}): register one with `sluice schema register SCHEMA.yaml`",
+            super::redact(store_url)
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = datasets
+        .iter()
+        .map(|d| {
+            vec![
+                d.name.clone(),
+                d.latest_version.map_or("-".into(), |v| format!("v{v}")),
+                d.versions.to_string(),
+                match &d.compatibility {
+                    Some(mode) => mode.clone(),
+                    None => format!("{default} (default)"),
+                },
+                when(d.updated_at),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(&["DATASET", "LATEST", "VERSIONS", "MODE", "UPDATED"], &rows)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn show(reference: &str, store_url: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let store = super::open_store(store_url).await?;
+    let (record, v) = resolve(&store, reference).await?;
+    if json {
+        let out = json!({
+            "dataset": record.dataset,
+            "version": record.version,
+            "fingerprint": record.fingerprint,
+            "last_field_id": record.last_field_id,
+            "created_at": record.created_at,
+            "schema": v.schema,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{}@{} ({} field(s), registered {}, {})",
+        record.dataset,
+        record.version,
+        v.schema.fields.len(),
+        when(record.created_at),
+        record.fingerprint
+    );
+    if let Some(doc) = &v.schema.doc {
+        println!("{doc}");
+    }
+    let rows: Vec<Vec<String>> = v
+        .schema
+        .fields
+        .iter()
+        .map(|f| {
+            vec![
+                f.id.map_or("-".into(), |id| id.to_string()),
+                f.name.clone(),
+                f.field_type.to_string(),
+                if f.nullable { "yes" } else { "no" }.into(),
+                f.default.as_ref().map_or(String::new(), Value::to_string),
+                f.aliases.join(", "),
+                [
+                    f.deprecated.then(|| "DEPRECATED".to_string()),
+                    f.doc.clone(),
+                ]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(" "),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "ID", "FIELD", "TYPE", "NULLABLE", "DEFAULT", "ALIASES", "DOC"
+            ],
+            &rows
+        )
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn diff(from: &str, to: &str, store_url: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let store = super::open_store(store_url).await?;
+    let (a_record, a) = resolve(&store, from).await?;
+    let (b_record, b) = resolve(&store, to).await?;
+    let changes = sluice_schema::diff(&a.schema, &b.schema);
+    let severity = max_severity(&changes);
+    if json {
+        let out = json!({
+            "from": {"dataset": a_record.dataset, "version": a_record.version},
+            "to": {"dataset": b_record.dataset, "version": b_record.version},
+            "max_severity": severity,
+            "changes": changes,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let header = format!(
+        "{}@{} -> {}@{}",
+        a_record.dataset, a_record.version, b_record.dataset, b_record.version
+    );
+    if changes.is_empty() {
+        println!("{header}: no changes");
+    } else {
+        println!("{header}: {} change(s), worst {severity}", changes.len());
+        print!("{}", changes_table(&changes));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn plan(
+    from: &str,
+    to: &str,
+    dialect: DialectChoice,
+    table_name: Option<&str>,
+    store_url: &str,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let store = super::open_store(store_url).await?;
+    let (a_record, a) = resolve(&store, from).await?;
+    let (_, b) = resolve(&store, to).await?;
+    let table_name = table_name.unwrap_or(&a_record.dataset);
+    let plan = sluice_schema::plan(table_name, &a.schema, a.version, &b.schema, b.version);
+    let dialects = dialect.dialects();
+    if json {
+        let mut out = serde_json::to_value(&plan)?;
+        // Scripts asking for one dialect get only its DDL.
+        if let Some(steps) = out.get_mut("steps").and_then(Value::as_array_mut) {
+            for step in steps {
+                if let Some(ddl) = step.get_mut("ddl").and_then(Value::as_object_mut) {
+                    ddl.retain(|name, _| dialects.iter().any(|d| dialect_key(*d) == name));
+                }
+            }
+        }
+        out["dialects"] = json!(dialects.iter().map(|d| dialect_key(*d)).collect::<Vec<_>>());
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut text = String::new();
+    for (i, d) in dialects.iter().enumerate() {
+        let rendered = plan.render_text(*d);
+        if i == 0 {
+            text.push_str(&rendered);
+            continue;
+        }
+        // The step table is the same for every dialect; print it once, then each dialect's DDL.
+        let marker = format!("\n{}:\n", d.label());
+        if let Some(at) = rendered.find(&marker) {
+            text.push_str(&rendered[at..]);
+        }
+    }
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dialect_key(d: Dialect) -> &'static str {
+    match d {
+        Dialect::Delta => "delta",
+        Dialect::Iceberg => "iceberg",
+        Dialect::Postgres => "postgres",
+    }
+}
+
+async fn mode(args: &[String], store_url: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let store = super::open_store(store_url).await?;
+    let parse = |text: &str| -> anyhow::Result<CompatibilityMode> {
+        text.parse::<CompatibilityMode>()
+            .map_err(|e| InputError(e.to_string()).into())
+    };
+    let (dataset, set): (Option<&str>, Option<CompatibilityMode>) = match args {
+        [] => (None, None),
+        // One word: a mode name sets the default, anything else is a dataset to show.
+        [word] => match word.parse::<CompatibilityMode>() {
+            Ok(m) => (None, Some(m)),
+            Err(_) => (Some(word.as_str()), None),
+        },
+        [dataset, m] => (Some(dataset.as_str()), Some(parse(m)?)),
+        _ => {
+            return Err(InputError("usage: sluice schema mode [DATASET] [MODE]".into()).into());
+        }
+    };
+    if let Some(m) = set {
+        store.set_compatibility(dataset, m.as_str()).await?;
+    }
+    let (shown, is_default) = match dataset {
+        Some(d) => {
+            let record = store.dataset(d).await?;
+            if record.is_none() {
+                return Err(unknown_dataset(&store, d).await.into());
+            }
+            let own = record.and_then(|r| r.compatibility);
+            (store.compatibility(d).await?, own.is_none())
+        }
+        None => (default_mode(&store).await?, true),
+    };
+    if json {
+        let out = json!({
+            "dataset": dataset,
+            "mode": shown,
+            "mode_is_default": is_default,
+            "changed": set.is_some(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let verb = if set.is_some() { "is now" } else { "is" };
+    match dataset {
+        Some(d) if is_default => println!("{d}: mode {verb} {shown} (the default)"),
+        Some(d) => println!("{d}: mode {verb} {shown}"),
+        None => println!("the default mode {verb} {shown} (datasets without their own follow it)"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---- helpers ----
+
+fn load_schema_file(file: &Path) -> anyhow::Result<Schema> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        InputError(format!(
+            "reading schema file {}: {e}; check the path",
+            file.display()
+        ))
+    })?;
+    Schema::from_yaml(&file.display().to_string(), &text).map_err(|e| {
+        InputError(format!(
+            "{e}\n  fix the schema file and run the command again"
+        ))
+        .into()
+    })
+}
+
+async fn dataset_mode(store: &Arc<dyn Store>, dataset: &str) -> anyhow::Result<CompatibilityMode> {
+    let name = store.compatibility(dataset).await?;
+    name.parse::<CompatibilityMode>().with_context(|| {
+        format!("the store's compatibility mode for {dataset}; set a valid one with `sluice schema mode {dataset} MODE`")
+    })
+}
+
+/// The registry default: what a dataset without a record of its own is checked under. No
+/// dataset has the empty name (schemas refuse it), so asking for it reads the default.
+async fn default_mode(store: &Arc<dyn Store>) -> anyhow::Result<String> {
+    store
+        .compatibility("")
+        .await
+        .context("reading the default compatibility mode")
+}
+
+async fn load_history(
+    store: &Arc<dyn Store>,
+    dataset: &str,
+) -> anyhow::Result<Vec<RegisteredVersion>> {
+    let records = store.schema_versions(dataset).await?;
+    let mut history = Vec::with_capacity(records.len());
+    for r in records {
+        history.push(RegisteredVersion::from_stored(
+            &r.dataset,
+            r.version,
+            &r.schema_json,
+            &r.fingerprint,
+            r.last_field_id,
+        )?);
+    }
+    Ok(history)
+}
+
+/// `DATASET`, `DATASET@3`, `DATASET@v3` or `DATASET@latest`.
+fn parse_reference(reference: &str) -> Result<(&str, Option<i64>), InputError> {
+    let (dataset, version) = match reference.rsplit_once('@') {
+        None => (reference, None),
+        Some((dataset, "latest")) => (dataset, None),
+        Some((dataset, v)) => {
+            let number = v.strip_prefix('v').unwrap_or(v);
+            match number.parse::<i64>() {
+                Ok(n) if n >= 1 => (dataset, Some(n)),
+                _ => {
+                    return Err(InputError(format!(
+                        "`{reference}`: `{v}` is not a version; write DATASET@N (N from 1) or DATASET for the latest"
+                    )));
+                }
+            }
+        }
+    };
+    if dataset.is_empty() {
+        return Err(InputError(format!(
+            "`{reference}` names no dataset; write DATASET or DATASET@N"
+        )));
+    }
+    Ok((dataset, version))
+}
+
+async fn resolve(
+    store: &Arc<dyn Store>,
+    reference: &str,
+) -> anyhow::Result<(sluice_store::SchemaVersionRecord, RegisteredVersion)> {
+    let (dataset, version) = parse_reference(reference)?;
+    let Some(record) = store.schema_version(dataset, version).await? else {
+        let versions = store.schema_versions(dataset).await?;
+        if versions.is_empty() {
+            return Err(unknown_dataset(store, dataset).await.into());
+        }
+        let numbers: Vec<i64> = versions.iter().map(|v| v.version).collect();
+        return Err(InputError(format!(
+            "{dataset} has no version {}: it has {}; see `sluice schema list`",
+            version.map_or("latest".into(), |v| v.to_string()),
+            ranges(&numbers)
+        ))
+        .into());
+    };
+    let v = RegisteredVersion::from_stored(
+        &record.dataset,
+        record.version,
+        &record.schema_json,
+        &record.fingerprint,
+        record.last_field_id,
+    )?;
+    Ok((record, v))
+}
+
+async fn unknown_dataset(store: &Arc<dyn Store>, dataset: &str) -> InputError {
+    let known: Vec<String> = match store.datasets().await {
+        Ok(all) => all
+            .into_iter()
+            .filter(|d| d.versions > 0)
+            .map(|d| d.name)
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    if known.is_empty() {
+        InputError(format!(
+            "no dataset `{dataset}` in the registry, which is empty: register one with `sluice schema register SCHEMA.yaml`"
+        ))
+    } else {
+        InputError(format!(
+            "no dataset `{dataset}` in the registry; registered datasets: {}",
+            known.join(", ")
+        ))
+    }
+}
+
+/// `1..4` for contiguous versions (they always are), else the list.
+fn ranges(numbers: &[i64]) -> String {
+    match (numbers.first(), numbers.last()) {
+        (Some(first), Some(last)) if last - first + 1 == numbers.len() as i64 && first != last => {
+            format!("versions {first}..{last}")
+        }
+        (Some(only), Some(_)) if numbers.len() == 1 => format!("only version {only}"),
+        _ => format!(
+            "versions {}",
+            numbers
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+fn changes_table(changes: &[Change]) -> String {
+    let rows: Vec<Vec<String>> = changes
+        .iter()
+        .map(|c| {
+            let field = match &c.old_field {
+                Some(old) => format!("{} (was {old})", c.field),
+                None => c.field.clone(),
+            };
+            vec![
+                c.code.clone(),
+                c.severity.to_string(),
+                field,
+                c.reason.clone(),
+            ]
+        })
+        .collect();
+    table(&["CODE", "SEVERITY", "FIELD", "REASON"], &rows)
+}
+
+/// Left-aligned columns; the last one is not padded, so long reasons do not push the rest.
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut text = String::new();
+        let last = cells.len().saturating_sub(1);
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i == last {
+                text.push_str(cell);
+            } else {
+                // Writing to a String cannot fail.
+                let _ = write!(text, "{cell:<w$}  ");
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+fn when(millis: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(millis).map_or_else(
+        || millis.to_string(),
+        |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_parse() {
+        assert_eq!(parse_reference("orders").ok(), Some(("orders", None)));
+        assert_eq!(parse_reference("orders@3").ok(), Some(("orders", Some(3))));
+        assert_eq!(parse_reference("orders@v2").ok(), Some(("orders", Some(2))));
+        assert_eq!(parse_reference("a@b@latest").ok(), Some(("a@b", None)));
+        assert!(parse_reference("orders@0").is_err());
+        assert!(parse_reference("orders@x").is_err());
+        assert!(parse_reference("@1").is_err());
+    }
+
+    #[test]
+    fn version_ranges_read_well() {
+        assert_eq!(ranges(&[1, 2, 3]), "versions 1..3");
+        assert_eq!(ranges(&[1]), "only version 1");
+        assert_eq!(ranges(&[1, 3]), "versions 1, 3");
+    }
+
+    #[test]
+    fn tables_align() {
+        let t = table(
+            &["A", "BB"],
+            &[
+                vec!["xyz".into(), "1".into()],
+                vec!["q".into(), "22".into()],
+            ],
+        );
+        assert_eq!(t, "A    BB\nxyz  1\nq    22\n");
+    }
 }
