@@ -82,6 +82,25 @@ fn failing_batches_are_held_warnings_recorded_and_retry_lands_fixed_data_once() 
     assert_eq!(shown[0]["rows"].as_array().unwrap().len(), 2, "{shown:#}");
     assert_eq!(shown[0]["rows"][0]["check"], "not_null(email)");
 
+    // Every check result was recorded per version: 4 batches x 2 checks, one warning.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let results = rt.block_on(async {
+        let store = sluice_store::open(&p.sqlite()).await.unwrap();
+        store.check_results("audited", Some(1), 100).await.unwrap()
+    });
+    assert_eq!(results.len(), 8, "{results:?}");
+    let level = |l: &str| results.iter().filter(|r| r.level == l).count();
+    assert_eq!(
+        (level("error"), level("warn"), level("pass")),
+        (2, 1, 5),
+        "{results:?}"
+    );
+    let warned = results.iter().find(|r| r.level == "warn").unwrap();
+    assert_eq!(
+        (warned.check.as_str(), warned.failing),
+        ("range(amount)", 1)
+    );
+
     // Fix the data in place (same length, so the landed file's slices still hold) and retry.
     let fixed = std::fs::read_to_string(p.dir.path().join("in/a.csv"))
         .unwrap()

@@ -53,6 +53,7 @@
 //! clock skew between worker machines cannot make a live lease look expired.
 
 mod error;
+mod measurements;
 mod postgres;
 mod registry;
 mod rows;
@@ -310,6 +311,24 @@ pub enum SchemaRegistration {
     Stale { latest: Option<i64> },
 }
 
+/// One check's result on one batch run: the measurement history of data quality, per
+/// pipeline version. `level` is `pass`, `warn` or `error`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CheckRecord {
+    pub pipeline: String,
+    pub version: i64,
+    pub batch_id: BatchId,
+    pub check: String,
+    pub kind: String,
+    pub level: String,
+    pub considered: i64,
+    pub failing: i64,
+    pub dropped: i64,
+    pub detail: String,
+    /// Set by the store when recorded.
+    pub recorded_at: i64,
+}
+
 /// The state store. All methods are safe to call concurrently from many workers, processes and
 /// machines; the ones that change a leased task are fenced by the lease token.
 #[async_trait]
@@ -410,6 +429,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Runs of a pipeline, newest first, at most `limit`.
     async fn batch_runs(&self, pipeline: &str, limit: i64) -> Result<Vec<BatchRun>>;
+
+    /// Records check results (one row each; `recorded_at` is set by the store).
+    async fn record_checks(&self, records: &[CheckRecord]) -> Result<()>;
+
+    /// Check results of a pipeline (one version, or all if `None`), newest first.
+    async fn check_results(
+        &self,
+        pipeline: &str,
+        version: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<CheckRecord>>;
 
     async fn status(&self) -> Result<Vec<PipelineStatus>>;
 

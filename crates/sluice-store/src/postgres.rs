@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use sluice_core::{BatchId, ErrorKind, LeaseToken, TaskState};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 
+use crate::measurements;
 use crate::registry::{self, DatasetRow, SchemaVersionRow};
 use crate::rows::{
     self, ExpiredRow, FileCountRow, INSERT_RUN_SQL, NewRun, PipelineRow, RunRow, RunWindowRow,
@@ -17,10 +18,10 @@ use crate::rows::{
     version_columns,
 };
 use crate::{
-    BatchRun, DatasetRecord, FailDisposition, Lease, LeaseRequest, NewFile, NewSchemaVersion,
-    NewTask, PipelineRecord, PipelineStatus, PipelineVersion, Result, RetryTarget, RunReport,
-    SchemaRegistration, SchemaVersionRecord, Store, StoreError, TaskRecord, WorkerBeat,
-    WorkerRecord,
+    BatchRun, CheckRecord, DatasetRecord, FailDisposition, Lease, LeaseRequest, NewFile,
+    NewSchemaVersion, NewTask, PipelineRecord, PipelineStatus, PipelineVersion, Result,
+    RetryTarget, RunReport, SchemaRegistration, SchemaVersionRecord, Store, StoreError, TaskRecord,
+    WorkerBeat, WorkerRecord,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -613,6 +614,37 @@ impl Store for PostgresStore {
         .await
         .map_err(StoreError::postgres)?;
         rows.into_iter().map(RunRow::into_run).collect()
+    }
+
+    async fn record_checks(&self, records: &[CheckRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(StoreError::postgres)?;
+        let now = db_now(&mut tx).await?;
+        for r in records {
+            measurements::bind_check!(sqlx::query(measurements::INSERT_CHECK_SQL), r, now)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::postgres)?;
+        }
+        tx.commit().await.map_err(StoreError::postgres)
+    }
+
+    async fn check_results(
+        &self,
+        pipeline: &str,
+        version: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<CheckRecord>> {
+        let rows: Vec<measurements::CheckRow> = sqlx::query_as(measurements::CHECK_RESULTS_SQL)
+            .bind(pipeline)
+            .bind(version)
+            .bind(limit.max(0))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::postgres)?;
+        Ok(rows.into_iter().map(CheckRecord::from).collect())
     }
 
     async fn status(&self) -> Result<Vec<PipelineStatus>> {

@@ -16,6 +16,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Connection, Sqlite, Transaction};
 
+use crate::measurements;
 use crate::registry::{self, DatasetRow, SchemaVersionRow};
 use crate::rows::{
     self, ExpiredRow, FileCountRow, INSERT_RUN_SQL, NewRun, PipelineRow, RunRow, RunWindowRow,
@@ -23,10 +24,10 @@ use crate::rows::{
     version_columns,
 };
 use crate::{
-    BatchRun, DatasetRecord, FailDisposition, Lease, LeaseRequest, NewFile, NewSchemaVersion,
-    NewTask, PipelineRecord, PipelineStatus, PipelineVersion, Result, RetryTarget, RunReport,
-    SchemaRegistration, SchemaVersionRecord, Store, StoreError, TaskRecord, WorkerBeat,
-    WorkerRecord,
+    BatchRun, CheckRecord, DatasetRecord, FailDisposition, Lease, LeaseRequest, NewFile,
+    NewSchemaVersion, NewTask, PipelineRecord, PipelineStatus, PipelineVersion, Result,
+    RetryTarget, RunReport, SchemaRegistration, SchemaVersionRecord, Store, StoreError, TaskRecord,
+    WorkerBeat, WorkerRecord,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -649,6 +650,37 @@ impl Store for SqliteStore {
         .await
         .map_err(StoreError::sqlite)?;
         rows.into_iter().map(RunRow::into_run).collect()
+    }
+
+    async fn record_checks(&self, records: &[CheckRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(StoreError::sqlite)?;
+        let now = now_millis();
+        for r in records {
+            measurements::bind_check!(sqlx::query(measurements::INSERT_CHECK_SQL), r, now)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::sqlite)?;
+        }
+        tx.commit().await.map_err(StoreError::sqlite)
+    }
+
+    async fn check_results(
+        &self,
+        pipeline: &str,
+        version: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<CheckRecord>> {
+        let rows: Vec<measurements::CheckRow> = sqlx::query_as(measurements::CHECK_RESULTS_SQL)
+            .bind(pipeline)
+            .bind(version)
+            .bind(limit.max(0))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::sqlite)?;
+        Ok(rows.into_iter().map(CheckRecord::from).collect())
     }
 
     async fn status(&self) -> Result<Vec<PipelineStatus>> {

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use sluice_core::{BatchId, BatchOutcome, BatchSlice, ErrorKind, LeaseToken, TaskState, WorkerId};
 use sluice_store::{
-    FailDisposition, Lease, LeaseRequest, NewFile, NewSchemaVersion, NewTask, RetryTarget,
-    RunReport, SchemaRegistration, SchemaVersionRecord, Store, StoreError, WorkerBeat, testing,
+    CheckRecord, FailDisposition, Lease, LeaseRequest, NewFile, NewSchemaVersion, NewTask,
+    RetryTarget, RunReport, SchemaRegistration, SchemaVersionRecord, Store, StoreError, WorkerBeat,
+    testing,
 };
 use sqlx::Connection;
 
@@ -123,6 +124,7 @@ conformance!(
     status_numbers,
     workers_upsert,
     batch_runs_history,
+    check_results_history,
     concurrent_leasers_drain_the_queue,
     schema_versions_are_numbered_and_found_by_fingerprint,
     schema_registration_refuses_a_stale_base,
@@ -1104,6 +1106,43 @@ async fn workers_upsert(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
     assert!(w1.last_heartbeat >= w1_before.last_heartbeat + 20);
     assert_eq!(second[1].state, "running");
     assert_eq!(second[1].last_heartbeat, first[1].last_heartbeat);
+    Ok(())
+}
+
+async fn check_results_history(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let record = |version: i64, batch: &str, level: &str, failing: i64| CheckRecord {
+        pipeline: "orders".into(),
+        version,
+        batch_id: BatchId(batch.into()),
+        check: "not_null(email)".into(),
+        kind: "not_null".into(),
+        level: level.into(),
+        considered: 100,
+        failing,
+        dropped: 0,
+        detail: format!("{failing} of 100 row(s) fail"),
+        recorded_at: 0,
+    };
+    store.record_checks(&[]).await?;
+    store
+        .record_checks(&[record(1, "b1", "pass", 0), record(1, "b2", "error", 3)])
+        .await?;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    store.record_checks(&[record(2, "b3", "warn", 1)]).await?;
+    let all = store.check_results("orders", None, 10).await?;
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[0].batch_id.0, "b3", "newest first");
+    assert!(
+        all.iter().all(|r| r.recorded_at > 0),
+        "the store stamps records"
+    );
+    let v1 = store.check_results("orders", Some(1), 10).await?;
+    assert_eq!(v1.len(), 2);
+    assert_eq!(v1.iter().map(|r| r.failing).sum::<i64>(), 3);
+    assert_eq!(v1[0].detail, "3 of 100 row(s) fail");
+    assert_eq!(store.check_results("orders", Some(1), 1).await?.len(), 1);
+    assert!(store.check_results("users", None, 10).await?.is_empty());
+    assert!(store.check_results("orders", None, -1).await?.is_empty());
     Ok(())
 }
 

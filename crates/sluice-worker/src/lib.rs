@@ -19,8 +19,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_core::{BatchOutcome, ErrorKind, WorkerId, now_millis};
+use sluice_engine::checks::{CheckResult, Level};
 use sluice_engine::{BatchError, Pipeline};
-use sluice_store::{FailDisposition, Lease, LeaseRequest, RunReport, Store, WorkerBeat};
+use sluice_store::{
+    CheckRecord, FailDisposition, Lease, LeaseRequest, RunReport, Store, WorkerBeat,
+};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -256,6 +259,11 @@ impl WorkerPool {
             return;
         };
         let finished_at = now_millis();
+        let checks = match &result {
+            Ok(r) => &r.checks,
+            Err(e) => &e.checks,
+        };
+        self.record_checks(lease, checks).await;
         match result {
             Ok(r) => {
                 let report = RunReport {
@@ -321,6 +329,38 @@ impl WorkerPool {
                     }
                 }
             }
+        }
+    }
+
+    /// Stores the checks' measurements of a run, per pipeline version. A failure to record
+    /// them loses history, not data: it is logged and the batch goes on.
+    async fn record_checks(&self, lease: &Lease, checks: &[CheckResult]) {
+        if checks.is_empty() {
+            return;
+        }
+        let records: Vec<CheckRecord> = checks
+            .iter()
+            .map(|c| CheckRecord {
+                pipeline: lease.pipeline.clone(),
+                version: lease.version,
+                batch_id: lease.batch_id.clone(),
+                check: c.name.clone(),
+                kind: c.kind.clone(),
+                level: match c.level {
+                    Level::Pass => "pass",
+                    Level::Warn => "warn",
+                    Level::Error => "error",
+                }
+                .to_string(),
+                considered: c.considered as i64,
+                failing: c.failing as i64,
+                dropped: c.dropped as i64,
+                detail: c.detail.clone(),
+                recorded_at: 0,
+            })
+            .collect();
+        if let Err(e) = self.store.record_checks(&records).await {
+            tracing::warn!(batch = %lease.batch_id, error = %e, "recording check results failed");
         }
     }
 
