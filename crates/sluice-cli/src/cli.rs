@@ -74,6 +74,9 @@ pub enum Command {
     Schema(crate::cmd::schema::SchemaArgs),
     /// Compare two Delta tables by key: rows only in A, only in B, changed rows per column.
     Diff(crate::cmd::diff::DiffArgs),
+    /// Deploy suites: PASS / WARN / FAIL per item and a decision (PROCEED / INVESTIGATE /
+    /// ROLLBACK); exit 0 only on PROCEED.
+    Verify(crate::cmd::verify::VerifyArgs),
 }
 
 #[derive(Debug, Args)]

@@ -42,6 +42,15 @@ use url::Url;
 /// state and checkpoints from growing with every batch a pipeline ever ran.
 pub const TXN_RETENTION: &str = "interval 7 days";
 
+/// What `describe` reports about a table.
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    pub version: i64,
+    pub schema: SchemaRef,
+    /// Milliseconds since the epoch of the latest commit, when the log records it.
+    pub last_commit_ms: Option<i64>,
+}
+
 /// What a commit did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommitOutcome {
@@ -219,6 +228,26 @@ impl DeltaSink {
         }
         Err(self
             .err(last_error.unwrap_or_else(|| DeltaTableError::Generic("commit failed".into()))))
+    }
+
+    /// The table's latest version, schema and last commit time; `None` if not created yet.
+    pub async fn describe(&self) -> Result<Option<TableInfo>, SinkError> {
+        use futures::StreamExt;
+        let table = self.refreshed().await?;
+        let Some(version) = table.version() else {
+            return Ok(None);
+        };
+        let state = table.snapshot().map_err(|e| self.err(e))?;
+        let schema = state.snapshot().arrow_schema();
+        let last_commit_ms = match table.history(Some(1)).next().await {
+            Some(Ok(info)) => info.timestamp,
+            _ => None,
+        };
+        Ok(Some(TableInfo {
+            version: version as i64,
+            schema,
+            last_commit_ms,
+        }))
     }
 
     /// Every row of the table at its latest version (for checks, the demo and tests).

@@ -149,6 +149,20 @@ async fn tables_sluice_creates_bound_their_commit_markers() {
         .commit("sluice/p/b0", vec![batch(0..3)])
         .await
         .unwrap();
+    let info = DeltaSink::new(url.clone())
+        .describe()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(info.version, 0);
+    assert_eq!(info.schema.field(0).name(), "id");
+    let age = sluice_core::now_millis() - info.last_commit_ms.unwrap();
+    assert!(
+        (0..60_000).contains(&age),
+        "last commit is recent: {age} ms"
+    );
+    let empty = table_url("empty", dir.path()).unwrap();
+    assert!(DeltaSink::new(empty).describe().await.unwrap().is_none());
     let table = deltalake::DeltaTable::try_from_url(url).await.unwrap();
     let config = table.snapshot().unwrap().metadata().configuration().clone();
     assert_eq!(

@@ -8,6 +8,7 @@ mod run;
 pub mod schema;
 mod status;
 mod validate;
+pub mod verify;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -53,6 +54,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Quarantine(args) => quarantine::quarantine(args).await,
         Command::Schema(args) => schema::schema(args).await,
         Command::Diff(args) => diff::diff(args).await,
+        Command::Verify(args) => verify::verify(args).await,
     }
 }
 
