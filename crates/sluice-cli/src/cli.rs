@@ -144,8 +144,9 @@ pub struct DemoArgs {
 pub fn init_tracing(verbose: u8, quiet: bool) {
     // delta-rs logs every optimistic-concurrency retry at warn; they are routine for us.
     let default = match verbose {
-        0 if quiet => "error",
-        0 => "warn,deltalake_core=error",
+        // The kernel logs "No files in log segment" at error level for a table not created yet.
+        0 if quiet => "error,buoyant_kernel=off",
+        0 => "warn,deltalake_core=error,buoyant_kernel=off",
         1 => "info,sluice=info",
         _ => "debug",
     };

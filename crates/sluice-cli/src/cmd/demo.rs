@@ -38,6 +38,11 @@ transform: |
 sink:
   delta: tables/orders_clean
   key: [order_id]
+checks:
+  - not_null: { columns: [order_id, email] }
+  - unique: { columns: [order_id] }
+  - accepted_values: { column: status, values: [paid, shipped, cancelled, refunded] }
+  - range: { column: amount, min: 0, severity: warn }
 "#;
 
 /// One generated order, as far as the proof needs it.
@@ -99,6 +104,13 @@ fn generate(dir: &Path, rows: u64, files: u64) -> anyhow::Result<Sample> {
             } else if f == 5 && r == 17 {
                 writeln!(out, "{id},{customer},{email}")?;
                 planted.push(format!("orders_{f:03}.csv:{line}: row with 3 of 6 fields"));
+            } else if f == 1 && r == n / 3 && status != "cancelled" {
+                // Not malformed: a refund keyed in as a negative amount. The range check warns
+                // and the row is published.
+                writeln!(out, "{id},{customer},{email},-12.50,{status},{created}")?;
+                planted.push(format!(
+                    "orders_{f:03}.csv:{line}: amount -12.50 (a warning, still published)"
+                ));
             } else if f == 6 && r == n - 3 {
                 writeln!(
                     out,
@@ -144,7 +156,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let Sample { orders, planted } =
         generate(&dir, args.rows, args.files).context("generating sample data")?;
     say(format!(
-        "  generated {} CSV files with {} orders ({} malformed rows planted) in {:.1}s",
+        "  generated {} CSV files with {} orders ({} defects planted) in {:.1}s",
         orders.len(),
         args.rows,
         planted.len(),
@@ -223,13 +235,16 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let leaked = seen.keys().filter(|k| held.contains(k)).count();
     let ok = duplicates == 0 && missing == 0 && unexpected == 0 && table_rows == expected.len();
     let throughput = status.rows_in as f64 / wall.max(0.001);
+    let checks = store.check_results(pipeline.name(), None, 100_000).await?;
+    let warned: Vec<_> = checks.iter().filter(|c| c.level == "warn").collect();
+    let errored = checks.iter().filter(|c| c.level == "error").count();
 
     if args.json {
         let out = serde_json::json!({
             "dir": dir.display().to_string(),
             "files": orders.len(),
             "rows_generated": args.rows,
-            "malformed_rows_planted": planted,
+            "defects_planted": planted,
             "workers": args.workers,
             "batches": { "done": status.done, "quarantined": status.quarantined,
                          "pending": status.pending, "leased": status.leased },
@@ -238,6 +253,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             "rows_per_second": throughput,
             "seconds": wall,
             "this_run": report,
+            "checks": { "results": checks.len(), "warnings": warned.len(), "errors": errored },
             "quarantined": quarantined.iter().map(|t| serde_json::json!({
                 "batch": t.batch_id, "file": t.slice.path, "rows": [t.slice.row_start + 1, t.slice.row_start + t.slice.row_count],
                 "reason": t.last_error })).collect::<Vec<_>>(),
@@ -255,6 +271,15 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             "  throughput: {throughput:.0} rows/s over {wall:.1}s with {} workers",
             args.workers
         );
+        println!(
+            "  checks: {} results recorded, {} warning(s), {} error(s), all before any commit",
+            checks.len(),
+            warned.len(),
+            errored
+        );
+        for w in &warned {
+            println!("    warn {} on {}: {}", w.check, w.batch_id, w.detail);
+        }
         if !quarantined.is_empty() {
             println!(
                 "  quarantined batches (nothing of them was published; `sluice retry` replays them):"
