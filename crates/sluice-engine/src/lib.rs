@@ -18,6 +18,7 @@
 //! ```
 
 pub mod checks;
+pub mod diff;
 pub mod sink;
 pub mod source;
 pub mod spec;
