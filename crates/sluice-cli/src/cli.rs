@@ -40,6 +40,9 @@ pub enum Command {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+        /// Only opened when the spec names registered datasets.
+        #[command(flatten)]
+        store: StoreArg,
     },
     /// Run a pipeline: watch its landing folder, queue batches, process them with N workers.
     Run(RunArgs),

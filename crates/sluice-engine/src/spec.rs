@@ -56,6 +56,11 @@ pub struct SourceSpec {
     /// Declared columns are the input contract: a value that does not fit quarantines its batch.
     #[serde(default)]
     pub columns: Option<IndexMap<String, String>>,
+    /// The registered dataset the files follow (`orders_raw` or `orders_raw@2`): its schema
+    /// gives the columns. Resolved against the store, and pinned to a version, when the
+    /// pipeline version is registered. Use either this or `columns`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
     /// Columns that may be null. Declared columns are nullable unless listed in `required`.
     #[serde(default)]
     pub required: Vec<String>,
@@ -142,6 +147,10 @@ pub struct SinkSpec {
     /// Columns that identify a row; used by checks, diffs and the demo's exactly-once proof.
     #[serde(default)]
     pub key: Vec<String>,
+    /// The registered dataset the output must satisfy (`orders` or `orders@3`): a version whose
+    /// output breaks the dataset's compatibility mode is refused before it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
     /// Delta table for rows held back by checks (default: the sink's location + `_quarantine`).
     #[serde(default)]
     pub quarantine: Option<String>,

@@ -166,7 +166,8 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     std::fs::write(&spec_path, SPEC)?;
     let store_path = dir.join(".sluice/state.db");
     let store = super::open_store(&store_path.display().to_string()).await?;
-    let pipeline = super::run::register(&store, &spec_path).await?;
+    let pipeline =
+        super::run::register(&store, &store_path.display().to_string(), &spec_path).await?;
     say(format!(
         "  running {}@{} with {} workers: SQLite store {}, Delta table {}",
         pipeline.name(),

@@ -1,6 +1,7 @@
 //! One module per command. Each returns the exit code; errors carry their exit code in
 //! [`Exit`] when it is not the default 1.
 
+mod datasets;
 mod demo;
 pub mod diff;
 pub mod quarantine;
@@ -40,7 +41,9 @@ pub fn exit_code_of(e: &anyhow::Error) -> u8 {
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Validate { file, json } => validate::validate(&file, json).await,
+        Command::Validate { file, json, store } => {
+            validate::validate(&file, json, &store.store).await
+        }
         Command::Run(args) => run::run(args).await,
         Command::Worker(args) => run::worker(args).await,
         Command::Status { store, json } => status::status(&store.store, json).await,
@@ -79,14 +82,31 @@ pub fn redact(url: &str) -> String {
 }
 
 /// Loads and compiles a spec file; problems are input errors (exit 2) with file:line.
+/// A spec naming registered datasets is resolved against the store at `store_url` (opened
+/// only then).
 pub async fn compile(
     path: &std::path::Path,
     version: i64,
+    store_url: &str,
 ) -> anyhow::Result<sluice_engine::Pipeline> {
-    let file = sluice_engine::spec::SpecFile::load(path).map_err(|e| InputError(e.to_string()))?;
-    sluice_engine::Pipeline::compile(&file, version)
+    let mut file =
+        sluice_engine::spec::SpecFile::load(path).map_err(|e| InputError(e.to_string()))?;
+    let names_datasets = file.spec.source.dataset.is_some() || file.spec.sink.dataset.is_some();
+    let store = if names_datasets {
+        Some(open_store(store_url).await?)
+    } else {
+        None
+    };
+    if let Some(store) = &store {
+        datasets::resolve_source(&mut file, store).await?;
+    }
+    let mut pipeline = sluice_engine::Pipeline::compile(&file, version)
         .await
-        .map_err(|e| anyhow::Error::new(InputError(e.to_string())))
+        .map_err(|e| anyhow::Error::new(InputError(e.to_string())))?;
+    if let Some(store) = &store {
+        datasets::check_sink(&file, &mut pipeline, store).await?;
+    }
+    Ok(pipeline)
 }
 
 #[cfg(test)]

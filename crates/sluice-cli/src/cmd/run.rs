@@ -43,9 +43,10 @@ pub fn stop_on_signals(stop: CancellationToken) {
 /// Registers the spec as the pipeline's current version and returns it compiled and pinned.
 pub async fn register(
     store: &Arc<dyn Store>,
+    store_url: &str,
     path: &std::path::Path,
 ) -> anyhow::Result<Arc<sluice_engine::Pipeline>> {
-    let mut pipeline = super::compile(path, 0).await?;
+    let mut pipeline = super::compile(path, 0, store_url).await?;
     let version = store
         .register_pipeline_version(
             pipeline.name(),
@@ -157,7 +158,7 @@ pub async fn drive(
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let store = super::open_store(&args.store.store).await?;
-    let pipeline = register(&store, &args.file).await?;
+    let pipeline = register(&store, &args.store.store, &args.file).await?;
     eprintln!(
         "running {}@{} with {} worker(s); store {}; sink {}",
         pipeline.name(),

@@ -2,8 +2,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 /// `sluice validate FILE`: parse, resolve columns, plan the SQL. Prints the output schema.
-pub async fn validate(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let result = super::compile(file, 0).await;
+pub async fn validate(file: &Path, json: bool, store_url: &str) -> anyhow::Result<ExitCode> {
+    let result = super::compile(file, 0, store_url).await;
     match (result, json) {
         (Ok(p), false) => {
             println!("{}: valid pipeline {:?}", file.display(), p.name());

@@ -127,7 +127,7 @@ async fn pre(
     max_table_age: Duration,
 ) -> Suite {
     let mut suite = Suite::new("verify pre");
-    let candidate = match super::compile(file, 0).await {
+    let candidate = match super::compile(file, 0, store_url).await {
         Ok(p) => {
             suite.push(
                 "spec valid, SQL plans",
