@@ -176,6 +176,12 @@ check_struct!(RowCountCheck {
     min: Option<u64>,
     #[serde(default)]
     max: Option<u64>,
+    /// Volume anomaly: the batch's rows must be within this many percent of the median of the
+    /// last `last` published batches of the pipeline (judged once 3 batches are known).
+    #[serde(default)]
+    within_pct_of_median: Option<f64>,
+    #[serde(default = "ten")]
+    last: usize,
 });
 check_struct!(SchemaCheck {
     #[serde(default)]
@@ -196,6 +202,13 @@ check_struct!(RelationshipsCheck {
 fn yes() -> bool {
     true
 }
+
+fn ten() -> usize {
+    10
+}
+
+/// Batches of history a relative `row_count` needs before it judges anything.
+const MIN_HISTORY: usize = 3;
 
 /// Another table whose column must hold every value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -658,6 +671,18 @@ impl Checks {
         self.specs.is_empty()
     }
 
+    /// How many recent batch row counts the checks want (0: none).
+    pub fn history_wanted(&self) -> usize {
+        self.specs
+            .iter()
+            .filter_map(|s| match s {
+                CheckSpec::RowCount(c) if c.within_pct_of_median.is_some() => Some(c.last),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     pub fn specs(&self) -> &[CheckSpec] {
         &self.specs
     }
@@ -704,10 +729,14 @@ impl Checks {
     }
 
     /// Runs every check on the transform's output.
+    ///
+    /// `recent_rows` are the row counts of the pipeline's latest published batches, newest
+    /// first (only relative `row_count` checks read them; see [`Checks::history_wanted`]).
     pub async fn audit(
         &self,
         batches: Vec<RecordBatch>,
         schema: SchemaRef,
+        recent_rows: &[u64],
     ) -> Result<Audit, DataFusionError> {
         let mut audit = Audit {
             results: Vec::new(),
@@ -734,12 +763,36 @@ impl Checks {
                 CheckSpec::RowCount(c) => {
                     let low = c.min.is_some_and(|m| considered < m);
                     let high = c.max.is_some_and(|m| considered > m);
-                    let detail = format!(
+                    let mut detail = format!(
                         "{considered} rows; expected {}..{}",
                         c.min.map(|m| m.to_string()).unwrap_or_default(),
                         c.max.map(|m| m.to_string()).unwrap_or_default()
                     );
-                    (u64::from(low || high), detail, None)
+                    let mut anomaly = false;
+                    if let Some(pct) = c.within_pct_of_median {
+                        let recent: Vec<u64> = recent_rows.iter().take(c.last).copied().collect();
+                        match median(&recent) {
+                            Some(m) if recent.len() >= MIN_HISTORY => {
+                                let off = if m > 0.0 {
+                                    (considered as f64 - m).abs() * 100.0 / m
+                                } else if considered == 0 {
+                                    0.0
+                                } else {
+                                    f64::INFINITY
+                                };
+                                anomaly = off > pct;
+                                detail.push_str(&format!(
+                                    "; {off:.0}% from the median {m:.0} of the last {} batches (allowed {pct}%)",
+                                    recent.len()
+                                ));
+                            }
+                            _ => detail.push_str(&format!(
+                                "; {} of {MIN_HISTORY} batches of history needed to judge volume",
+                                recent.len()
+                            )),
+                        }
+                    }
+                    (u64::from(low || high || anomaly), detail, None)
                 }
                 CheckSpec::Schema(c) => {
                     let mut problems = Vec::new();
@@ -1052,4 +1105,18 @@ pub fn quarantine_records(
         ],
     )
     .map_err(|e| e.to_string())
+}
+
+fn median(v: &[u64]) -> Option<f64> {
+    let mut v = v.to_vec();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable();
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2] as f64
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) as f64 / 2.0
+    })
 }

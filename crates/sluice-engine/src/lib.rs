@@ -283,8 +283,25 @@ impl Pipeline {
         batch_id: &BatchId,
         slice: &BatchSlice,
     ) -> Result<BatchResult, BatchError> {
+        self.run_batch_with_history(batch_id, slice, &[]).await
+    }
+
+    /// How many recent batch row counts this version's checks want (see
+    /// [`Pipeline::run_batch_with_history`]).
+    pub fn history_wanted(&self) -> usize {
+        self.checks.history_wanted()
+    }
+
+    /// [`Pipeline::run_batch`], with the row counts of the pipeline's latest published
+    /// batches (newest first) for volume checks.
+    pub async fn run_batch_with_history(
+        &self,
+        batch_id: &BatchId,
+        slice: &BatchSlice,
+        recent_rows: &[u64],
+    ) -> Result<BatchResult, BatchError> {
         let started = Instant::now();
-        let (rows_in, audit) = self.audit_slice(slice).await?;
+        let (rows_in, audit) = self.audit_slice(slice, recent_rows).await?;
         if !audit.failing_rows.is_empty() {
             self.write_quarantine(batch_id, &audit.failing_rows)
                 .await
@@ -339,7 +356,11 @@ impl Pipeline {
     }
 
     /// Reads, transforms and checks a slice: everything before publishing.
-    async fn audit_slice(&self, slice: &BatchSlice) -> Result<(i64, checks::Audit), BatchError> {
+    async fn audit_slice(
+        &self,
+        slice: &BatchSlice,
+        recent_rows: &[u64],
+    ) -> Result<(i64, checks::Audit), BatchError> {
         let input = self.read(slice).await?;
         let rows_in = input.num_rows() as i64;
         let output = self.transform.run(input).await.map_err(|e| {
@@ -357,17 +378,21 @@ impl Pipeline {
             .first()
             .map(|b| b.schema())
             .unwrap_or_else(|| self.output.clone());
-        let audit = self.checks.audit(output, schema).await.map_err(|e| {
-            BatchError::new(
-                datafusion_error_kind(&e),
-                format!(
-                    "{}: running the checks failed: {}",
-                    slice_label(slice),
-                    first_line(&e)
-                ),
-                rows_in,
-            )
-        })?;
+        let audit = self
+            .checks
+            .audit(output, schema, recent_rows)
+            .await
+            .map_err(|e| {
+                BatchError::new(
+                    datafusion_error_kind(&e),
+                    format!(
+                        "{}: running the checks failed: {}",
+                        slice_label(slice),
+                        first_line(&e)
+                    ),
+                    rows_in,
+                )
+            })?;
         Ok((rows_in, audit))
     }
 
@@ -375,7 +400,7 @@ impl Pipeline {
     /// to try a candidate on recent data. `outcome` is `Quarantined` when a check would hold it.
     pub async fn dry_run(&self, slice: &BatchSlice) -> Result<BatchResult, BatchError> {
         let started = Instant::now();
-        let (rows_in, audit) = self.audit_slice(slice).await?;
+        let (rows_in, audit) = self.audit_slice(slice, &[]).await?;
         Ok(BatchResult {
             rows_in,
             rows_out: audit.publish.iter().map(|b| b.num_rows() as i64).sum(),

@@ -79,7 +79,7 @@ async fn compile(yaml: &str) -> Result<Checks, (usize, String)> {
 
 async fn audit_on(yaml: &str, batches: Vec<RecordBatch>) -> Audit {
     let checks = compile(yaml).await.unwrap();
-    checks.audit(batches, schema()).await.unwrap()
+    checks.audit(batches, schema(), &[]).await.unwrap()
 }
 
 async fn audit(yaml: &str) -> Audit {
@@ -423,5 +423,45 @@ async fn relationships_look_values_up_in_another_table() {
         one(&yaml).await,
         (Level::Error, 1, 6),
         "id 6 has no customer"
+    );
+}
+
+#[tokio::test]
+async fn row_count_against_the_median_of_recent_batches() {
+    let checks = compile("- row_count: {within_pct_of_median: 50, last: 5}")
+        .await
+        .unwrap();
+    assert_eq!(checks.history_wanted(), 5);
+    let level = |history: Vec<u64>| {
+        let checks = checks.clone();
+        async move {
+            let a = checks
+                .audit(vec![batch()], schema(), &history)
+                .await
+                .unwrap();
+            (a.results[0].level, a.results[0].detail.clone())
+        }
+    };
+    // 6 rows against a median of 6: fine; of 20: 70% off; of 4: 50% off, allowed.
+    assert_eq!(level(vec![6, 5, 7]).await.0, Level::Pass);
+    let (l, detail) = level(vec![20, 20, 20, 1, 1]).await;
+    assert_eq!(l, Level::Error, "{detail}");
+    assert!(detail.contains("70% from the median 20"), "{detail}");
+    assert_eq!(level(vec![4, 4, 4]).await.0, Level::Pass);
+    // Only the last `last` batches count: older huge batches are ignored.
+    assert_eq!(
+        level(vec![6, 6, 6, 6, 6, 1000, 1000, 1000]).await.0,
+        Level::Pass
+    );
+    // Too little history: no verdict yet.
+    let (l, detail) = level(vec![100]).await;
+    assert_eq!(l, Level::Pass);
+    assert!(detail.contains("1 of 3 batches of history"), "{detail}");
+    assert_eq!(
+        compile("- not_null: {columns: [id]}")
+            .await
+            .unwrap()
+            .history_wanted(),
+        0
     );
 }

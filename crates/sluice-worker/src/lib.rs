@@ -244,7 +244,10 @@ impl WorkerPool {
                     rows_in: 0,
                     checks: Vec::new(),
                 })?;
-            pipeline.run_batch(&lease.batch_id, &lease.slice).await
+            let recent = self.recent_rows(&pipeline).await;
+            pipeline
+                .run_batch_with_history(&lease.batch_id, &lease.slice, &recent)
+                .await
         };
         let result = tokio::select! {
             r = run => Some(r),
@@ -328,6 +331,31 @@ impl WorkerPool {
                         tracing::warn!(batch = %lease.batch_id, error = %e, "recording a failure failed; the rescuer will take the batch back")
                     }
                 }
+            }
+        }
+    }
+
+    /// Row counts of the pipeline's latest published batches, newest first, when a volume
+    /// check wants them. Without history the check waits; it does not fail the batch.
+    async fn recent_rows(&self, pipeline: &Pipeline) -> Vec<u64> {
+        let wanted = pipeline.history_wanted();
+        if wanted == 0 {
+            return Vec::new();
+        }
+        match self
+            .store
+            .batch_runs(pipeline.name(), wanted as i64 * 4)
+            .await
+        {
+            Ok(runs) => runs
+                .into_iter()
+                .filter(|r| r.outcome == BatchOutcome::Committed)
+                .take(wanted)
+                .map(|r| r.rows_out.max(0) as u64)
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading batch history for volume checks failed");
+                Vec::new()
             }
         }
     }
