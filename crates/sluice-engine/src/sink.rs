@@ -31,6 +31,7 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
+use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
 use tokio::sync::Mutex;
@@ -201,6 +202,11 @@ impl DeltaSink {
             let write = table
                 .write(batches.clone())
                 .with_save_mode(SaveMode::Append)
+                // New output columns (a pipeline version that adds a field) are added to the
+                // table in place; old rows read them as null. Batches of the previous version,
+                // still in flight, write without them. Narrowing or retyping a column is not
+                // merged: delta-rs refuses it and the batch fails (see `schema plan`).
+                .with_schema_mode(SchemaMode::Merge)
                 .with_configuration([(
                     "delta.setTransactionRetentionDuration",
                     Some(TXN_RETENTION),

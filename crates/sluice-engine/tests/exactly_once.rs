@@ -172,3 +172,45 @@ async fn tables_sluice_creates_bound_their_commit_markers() {
         Some(sluice_engine::sink::TXN_RETENTION)
     );
 }
+
+#[tokio::test]
+async fn a_version_that_adds_a_column_evolves_the_table_in_place() {
+    use arrow::array::StringArray;
+    let dir = tempfile::tempdir().unwrap();
+    let s = sink(dir.path());
+    s.commit("sluice/p/v1-a", vec![batch(0..3)]).await.unwrap();
+    let wider = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("note", DataType::Utf8, true),
+        ])),
+        vec![
+            Arc::new(Int64Array::from(vec![3, 4])),
+            Arc::new(StringArray::from(vec![Some("x"), None])),
+        ],
+    )
+    .unwrap();
+    s.commit("sluice/p/v2-a", vec![wider]).await.unwrap();
+    // A batch of the previous version, still in flight, lands too.
+    s.commit("sluice/p/v1-b", vec![batch(5..7)]).await.unwrap();
+    let info = s.describe().await.unwrap().unwrap();
+    let names: Vec<_> = info
+        .schema
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(names, vec!["id", "note"]);
+    let c = counts(&sink(dir.path())).await;
+    assert_eq!(c.len(), 7);
+    let notes: usize = sink(dir.path())
+        .read_all()
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| {
+            b.column_by_name("note").unwrap().len() - b.column_by_name("note").unwrap().null_count()
+        })
+        .sum();
+    assert_eq!(notes, 1, "old rows read the new column as null");
+}
