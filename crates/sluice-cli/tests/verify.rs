@@ -89,6 +89,29 @@ fn pre_deploy_suite_passes_a_good_candidate_and_rolls_back_bad_ones() {
         "{dry:#}"
     );
 
+    // The pipeline's own rules decide how many warnings are too many: a stale table and a
+    // big backlog are two warnings, INVESTIGATE under `deploy.max_warnings: 1`.
+    p.write("picky.yaml", &format!("{text}deploy:\n  max_warnings: 1\n"));
+    let picky = p.dir.path().join("picky.yaml").display().to_string();
+    let args = [
+        "pre",
+        picky.as_str(),
+        "--max-table-age",
+        "1ms",
+        "--max-backlog=-1",
+    ];
+    let (code, v) = verify(&p, &args);
+    assert_eq!(v["decision"], "INVESTIGATE", "{v:#}");
+    assert_eq!(code, Some(1));
+    let mut lenient = args.to_vec();
+    lenient.extend_from_slice(&["--max-warnings", "5"]);
+    let (code, v) = verify(&p, &lenient);
+    assert_eq!(
+        (code, v["decision"].as_str()),
+        (Some(0), Some("PROCEED")),
+        "{v:#}"
+    );
+
     // A candidate whose SQL does not plan.
     p.write("bad.yaml", &text.replace("amount * 2", "nope * 2"));
     let (code, v) = verify(

@@ -42,6 +42,31 @@ pub struct PipelineSpec {
     /// Data quality checks run on every batch before it is published (see `checks`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<crate::checks::CheckSpec>,
+    /// How releases of this pipeline are judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<DeploySpec>,
+}
+
+/// Release settings. The rules turning a verify suite into PROCEED / INVESTIGATE / ROLLBACK
+/// are per pipeline; strategies and steps come with the deployment controller.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploySpec {
+    /// More WARN items than this in a suite means INVESTIGATE (default 2).
+    #[serde(default = "default_max_warnings")]
+    pub max_warnings: usize,
+}
+
+fn default_max_warnings() -> usize {
+    sluice_quality::DecisionRules::default().max_warnings
+}
+
+impl DeploySpec {
+    pub fn rules(&self) -> sluice_quality::DecisionRules {
+        sluice_quality::DecisionRules {
+            max_warnings: self.max_warnings,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -39,9 +39,10 @@ pub enum VerifyCommand {
         /// A table whose newest commit is older than this is a warning.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         max_table_age: Duration,
-        /// More warnings than this means INVESTIGATE.
-        #[arg(long, default_value_t = 2)]
-        max_warnings: usize,
+        /// More warnings than this means INVESTIGATE (default: the spec's
+        /// `deploy.max_warnings`, else 2).
+        #[arg(long)]
+        max_warnings: Option<usize>,
         #[arg(long)]
         json: bool,
     },
@@ -55,8 +56,10 @@ pub enum VerifyCommand {
         /// The window of recent runs judged.
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         window: Duration,
-        #[arg(long, default_value_t = 2)]
-        max_warnings: usize,
+        /// More warnings than this means INVESTIGATE (default: the current version's
+        /// `deploy.max_warnings`, else 2).
+        #[arg(long)]
+        max_warnings: Option<usize>,
         #[arg(long)]
         json: bool,
     },
@@ -72,24 +75,26 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             max_table_age,
             max_warnings,
             json,
-        } => (
-            pre(&file, &store.store, sample, max_backlog, max_table_age).await,
-            max_warnings,
-            json,
-        ),
+        } => {
+            let (suite, rules) = pre(&file, &store.store, sample, max_backlog, max_table_age).await;
+            (suite, max_warnings.or(rules.map(|r| r.max_warnings)), json)
+        }
         VerifyCommand::Post {
             pipeline,
             store,
             window,
             max_warnings,
             json,
-        } => (
-            post(&pipeline, &store.store, window).await?,
-            max_warnings,
-            json,
-        ),
+        } => {
+            let (suite, rules) = post(&pipeline, &store.store, window).await?;
+            (suite, max_warnings.or(rules.map(|r| r.max_warnings)), json)
+        }
     };
-    let verdict = DecisionRules { max_warnings }.decide(&suite);
+    let rules = match max_warnings {
+        Some(max_warnings) => DecisionRules { max_warnings },
+        None => DecisionRules::default(),
+    };
+    let verdict = rules.decide(&suite);
     if json {
         println!(
             "{}",
@@ -125,7 +130,7 @@ async fn pre(
     sample: usize,
     max_backlog: i64,
     max_table_age: Duration,
-) -> Suite {
+) -> (Suite, Option<DecisionRules>) {
     let mut suite = Suite::new("verify pre");
     let candidate = match super::compile(file, 0, store_url).await {
         Ok(p) => {
@@ -138,7 +143,7 @@ async fn pre(
         }
         Err(e) => {
             suite.push("spec valid, SQL plans", Status::Fail, format!("{e:#}"));
-            return suite;
+            return (suite, None);
         }
     };
     let info = candidate.sink().describe().await;
@@ -219,7 +224,8 @@ async fn pre(
         }
         _ => suite.push("newest table snapshot", Status::Pass, "no table yet"),
     }
-    suite
+    let rules = candidate.spec.deploy.as_ref().map(|d| d.rules());
+    (suite, rules)
 }
 
 /// Runs the candidate on the newest done batches of its pipeline without publishing.
@@ -322,7 +328,11 @@ fn schema_against_table(output: &SchemaRef, table: &SchemaRef) -> (Status, Strin
 }
 
 /// The post-deploy suite of a pipeline's current version.
-async fn post(pipeline: &str, store_url: &str, window: Duration) -> anyhow::Result<Suite> {
+async fn post(
+    pipeline: &str,
+    store_url: &str,
+    window: Duration,
+) -> anyhow::Result<(Suite, Option<DecisionRules>)> {
     let store = super::open_store(store_url).await?;
     let Some(record) = store.pipeline(pipeline).await? else {
         return Err(super::InputError(format!(
@@ -496,24 +506,28 @@ async fn post(pipeline: &str, store_url: &str, window: Duration) -> anyhow::Resu
         ),
     }
 
+    let mut rules = None;
     if let Some(v) = store.pipeline_version(pipeline, version).await? {
         match sluice_engine::Pipeline::from_stored(&v.spec, &v.base_dir, version).await {
-            Ok(compiled) => match compiled.sink().describe().await {
-                Ok(Some(table)) => {
-                    let (s, d) = schema_against_table(&compiled.output_schema(), &table.schema);
-                    suite.push("sink schema matches the version", s, d);
+            Ok(compiled) => {
+                rules = compiled.spec.deploy.as_ref().map(|d| d.rules());
+                match compiled.sink().describe().await {
+                    Ok(Some(table)) => {
+                        let (s, d) = schema_against_table(&compiled.output_schema(), &table.schema);
+                        suite.push("sink schema matches the version", s, d);
+                    }
+                    Ok(None) => suite.push(
+                        "sink schema matches the version",
+                        Status::Warn,
+                        "no table yet",
+                    ),
+                    Err(e) => suite.push(
+                        "sink schema matches the version",
+                        Status::Fail,
+                        e.to_string(),
+                    ),
                 }
-                Ok(None) => suite.push(
-                    "sink schema matches the version",
-                    Status::Warn,
-                    "no table yet",
-                ),
-                Err(e) => suite.push(
-                    "sink schema matches the version",
-                    Status::Fail,
-                    e.to_string(),
-                ),
-            },
+            }
             Err(e) => suite.push(
                 "sink schema matches the version",
                 Status::Fail,
@@ -540,5 +554,5 @@ async fn post(pipeline: &str, store_url: &str, window: Duration) -> anyhow::Resu
             recent.len()
         ),
     );
-    Ok(suite)
+    Ok((suite, rules))
 }
