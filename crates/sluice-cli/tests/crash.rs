@@ -39,7 +39,11 @@ fn kill_at_random(children: &mut [Child], rng: &mut impl Rng, max_ms: u64) -> bo
     false
 }
 
-fn crash_until_drained(p: &Project, store: &str, extra_workers: usize, trials: usize) -> usize {
+/// Runs `trials` trials: each lands one more file (so every trial has work, however fast the
+/// machine), starts `sluice run` (and `extra_workers` worker processes) and SIGKILLs them all at
+/// a random moment unless the run drained first. Then one last run finishes the input.
+/// Returns how many trials ended in a kill.
+fn crash_until_drained(p: &mut Project, store: &str, extra_workers: usize, trials: usize) -> usize {
     let mut rng = rand::rng();
     let spec = p.spec().display().to_string();
     let run_args = [
@@ -63,15 +67,15 @@ fn crash_until_drained(p: &Project, store: &str, extra_workers: usize, trials: u
         "2s",
     ];
     let mut kills = 0;
-    for _ in 0..trials {
+    for trial in 0..trials {
+        p.land(&format!("trial_{trial:02}"), 6000);
         let mut children = vec![spawn(p, &run_args)];
         for _ in 0..extra_workers {
             children.push(spawn(p, &worker_args));
         }
-        if kill_at_random(&mut children, &mut rng, 2500) {
-            break;
+        if !kill_at_random(&mut children, &mut rng, 1200) {
+            kills += 1;
         }
-        kills += 1;
     }
     // Finish: no more kills.
     let out = p.run(&run_args);
@@ -89,11 +93,11 @@ fn crash_until_drained(p: &Project, store: &str, extra_workers: usize, trials: u
 fn sigkill_at_random_moments_on_sqlite_keeps_exactly_once() {
     // Kills hit the same batch several times: allow many attempts so the poison-pill guard
     // (quarantine after max_attempts lost leases) does not hold batches back here.
-    let p = Project::csv_with(8, 3000, 250, "2s", 100);
+    let mut p = Project::csv_with(4, 3000, 250, "2s", 100);
     let store = p.sqlite();
-    let kills = crash_until_drained(&p, &store, 0, 10);
+    let kills = crash_until_drained(&mut p, &store, 0, 10);
     assert!(
-        kills >= 8,
+        kills >= 7,
         "the test must actually kill runs mid-way (killed {kills})"
     );
     assert_exactly_once(&p.table_counts("out", "id"), &p.keys);
@@ -104,10 +108,10 @@ fn sigkill_of_several_processes_on_postgres_keeps_exactly_once() {
     let Some(url) = postgres() else { return };
     // Kills hit the same batch several times: allow many attempts so the poison-pill guard
     // (quarantine after max_attempts lost leases) does not hold batches back here.
-    let p = Project::csv_with(8, 3000, 250, "2s", 100);
-    let kills = crash_until_drained(&p, &url, 2, 10);
+    let mut p = Project::csv_with(4, 3000, 250, "2s", 100);
+    let kills = crash_until_drained(&mut p, &url, 2, 10);
     assert!(
-        kills >= 8,
+        kills >= 7,
         "the test must actually kill runs mid-way (killed {kills})"
     );
     assert_exactly_once(&p.table_counts("out", "id"), &p.keys);
@@ -115,7 +119,7 @@ fn sigkill_of_several_processes_on_postgres_keeps_exactly_once() {
 
 #[test]
 fn sigterm_drains_in_flight_batches_and_leaves_nothing_leased() {
-    let p = Project::csv(8, 3000, 250, "30s");
+    let p = Project::csv(12, 2000, 100, "30s");
     let store = p.sqlite();
     let spec = p.spec().display().to_string();
     let child = p

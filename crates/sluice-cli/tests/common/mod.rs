@@ -51,6 +51,22 @@ impl Project {
         Project { dir, keys }
     }
 
+    /// Lands one more CSV file of `rows` fresh keys (written under a temporary name and
+    /// renamed, as a careful writer does).
+    pub fn land(&mut self, name: &str, rows: usize) {
+        let landing = self.dir.path().join("landing");
+        let tmp = landing.join(format!("{name}.csv.tmp"));
+        let mut out = std::fs::File::create(&tmp).unwrap();
+        writeln!(out, "id,customer,amount").unwrap();
+        let first = self.keys.iter().max().copied().unwrap_or(1_000) + 1;
+        for (r, id) in (first..).take(rows).enumerate() {
+            writeln!(out, "{id},{},{}.{:02}", r % 97, r % 1000, r % 100).unwrap();
+            self.keys.push(id);
+        }
+        drop(out);
+        std::fs::rename(&tmp, landing.join(format!("{name}.csv"))).unwrap();
+    }
+
     pub fn spec(&self) -> PathBuf {
         self.dir.path().join("p.yaml")
     }
