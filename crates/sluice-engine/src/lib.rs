@@ -148,8 +148,9 @@ impl Pipeline {
             spec.source.columns = Some(columns);
         }
         let columns = spec.source.columns.as_ref().cloned().unwrap_or_default();
-        let input = InputSchema::from_columns(&columns, &spec.source.required)
-            .map_err(|e| file.error_at(&["source", "columns"], e))?;
+        let input =
+            InputSchema::with_policy(&columns, &spec.source.required, spec.source.unknown_columns)
+                .map_err(|e| file.error_at(&["source", "columns"], e))?;
         let transform = SqlTransform::new(spec.transform.clone());
         let output = transform
             .output_schema(input.schema.clone())

@@ -276,10 +276,30 @@ fn slice_parquet(path: &str, max_rows: u64) -> Result<Vec<BatchSlice>, SourceErr
     Ok(slices)
 }
 
+/// The column that keeps what a file has beyond the declared columns, as JSON.
+pub const RESCUED: &str = "_rescued";
+
+/// What to do with columns a landed file has and the input does not declare.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownColumns {
+    /// Keep them, as a JSON object per row, in the `_rescued` column: nothing is lost.
+    #[default]
+    Rescue,
+    /// Quarantine the batch, naming the columns.
+    Fail,
+    /// Drop them.
+    Ignore,
+}
+
 /// The columns a source promises: name, Arrow type, whether nulls are allowed.
 #[derive(Debug, Clone)]
 pub struct InputSchema {
+    /// What the transform sees as `input`: the declared columns, then `_rescued` when rescuing.
     pub schema: SchemaRef,
+    /// The declared columns only: what is read from files.
+    pub declared: SchemaRef,
+    pub unknown: UnknownColumns,
 }
 
 impl InputSchema {
@@ -288,6 +308,20 @@ impl InputSchema {
         columns: &indexmap::IndexMap<String, String>,
         required: &[String],
     ) -> Result<InputSchema, String> {
+        InputSchema::with_policy(columns, required, UnknownColumns::Ignore)
+    }
+
+    /// Builds the input schema from declared columns and the unknown-columns policy.
+    pub fn with_policy(
+        columns: &indexmap::IndexMap<String, String>,
+        required: &[String],
+        unknown: UnknownColumns,
+    ) -> Result<InputSchema, String> {
+        if columns.contains_key(RESCUED) {
+            return Err(format!(
+                "{RESCUED:?} is sluice's column for unknown columns: rename yours"
+            ));
+        }
         let mut fields = Vec::with_capacity(columns.len());
         for (name, ty) in columns {
             let t: sluice_schema::FieldType =
@@ -298,8 +332,14 @@ impl InputSchema {
                 !required.iter().any(|r| r == name),
             ));
         }
+        let declared = Arc::new(Schema::new(fields.clone()));
+        if unknown == UnknownColumns::Rescue {
+            fields.push(Field::new(RESCUED, DataType::Utf8, true));
+        }
         Ok(InputSchema {
             schema: Arc::new(Schema::new(fields)),
+            declared,
+            unknown,
         })
     }
 
@@ -455,7 +495,7 @@ fn read_csv(
     let header = csv_header(path, delimiter)?;
     // Parse every header column: declared ones with their type, others as text (ignored).
     let declared: HashMap<&str, &Field> = input
-        .schema
+        .declared
         .fields()
         .iter()
         .map(|f| (f.name().as_str(), f.as_ref()))
@@ -487,8 +527,8 @@ fn read_csv(
             }));
         }
     };
-    let mut columns = Vec::with_capacity(input.schema.fields().len());
-    for field in input.schema.fields() {
+    let mut columns = Vec::with_capacity(input.declared.fields().len());
+    for field in input.declared.fields() {
         match reader_schema.index_of(field.name()) {
             Ok(i) => columns.push(parsed.column(i).clone()),
             Err(_) if field.is_nullable() => {
@@ -507,7 +547,16 @@ fn read_csv(
             }
         }
     }
-    finish(slice, input, columns, |row| {
+    let extras = Extras::columns(
+        reader_schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| input.declared.index_of(f.name()).is_err())
+            .map(|(i, f)| (f.name().clone(), parsed.column(i).clone()))
+            .collect(),
+    );
+    finish(slice, input, columns, extras, |row| {
         record_starts(&bytes, true)
             .get(row)
             .map(|(s, _)| line_of(path, slice.byte_start + *s as u64))
@@ -518,7 +567,7 @@ fn read_jsonl(slice: &BatchSlice, input: &InputSchema) -> Result<RecordBatch, So
     let path = &slice.path;
     let reader_schema = Arc::new(Schema::new(
         input
-            .schema
+            .declared
             .fields()
             .iter()
             .map(|f| f.as_ref().clone().with_nullable(true))
@@ -541,11 +590,33 @@ fn read_jsonl(slice: &BatchSlice, input: &InputSchema) -> Result<RecordBatch, So
         }
     };
     let columns = parsed.columns().to_vec();
-    finish(slice, input, columns, |row| {
+    let line_of_row = |row: usize| {
         record_starts(&bytes, false)
             .get(row)
             .map(|(s, _)| line_of(path, slice.byte_start + *s as u64))
-    })
+    };
+    // arrow-json skips keys it was not asked for: find them with a second, plain parse.
+    let extras = if input.unknown == UnknownColumns::Ignore {
+        Extras::None
+    } else {
+        let mut rows = Vec::with_capacity(parsed.num_rows());
+        let mut names = std::collections::BTreeSet::new();
+        for (start, end) in record_starts(&bytes, false) {
+            let value: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(&bytes[start..end]).unwrap_or_default();
+            let extra: serde_json::Map<String, serde_json::Value> = value
+                .into_iter()
+                .filter(|(k, v)| input.declared.index_of(k).is_err() && !v.is_null())
+                .collect();
+            names.extend(extra.keys().cloned());
+            rows.push((!extra.is_empty()).then(|| serde_json::Value::Object(extra).to_string()));
+        }
+        Extras::Json {
+            names: names.into_iter().collect(),
+            rows,
+        }
+    };
+    finish(slice, input, columns, extras, line_of_row)
 }
 
 fn read_parquet(slice: &BatchSlice, input: &InputSchema) -> Result<RecordBatch, SourceError> {
@@ -566,8 +637,8 @@ fn read_parquet(slice: &BatchSlice, input: &InputSchema) -> Result<RecordBatch, 
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| not_parquet(&e))?;
     let parsed = concat_batches(&file_schema, &batches).map_err(|e| not_parquet(&e))?;
-    let mut columns = Vec::with_capacity(input.schema.fields().len());
-    for field in input.schema.fields() {
+    let mut columns = Vec::with_capacity(input.declared.fields().len());
+    for field in input.declared.fields() {
         match file_schema.index_of(field.name()) {
             Ok(i) => {
                 let col = parsed.column(i);
@@ -611,19 +682,87 @@ fn read_parquet(slice: &BatchSlice, input: &InputSchema) -> Result<RecordBatch, 
             }
         }
     }
-    finish(slice, input, columns, |row| {
+    let extras = Extras::columns(
+        file_schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| input.declared.index_of(f.name()).is_err())
+            .map(|(i, f)| (f.name().clone(), parsed.column(i).clone()))
+            .collect(),
+    );
+    finish(slice, input, columns, extras, |row| {
         Some(slice.row_start + row as u64 + 1)
     })
 }
 
-/// Checks required columns and assembles the batch in the input schema's order.
+/// What a file holds beyond the declared columns.
+enum Extras {
+    None,
+    /// Extra columns as read (CSV, Parquet).
+    Columns(Vec<(String, ArrayRef)>),
+    /// One JSON object (or nothing) per row, and the names seen (JSON Lines).
+    Json {
+        names: Vec<String>,
+        rows: Vec<Option<String>>,
+    },
+}
+
+impl Extras {
+    fn columns(cols: Vec<(String, ArrayRef)>) -> Extras {
+        if cols.is_empty() {
+            Extras::None
+        } else {
+            Extras::Columns(cols)
+        }
+    }
+
+    fn names(&self) -> Vec<String> {
+        match self {
+            Extras::None => vec![],
+            Extras::Columns(c) => c.iter().map(|(n, _)| n.clone()).collect(),
+            Extras::Json { names, .. } => names.clone(),
+        }
+    }
+
+    /// The `_rescued` column: a JSON object of a row's non-null extra values, or null.
+    fn rescued(self, rows: usize) -> Result<ArrayRef, String> {
+        let values: Vec<Option<String>> = match self {
+            Extras::None => vec![None; rows],
+            Extras::Json { rows: r, .. } => r,
+            Extras::Columns(cols) => {
+                let fields: Vec<Field> = cols
+                    .iter()
+                    .map(|(n, a)| Field::new(n, a.data_type().clone(), true))
+                    .collect();
+                let batch = RecordBatch::try_new(
+                    Arc::new(Schema::new(fields)),
+                    cols.into_iter().map(|(_, a)| a).collect(),
+                )
+                .map_err(|e| e.to_string())?;
+                let mut writer = arrow_json::LineDelimitedWriter::new(Vec::new());
+                writer.write(&batch).map_err(|e| e.to_string())?;
+                writer.finish().map_err(|e| e.to_string())?;
+                let text = String::from_utf8(writer.into_inner()).map_err(|e| e.to_string())?;
+                text.lines()
+                    .map(|l| (l != "{}").then(|| l.to_string()))
+                    .collect()
+            }
+        };
+        Ok(Arc::new(arrow::array::StringArray::from(values)))
+    }
+}
+
+/// Checks required columns, applies the unknown-columns policy and assembles the batch in the
+/// input schema's order.
 fn finish(
     slice: &BatchSlice,
     input: &InputSchema,
-    columns: Vec<ArrayRef>,
+    mut columns: Vec<ArrayRef>,
+    extras: Extras,
     line_of_row: impl Fn(usize) -> Option<u64>,
 ) -> Result<RecordBatch, SourceError> {
-    for (field, col) in input.schema.fields().iter().zip(&columns) {
+    for (field, col) in input.declared.fields().iter().zip(&columns) {
         if !field.is_nullable() && col.null_count() > 0 {
             let row = (0..col.len()).find(|&r| col.is_null(r)).unwrap_or(0);
             return Err(SourceError::bad(
@@ -632,6 +771,28 @@ fn finish(
                 format!("column {:?} is required but has no value", field.name()),
             ));
         }
+    }
+    let rows = columns.first().map(|c| c.len()).unwrap_or(0);
+    match input.unknown {
+        UnknownColumns::Ignore => {}
+        UnknownColumns::Fail => {
+            let names = extras.names();
+            if !names.is_empty() {
+                return Err(SourceError::bad(
+                    &slice.path,
+                    None,
+                    format!(
+                        "the file has columns the input does not declare: {}; declare them, or set source.unknown_columns to rescue or ignore",
+                        names.join(", ")
+                    ),
+                ));
+            }
+        }
+        UnknownColumns::Rescue => columns.push(
+            extras
+                .rescued(rows)
+                .map_err(|e| SourceError::bad(&slice.path, None, e))?,
+        ),
     }
     RecordBatch::try_new(input.schema.clone(), columns)
         .map_err(|e| SourceError::bad(&slice.path, None, e.to_string()))
@@ -806,6 +967,120 @@ mod tests {
         assert!(read_slice(&slices[0], Format::Jsonl, &input, b',').is_ok());
         let err = read_slice(&slices[1], Format::Jsonl, &input, b',').unwrap_err();
         assert!(err.to_string().contains("d.jsonl:3"), "{err}");
+    }
+
+    fn with_policy(cols: &[(&str, &str)], unknown: UnknownColumns) -> InputSchema {
+        let map = cols
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        InputSchema::with_policy(&map, &[], unknown).unwrap()
+    }
+
+    fn rescued(b: &RecordBatch) -> Vec<Option<String>> {
+        let col = b.column_by_name(RESCUED).expect("a _rescued column");
+        let s = col
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        s.iter().map(|v| v.map(str::to_string)).collect()
+    }
+
+    #[test]
+    fn unknown_csv_columns_are_rescued_failed_or_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "u.csv", "id,coupon,note\n1,SAVE5,hi\n2,,\n");
+        let s = &slice_file(&p, Format::Csv, 10).unwrap()[0];
+        let cols = [("id", "int64")];
+        let b = read_slice(
+            s,
+            Format::Csv,
+            &with_policy(&cols, UnknownColumns::Rescue),
+            b',',
+        )
+        .unwrap();
+        assert_eq!(b.num_columns(), 2);
+        assert_eq!(
+            rescued(&b),
+            vec![Some(r#"{"coupon":"SAVE5","note":"hi"}"#.to_string()), None]
+        );
+        let err = read_slice(
+            s,
+            Format::Csv,
+            &with_policy(&cols, UnknownColumns::Fail),
+            b',',
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("coupon, note"), "{err}");
+        let b = read_slice(
+            s,
+            Format::Csv,
+            &with_policy(&cols, UnknownColumns::Ignore),
+            b',',
+        )
+        .unwrap();
+        assert_eq!(b.num_columns(), 1);
+        // A file with only declared columns rescues nothing.
+        let q = write(dir.path(), "k.csv", "id\n1\n");
+        let s = &slice_file(&q, Format::Csv, 10).unwrap()[0];
+        let b = read_slice(
+            s,
+            Format::Csv,
+            &with_policy(&cols, UnknownColumns::Rescue),
+            b',',
+        )
+        .unwrap();
+        assert_eq!(rescued(&b), vec![None]);
+        assert!(
+            read_slice(
+                s,
+                Format::Csv,
+                &with_policy(&cols, UnknownColumns::Fail),
+                b','
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn unknown_json_keys_are_rescued_or_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "u.jsonl",
+            "{\"id\": 1, \"tags\": [\"a\"]}\n{\"id\": 2}\n{\"id\": 3, \"x\": null}\n",
+        );
+        let s = &slice_file(&p, Format::Jsonl, 10).unwrap()[0];
+        let cols = [("id", "int64")];
+        let b = read_slice(
+            s,
+            Format::Jsonl,
+            &with_policy(&cols, UnknownColumns::Rescue),
+            b',',
+        )
+        .unwrap();
+        assert_eq!(
+            rescued(&b),
+            vec![Some(r#"{"tags":["a"]}"#.to_string()), None, None]
+        );
+        let err = read_slice(
+            s,
+            Format::Jsonl,
+            &with_policy(&cols, UnknownColumns::Fail),
+            b',',
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("tags"), "{err}");
+    }
+
+    #[test]
+    fn a_declared_rescued_column_is_refused() {
+        let map = [("_rescued".to_string(), "string".to_string())]
+            .into_iter()
+            .collect();
+        assert!(InputSchema::with_policy(&map, &[], UnknownColumns::Rescue).is_err());
     }
 
     #[test]

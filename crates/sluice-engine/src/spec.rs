@@ -95,6 +95,11 @@ pub struct SourceSpec {
     pub settle: Duration,
     #[serde(default)]
     pub csv: CsvOptions,
+    /// Columns a file has and the input does not declare: `rescue` (default: kept as a JSON
+    /// object per row in the `_rescued` column), `fail` (the batch is quarantined, naming
+    /// them) or `ignore`.
+    #[serde(default)]
+    pub unknown_columns: crate::source::UnknownColumns,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
