@@ -547,15 +547,7 @@ fn read_csv(
             }
         }
     }
-    let extras = Extras::columns(
-        reader_schema
-            .fields()
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| input.declared.index_of(f.name()).is_err())
-            .map(|(i, f)| (f.name().clone(), parsed.column(i).clone()))
-            .collect(),
-    );
+    let extras = Extras::undeclared(&parsed, input);
     finish(slice, input, columns, extras, |row| {
         record_starts(&bytes, true)
             .get(row)
@@ -682,15 +674,7 @@ fn read_parquet(slice: &BatchSlice, input: &InputSchema) -> Result<RecordBatch, 
             }
         }
     }
-    let extras = Extras::columns(
-        file_schema
-            .fields()
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| input.declared.index_of(f.name()).is_err())
-            .map(|(i, f)| (f.name().clone(), parsed.column(i).clone()))
-            .collect(),
-    );
+    let extras = Extras::undeclared(&parsed, input);
     finish(slice, input, columns, extras, |row| {
         Some(slice.row_start + row as u64 + 1)
     })
@@ -709,7 +693,16 @@ enum Extras {
 }
 
 impl Extras {
-    fn columns(cols: Vec<(String, ArrayRef)>) -> Extras {
+    /// The columns of `parsed` (a file's columns, as read) that the input does not declare.
+    fn undeclared(parsed: &RecordBatch, input: &InputSchema) -> Extras {
+        let cols: Vec<(String, ArrayRef)> = parsed
+            .schema()
+            .fields()
+            .iter()
+            .zip(parsed.columns())
+            .filter(|(f, _)| input.declared.index_of(f.name()).is_err())
+            .map(|(f, c)| (f.name().clone(), c.clone()))
+            .collect();
         if cols.is_empty() {
             Extras::None
         } else {
