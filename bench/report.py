@@ -1,0 +1,121 @@
+"""Checks that every engine wrote the same rows and prints the benchmark's table.
+
+Usage: report.py RESULTS_DIR DATA_DIR
+
+RESULTS_DIR holds what run.sh left: timings.tsv (engine, seconds, output kind, output path,
+[sluice state db]), store.json (the store bench's figures, may be missing). Exits 1 if the
+engines' outputs differ."""
+
+import json
+import os
+import sqlite3
+import sys
+
+import duckdb
+from deltalake import DeltaTable
+
+results, data_dir = sys.argv[1], sys.argv[2]
+con = duckdb.connect()
+con.execute("SET threads = 2")
+
+
+def fingerprint_of(rel):
+    n, ids, amount, emails = rel.aggregate(
+        "count(*), sum(order_id), sum(amount)::DECIMAL(38,2), sum(length(email))"
+    ).fetchall()[0]
+    return {"rows": int(n), "sum_order_id": int(ids or 0), "sum_amount": str(amount),
+            "sum_email_len": int(emails or 0)}
+
+
+def fingerprint(kind, path):
+    if kind == "parquet":
+        return fingerprint_of(con.read_parquet(path))
+    dataset = DeltaTable(path).to_pyarrow_dataset()
+    return fingerprint_of(con.from_arrow(dataset))
+
+
+# What the transform must produce, straight from the CSV (cached beside the data).
+expected_path = os.path.join(data_dir, ".expected.json")
+if os.path.exists(expected_path):
+    expected = json.load(open(expected_path))
+else:
+    sql = open(os.path.join(os.path.dirname(__file__), "transform.sql")).read().strip().rstrip(";")
+    con.execute(
+        f"""CREATE VIEW input AS SELECT * FROM read_csv('{data_dir}/*.csv', header = true,
+            columns = {{'order_id': 'BIGINT', 'customer_id': 'BIGINT', 'email': 'VARCHAR',
+                        'amount': 'DOUBLE', 'status': 'VARCHAR', 'created_at': 'TIMESTAMP'}},
+            timestampformat = '%Y-%m-%dT%H:%M:%S')"""
+    )
+    expected = fingerprint_of(con.sql(sql))
+    expected["rows_in"] = con.sql("SELECT count(*) FROM input").fetchall()[0][0]
+    json.dump(expected, open(expected_path, "w"))
+rows_in = expected["rows_in"]
+
+runs = []
+for line in open(os.path.join(results, "timings.tsv")):
+    parts = line.rstrip("\n").split("\t")
+    engine, seconds, kind, path = parts[:4]
+    runs.append({"engine": engine, "seconds": float(seconds), "kind": kind, "path": path,
+                 "db": parts[4] if len(parts) > 4 else None})
+
+print(f"\ninput: {rows_in:,} CSV rows; expected output {expected['rows']:,} rows")
+bad = False
+for r in runs:
+    got = fingerprint(r["kind"], r["path"])
+    r["rows_out"] = got["rows"]
+    same = all(got[k] == expected[k] for k in ("rows", "sum_order_id", "sum_amount", "sum_email_len"))
+    print(f"  {r['engine']:<20} {got['rows']:>11,} rows  sum(order_id)={got['sum_order_id']}  "
+          f"sum(amount)={got['sum_amount']}  {'ok' if same else 'DIFFERENT'}")
+    bad |= not same
+if bad:
+    print(f"  expected {expected}")
+    print("FAIL: the engines' outputs differ (see above)")
+
+by = {r["engine"]: r for r in runs}
+duck = next((r for r in runs if r["engine"].startswith("duckdb")), None)
+polars = next((r for r in runs if r["engine"].startswith("polars")), None)
+print()
+print(f"{'engine':<20} {'seconds':>9} {'rows/s (in)':>13} {'vs DuckDB':>10} {'vs Polars':>10}")
+for r in runs:
+    vs_d = r["seconds"] / duck["seconds"] if duck else float("nan")
+    vs_p = r["seconds"] / polars["seconds"] if polars else float("nan")
+    print(f"{r['engine']:<20} {r['seconds']:>9.2f} {rows_in / r['seconds']:>13,.0f} {vs_d:>9.2f}x {vs_p:>9.2f}x")
+print("(ratio = this engine's time / the other's: below 1 is faster; target: sluice <= 1.30x DuckDB, < 1.00x Polars)")
+
+# The store bench's figures.
+store_path = os.path.join(results, "store.json")
+store = json.load(open(store_path)) if os.path.exists(store_path) else []
+if store:
+    print()
+    print(f"{'store':<9} {'leasers':>7} {'lease+complete/s':>17} {'lease ms':>9} {'complete ms':>12} {'cycle ms':>9}")
+    for f in store:
+        print(f"{f['backend']:<9} {f['leasers']:>7} {f['ops_per_s']:>17,.0f} {f['lease_mean_ms']:>9.3f} "
+              f"{f['complete_mean_ms']:>12.3f} {f['cycle_mean_ms']:>9.3f}")
+else:
+    print("\n(no store figures: the store bench did not run)")
+
+# Queue overhead, per sluice run: the store's lease + complete cost per batch over the mean batch
+# duration (batch_runs.duration_ms covers read + transform + Delta commit, not the queue calls).
+print()
+for r in runs:
+    if not r["db"]:
+        continue
+    db = sqlite3.connect(r["db"])
+    n, mean_ms, min_ms, max_ms, first, last, total = db.execute(
+        "SELECT count(*), avg(duration_ms), min(duration_ms), max(duration_ms), min(started_at), "
+        "max(finished_at), sum(duration_ms) FROM batch_runs WHERE outcome = 'committed'"
+    ).fetchall()[0]
+    workers = int(r["engine"].split("w")[-1]) if r["engine"].split("w")[-1].isdigit() else 1
+    window_s = (last - first) / 1000
+    # Worker time not spent inside a batch: leasing, completing, polling, waiting for discovery.
+    gap_ms = (workers * (last - first) - total) / n
+    line = (f"{r['engine']}: {n} batches, batch duration mean {mean_ms:.0f} ms (min {min_ms}, max {max_ms}); "
+            f"first start -> last finish {window_s:.1f}s of {r['seconds']:.1f}s wall; "
+            f"worker time outside batches {gap_ms:.1f} ms/batch")
+    print(line)
+    sq = {f["leasers"]: f for f in store if f["backend"] == "sqlite"}
+    if sq:
+        f = sq.get(workers) or sq[min(sq, key=lambda k: abs(k - workers))]
+        print(f"  queue overhead (sqlite lease+complete at {f['leasers']} leaser(s), {f['cycle_mean_ms']:.2f} ms) "
+              f"/ mean batch {mean_ms:.0f} ms = {100 * f['cycle_mean_ms'] / mean_ms:.3f}% (target < 5%)")
+sys.exit(1 if bad else 0)
