@@ -147,9 +147,11 @@ pub struct DemoArgs {
 pub fn init_tracing(verbose: u8, quiet: bool) {
     // delta-rs logs every optimistic-concurrency retry at warn; they are routine for us.
     let default = match verbose {
-        // The kernel logs "No files in log segment" at error level for a table not created yet.
-        0 if quiet => "error,buoyant_kernel=off",
-        0 => "warn,deltalake_core=error,buoyant_kernel=off",
+        // delta-rs logs the optimistic-concurrency conflicts sluice retries (at error level, when
+        // workers race to create a table) and the kernel logs "No files in log segment" for a
+        // table not created yet; what sluice cannot recover from, it reports itself. -v shows all.
+        0 if quiet => "error,deltalake_core=off,buoyant_kernel=off",
+        0 => "warn,deltalake_core=off,buoyant_kernel=off",
         1 => "info,sluice=info",
         _ => "debug",
     };
