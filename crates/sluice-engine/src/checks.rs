@@ -41,6 +41,8 @@ use datafusion::error::DataFusionError;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use serde::{Deserialize, Serialize};
 
+use crate::first_line;
+
 /// How bad a failure is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -1046,10 +1048,6 @@ fn regex_syntax_ok(pattern: &str) -> Result<(), String> {
     regex::Regex::new(pattern)
         .map(|_| ())
         .map_err(|e| format!("pattern {pattern:?} is not a valid regular expression: {e}"))
-}
-
-fn first_line(e: &dyn std::fmt::Display) -> String {
-    e.to_string().lines().next().unwrap_or_default().to_string()
 }
 
 /// Rows held back by checks, as one batch of the quarantine table: which batch, pipeline

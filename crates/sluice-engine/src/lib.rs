@@ -473,7 +473,7 @@ fn datafusion_error_kind(e: &DataFusionError) -> ErrorKind {
 }
 
 /// DataFusion messages can span lines (plans, hints); the first line says what went wrong.
-fn first_line(e: &dyn std::fmt::Display) -> String {
+pub(crate) fn first_line(e: &dyn std::fmt::Display) -> String {
     let s = e.to_string();
     s.lines().next().unwrap_or_default().to_string()
 }
