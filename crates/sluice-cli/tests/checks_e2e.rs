@@ -82,12 +82,21 @@ fn failing_batches_are_held_warnings_recorded_and_retry_lands_fixed_data_once() 
     assert_eq!(shown[0]["rows"].as_array().unwrap().len(), 2, "{shown:#}");
     assert_eq!(shown[0]["rows"][0]["check"], "not_null(email)");
 
-    // Every check result was recorded per version: 4 batches x 2 checks, one warning.
+    // Every check result was recorded per version: 4 batches x 2 checks, one warning; and
+    // the null rates of the checked columns (email, amount) of every batch, held ones too.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let results = rt.block_on(async {
+    let all = rt.block_on(async {
         let store = sluice_store::open(&p.sqlite()).await.unwrap();
         store.check_results("audited", Some(1), 100).await.unwrap()
     });
+    let (rates, results): (Vec<_>, Vec<_>) = all.into_iter().partition(|r| r.kind == "null_rate");
+    assert_eq!(rates.len(), 8, "{rates:?}");
+    let null_emails: Vec<i64> = rates
+        .iter()
+        .filter(|r| r.check == "null_rate(email)")
+        .map(|r| r.failing)
+        .collect();
+    assert_eq!(null_emails.iter().sum::<i64>(), 2, "{rates:?}");
     assert_eq!(results.len(), 8, "{results:?}");
     let level = |l: &str| results.iter().filter(|r| r.level == l).count();
     assert_eq!(

@@ -4,7 +4,7 @@
 //! ```yaml
 //! checks:
 //!   - not_null: { columns: [order_id, email] }
-//!   - unique: { columns: [order_id] }
+//!   - unique: { columns: [order_id] }          # scope: table (default) | batch
 //!   - range: { column: amount, min: 0, severity: warn }
 //!   - accepted_values: { column: status, values: [paid, shipped, refunded] }
 //!   - regex: { column: email, pattern: '^[^@]+@[^@]+$', action: drop }
@@ -28,8 +28,12 @@
 //! that does not exist is a spec error at `sluice validate`. They run in DataFusion over the
 //! batch's Arrow data: all simple row-level checks share one aggregate scan.
 //!
-//! NULL handling: `range`, `accepted_values`, `regex` and `relationships` ignore NULLs (use
-//! `not_null` for those); an `expression` that evaluates to NULL fails.
+//! NULL handling: `range`, `accepted_values`, `regex`, `relationships` and `unique` ignore NULLs
+//! (use `not_null` for those); an `expression` that evaluates to NULL fails.
+//!
+//! `unique` with `scope: table` also fails rows whose key the sink table already holds; it
+//! reads the table through delta-rs with the batch's key range as a filter, so files whose
+//! statistics lie outside it are skipped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -153,6 +157,23 @@ macro_rules! check_struct {
 }
 
 check_struct!(ColumnsCheck { columns: Vec<String> });
+check_struct!(UniqueCheck {
+    columns: Vec<String>,
+    /// `table` (default): a key must be new to the sink table too, not only within the batch.
+    #[serde(default)]
+    scope: UniqueScope,
+});
+
+/// Where a `unique` key must be unique.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UniqueScope {
+    /// Within the batch only.
+    Batch,
+    /// Within the batch and against every row the sink table already holds.
+    #[default]
+    Table,
+}
 check_struct!(AcceptedValuesCheck { column: String, values: Vec<serde_json::Value> });
 check_struct!(RangeCheck {
     column: String,
@@ -226,7 +247,7 @@ pub struct Reference {
 #[serde(try_from = "CheckRepr", into = "CheckRepr")]
 pub enum CheckSpec {
     NotNull(ColumnsCheck),
-    Unique(ColumnsCheck),
+    Unique(UniqueCheck),
     AcceptedValues(AcceptedValuesCheck),
     Range(RangeCheck),
     Regex(RegexCheck),
@@ -247,7 +268,7 @@ struct CheckRepr {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     not_null: Option<ColumnsCheck>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    unique: Option<ColumnsCheck>,
+    unique: Option<UniqueCheck>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     accepted_values: Option<AcceptedValuesCheck>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -359,7 +380,8 @@ macro_rules! common {
 impl CheckSpec {
     fn common(&self) -> Common<'_> {
         match self {
-            CheckSpec::NotNull(c) | CheckSpec::Unique(c) => common!(c),
+            CheckSpec::NotNull(c) => common!(c),
+            CheckSpec::Unique(c) => common!(c),
             CheckSpec::AcceptedValues(c) => common!(c),
             CheckSpec::Range(c) => common!(c),
             CheckSpec::Regex(c) => common!(c),
@@ -394,7 +416,8 @@ impl CheckSpec {
             return n.clone();
         }
         let what = match self {
-            CheckSpec::NotNull(c) | CheckSpec::Unique(c) => c.columns.join(","),
+            CheckSpec::NotNull(c) => c.columns.join(","),
+            CheckSpec::Unique(c) => c.columns.join(","),
             CheckSpec::AcceptedValues(c) => c.column.clone(),
             CheckSpec::Range(c) => c.column.clone(),
             CheckSpec::Regex(c) => c.column.clone(),
@@ -497,14 +520,6 @@ impl CheckSpec {
                 col = ident(&c.column)
             ),
             CheckSpec::Expression(c) => format!("NOT coalesce(({}), false)", c.expr),
-            CheckSpec::Unique(c) => format!(
-                "count(*) OVER (PARTITION BY {}) > 1",
-                c.columns
-                    .iter()
-                    .map(|s| ident(s))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
             _ => return None,
         })
     }
@@ -559,6 +574,10 @@ pub struct Audit {
     pub failing_rows: Vec<(String, String, RecordBatch)>,
     /// Set when an error-level check fails: the batch must not be published.
     pub hold: Option<String>,
+    /// Null rates of the columns the checks read, one measurement per column (kind
+    /// `null_rate`, level pass, `failing` = NULLs of `considered` rows): stored with the
+    /// check results so trends and the dashboard can read them. Never holds a batch.
+    pub profile: Vec<CheckResult>,
 }
 
 /// A pipeline's checks, compiled against its output schema.
@@ -567,6 +586,8 @@ pub struct Checks {
     specs: Vec<CheckSpec>,
     /// Resolved reference tables for `relationships`, by check index.
     references: Vec<Option<url::Url>>,
+    /// The sink table, for `unique` checks with `scope: table`.
+    sink: Option<Arc<crate::sink::DeltaSink>>,
 }
 
 impl Checks {
@@ -588,11 +609,12 @@ impl Checks {
                 )));
             }
             let columns: Vec<&String> = match spec {
-                CheckSpec::NotNull(c) | CheckSpec::Unique(c) => {
-                    if c.columns.is_empty() {
+                CheckSpec::NotNull(ColumnsCheck { columns, .. })
+                | CheckSpec::Unique(UniqueCheck { columns, .. }) => {
+                    if columns.is_empty() {
                         return Err(fail("list at least one column".into()));
                     }
-                    c.columns.iter().collect()
+                    columns.iter().collect()
                 }
                 CheckSpec::AcceptedValues(c) => vec![&c.column],
                 CheckSpec::Range(c) => vec![&c.column],
@@ -651,6 +673,7 @@ impl Checks {
         let checks = Checks {
             specs: specs.to_vec(),
             references,
+            sink: None,
         };
         // Plan every query against an empty batch: bad SQL, bad `where`, bad types surface now.
         let empty = RecordBatch::new_empty(output.clone());
@@ -673,6 +696,13 @@ impl Checks {
         self.specs.is_empty()
     }
 
+    /// The table the batches are published to: `unique` checks with `scope: table` compare
+    /// against it.
+    pub fn with_sink(mut self, sink: Arc<crate::sink::DeltaSink>) -> Checks {
+        self.sink = Some(sink);
+        self
+    }
+
     /// How many recent batch row counts the checks want (0: none).
     pub fn history_wanted(&self) -> usize {
         self.specs
@@ -683,6 +713,88 @@ impl Checks {
             })
             .max()
             .unwrap_or(0)
+    }
+
+    /// The output columns the checks read, once each, in spec order.
+    fn checked_columns(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for spec in &self.specs {
+            let cols: Vec<&str> = match spec {
+                CheckSpec::NotNull(c) => c.columns.iter().map(String::as_str).collect(),
+                CheckSpec::Unique(c) => c.columns.iter().map(String::as_str).collect(),
+                CheckSpec::AcceptedValues(c) => vec![&c.column],
+                CheckSpec::Range(c) => vec![&c.column],
+                CheckSpec::Regex(c) => vec![&c.column],
+                CheckSpec::Freshness(c) => vec![&c.column],
+                CheckSpec::Relationships(c) => vec![&c.column],
+                _ => vec![],
+            };
+            for c in cols {
+                if !out.contains(&c) {
+                    out.push(c);
+                }
+            }
+        }
+        out
+    }
+
+    /// One scan counting the NULLs of every checked column.
+    async fn null_rates(
+        &self,
+        ctx: &SessionContext,
+        schema: &SchemaRef,
+    ) -> Result<Vec<CheckResult>, DataFusionError> {
+        let columns: Vec<&str> = self
+            .checked_columns()
+            .into_iter()
+            .filter(|c| schema.index_of(c).is_ok())
+            .collect();
+        if columns.is_empty() {
+            return Ok(Vec::new());
+        }
+        let counts = columns
+            .iter()
+            .map(|c| format!("count({})", ident(c)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows = ctx
+            .sql(&format!("SELECT count(*), {counts} FROM output"))
+            .await?
+            .collect()
+            .await?;
+        let Some(b) = rows.first().filter(|b| b.num_rows() == 1) else {
+            return Ok(Vec::new());
+        };
+        let value = |i: usize| -> u64 {
+            b.column(i)
+                .as_primitive_opt::<Int64Type>()
+                .map(|a| a.value(0).max(0) as u64)
+                .unwrap_or(0)
+        };
+        let rows = value(0);
+        Ok(columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let nulls = rows - value(i + 1).min(rows);
+                CheckResult {
+                    name: format!("null_rate({c})"),
+                    kind: "null_rate".into(),
+                    level: Level::Pass,
+                    considered: rows,
+                    failing: nulls,
+                    dropped: 0,
+                    detail: if rows == 0 {
+                        "no rows".into()
+                    } else {
+                        format!(
+                            "{nulls} of {rows} NULL ({:.2}%)",
+                            nulls as f64 * 100.0 / rows as f64
+                        )
+                    },
+                }
+            })
+            .collect())
     }
 
     pub fn specs(&self) -> &[CheckSpec] {
@@ -745,6 +857,7 @@ impl Checks {
             publish: batches.clone(),
             failing_rows: Vec::new(),
             hold: None,
+            profile: Vec::new(),
         };
         if self.specs.is_empty() {
             return Ok(audit);
@@ -752,6 +865,7 @@ impl Checks {
         let ctx = self
             .context(batches, schema.clone())
             .map_err(|(_, e)| DataFusionError::Plan(e))?;
+        audit.profile = self.null_rates(&ctx, &schema).await?;
         let mut drop_rows: std::collections::HashSet<i64> = std::collections::HashSet::new();
         for (i, spec) in self.specs.iter().enumerate() {
             let filter = spec
@@ -861,9 +975,14 @@ impl Checks {
                     if let (CheckSpec::Relationships(c), Some(url)) = (spec, &self.references[i]) {
                         register_reference(&ctx, url, &c.to.column).await?;
                     }
-                    let sql = spec
-                        .failing_rows_sql(&filter)
-                        .unwrap_or_else(|| "SELECT * FROM output WHERE false".into());
+                    let sql = match (spec, &self.sink) {
+                        (CheckSpec::Unique(c), Some(sink)) if c.scope == UniqueScope::Table => {
+                            let existing = register_existing_keys(&ctx, sink, &c.columns).await?;
+                            Some(unique_sql(c, &filter, existing))
+                        }
+                        _ => spec.failing_rows_sql(&filter),
+                    };
+                    let sql = sql.unwrap_or_else(|| "SELECT * FROM output WHERE false".into());
                     let rows = ctx.sql(&sql).await?.collect().await?;
                     let n: usize = rows.iter().map(|b| b.num_rows()).sum();
                     (
@@ -934,6 +1053,9 @@ const ROW_ID: &str = "__sluice_row";
 impl CheckSpec {
     /// Rows of `output` considered by the check and failing it, with their row ids.
     fn failing_rows_sql(&self, filter: &str) -> Option<String> {
+        if let CheckSpec::Unique(c) = self {
+            return Some(unique_sql(c, filter, false));
+        }
         if let CheckSpec::Relationships(c) = self {
             // An anti-join: DataFusion cannot run a subquery inside a projection.
             return Some(format!(
@@ -949,6 +1071,108 @@ impl CheckSpec {
             "SELECT * FROM (SELECT *, coalesce(({filter}) AND ({pred}), false) AS __sluice_fail FROM output) WHERE __sluice_fail"
         ))
     }
+}
+
+/// Rows of `output` whose key (no part of it NULL, as in dbt) appears more than once in the
+/// batch or, with `existing`, is already in the table (the [`EXISTING_KEYS`] view).
+fn unique_sql(c: &UniqueCheck, filter: &str, existing: bool) -> String {
+    let keys: Vec<String> = c.columns.iter().map(|k| ident(k)).collect();
+    let present = keys
+        .iter()
+        .map(|k| format!("o.{k} IS NOT NULL"))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let (join, seen) = if existing {
+        let on = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("o.{k} = e.__sluice_k{i}"))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        (
+            format!(" LEFT JOIN {EXISTING_KEYS} e ON {on}"),
+            " OR e.__sluice_k0 IS NOT NULL",
+        )
+    } else {
+        (String::new(), "")
+    };
+    format!(
+        "SELECT o.* FROM (SELECT *, count(*) OVER (PARTITION BY {}) AS __sluice_n FROM output) o{join} \
+         WHERE coalesce(({filter}) AND {present} AND (o.__sluice_n > 1{seen}), false)",
+        keys.join(", ")
+    )
+}
+
+/// The view of keys the sink table already holds, for `unique` checks with `scope: table`.
+const EXISTING_KEYS: &str = "__sluice_existing";
+/// The sink table, registered for checks that read it.
+const SINK_TABLE: &str = "__sluice_sink";
+
+/// Registers [`EXISTING_KEYS`]: the table's distinct keys, read only from files whose
+/// statistics overlap the batch's key range (ids that grow over time read a few recent files,
+/// not the whole table). `false` when there is nothing to compare with: no table yet, a key
+/// column the table does not have, or no non-NULL key in the batch.
+async fn register_existing_keys(
+    ctx: &SessionContext,
+    sink: &crate::sink::DeltaSink,
+    columns: &[String],
+) -> Result<bool, DataFusionError> {
+    use datafusion::common::{Column, ScalarValue};
+    use datafusion::logical_expr::{Expr, lit};
+    if ctx.table_exist(EXISTING_KEYS)? {
+        ctx.deregister_table(EXISTING_KEYS)?;
+    }
+    if !ctx.table_exist(SINK_TABLE)?
+        && !sink
+            .register(ctx, SINK_TABLE)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+    {
+        return Ok(false);
+    }
+    let table = ctx.table(SINK_TABLE).await?;
+    if columns
+        .iter()
+        .any(|k| table.schema().field_with_unqualified_name(k).is_err())
+    {
+        return Ok(false);
+    }
+    let bounds = columns
+        .iter()
+        .map(|k| format!("min({k}), max({k})", k = ident(k)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rows = ctx
+        .sql(&format!("SELECT {bounds} FROM output"))
+        .await?
+        .collect()
+        .await?;
+    let Some(b) = rows.first().filter(|b| b.num_rows() == 1) else {
+        return Ok(false);
+    };
+    let mut filter: Option<Expr> = None;
+    let mut keys = Vec::new();
+    for (i, k) in columns.iter().enumerate() {
+        let column = Expr::Column(Column::new_unqualified(k));
+        let min = ScalarValue::try_from_array(b.column(2 * i), 0)?;
+        let max = ScalarValue::try_from_array(b.column(2 * i + 1), 0)?;
+        if min.is_null() || max.is_null() {
+            return Ok(false);
+        }
+        let range = column.clone().between(lit(min), lit(max));
+        filter = Some(match filter {
+            Some(f) => f.and(range),
+            None => range,
+        });
+        keys.push(column.alias(format!("__sluice_k{i}")));
+    }
+    let mut existing = table;
+    if let Some(f) = filter {
+        existing = existing.filter(f)?;
+    }
+    let existing = existing.select(keys)?.distinct()?;
+    ctx.register_table(EXISTING_KEYS, existing.into_view())?;
+    Ok(true)
 }
 
 /// Appends the row-id column to each batch (ids run on across batches).

@@ -194,6 +194,8 @@ impl Pipeline {
                     message,
                 }
             })?;
+        let sink = Arc::new(DeltaSink::new(url));
+        let checks = checks.with_sink(sink.clone());
         let quarantine = if checks.is_empty() {
             None
         } else {
@@ -216,7 +218,7 @@ impl Pipeline {
             input,
             output,
             transform,
-            sink: Arc::new(DeltaSink::new(url)),
+            sink,
         })
     }
 
@@ -303,6 +305,21 @@ impl Pipeline {
     ) -> Result<BatchResult, BatchError> {
         let started = Instant::now();
         let (rows_in, audit) = self.audit_slice(slice, recent_rows).await?;
+        let app_id = DeltaSink::app_id(self.name(), &batch_id.0);
+        if (audit.hold.is_some() || !audit.failing_rows.is_empty())
+            && self.sink.is_committed(&app_id).await.unwrap_or(false)
+        {
+            // An earlier run of this batch committed it (and its worker died before reporting,
+            // or a racing run won): checks that read the table, like `unique` against it, now
+            // see the batch's own rows. The batch is done; hold nothing.
+            return Ok(BatchResult {
+                rows_in,
+                rows_out: 0,
+                outcome: BatchOutcome::AlreadyCommitted,
+                duration_ms: started.elapsed().as_millis() as i64,
+                checks: Vec::new(),
+            });
+        }
         if !audit.failing_rows.is_empty() {
             self.write_quarantine(batch_id, &audit.failing_rows)
                 .await
@@ -330,11 +347,10 @@ impl Pipeline {
                 ),
                 rows_in,
             );
-            err.checks = audit.results;
+            err.checks = audit.results.into_iter().chain(audit.profile).collect();
             return Err(err);
         }
         let rows_out: i64 = audit.publish.iter().map(|b| b.num_rows() as i64).sum();
-        let app_id = DeltaSink::app_id(self.name(), &batch_id.0);
         let outcome = self
             .sink
             .commit(&app_id, audit.publish)
@@ -352,7 +368,7 @@ impl Pipeline {
                 CommitOutcome::AlreadyCommitted => BatchOutcome::AlreadyCommitted,
             },
             duration_ms: started.elapsed().as_millis() as i64,
-            checks: audit.results,
+            checks: audit.results.into_iter().chain(audit.profile).collect(),
         })
     }
 

@@ -108,6 +108,14 @@ pub fn table_url(location: &str, base_dir: &std::path::Path) -> Result<Url, Sink
         .map_err(|_| bad(format!("{} is not an absolute path", path.display())))
 }
 
+impl std::fmt::Debug for DeltaSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeltaSink")
+            .field("url", &self.url.as_str())
+            .finish()
+    }
+}
+
 impl DeltaSink {
     pub fn new(url: Url) -> DeltaSink {
         DeltaSink {
@@ -258,18 +266,35 @@ impl DeltaSink {
 
     /// Every row of the table at its latest version (for checks, the demo and tests).
     pub async fn read_all(&self) -> Result<Vec<RecordBatch>, SinkError> {
-        let table = self.refreshed().await?;
-        if table.version().is_none() {
+        let ctx = datafusion::prelude::SessionContext::new();
+        if !self.register(&ctx, "t").await? {
             return Ok(vec![]);
         }
         let generic = |e: &dyn std::fmt::Display| self.err(DeltaTableError::Generic(e.to_string()));
-        let ctx = datafusion::prelude::SessionContext::new();
+        let df = ctx.table("t").await.map_err(|e| generic(&e))?;
+        df.collect().await.map_err(|e| generic(&e))
+    }
+
+    /// Registers the table's latest version in `ctx` as `name`, for queries that read it
+    /// (checks against what the table holds). Scans through it skip files by their statistics
+    /// when the query filters on a column. `false` when the table does not exist yet.
+    pub async fn register(
+        &self,
+        ctx: &datafusion::prelude::SessionContext,
+        name: &str,
+    ) -> Result<bool, SinkError> {
+        let table = self.refreshed().await?;
+        if table.version().is_none() {
+            return Ok(false);
+        }
+        let generic = |e: &dyn std::fmt::Display| self.err(DeltaTableError::Generic(e.to_string()));
         table
             .update_datafusion_session(&ctx.state())
             .map_err(|e| generic(&e))?;
         let provider = table.table_provider().await.map_err(|e| generic(&e))?;
-        let df = ctx.read_table(provider).map_err(|e| generic(&e))?;
-        df.collect().await.map_err(|e| generic(&e))
+        ctx.register_table(name, provider)
+            .map_err(|e| generic(&e))?;
+        Ok(true)
     }
 }
 

@@ -465,3 +465,148 @@ async fn row_count_against_the_median_of_recent_batches() {
         0
     );
 }
+
+/// A sink table holding `ids` (and an amount), for `unique` against the table.
+async fn table_with(dir: &std::path::Path, ids: &[i64]) -> Arc<sluice_engine::sink::DeltaSink> {
+    let sink = Arc::new(sluice_engine::sink::DeltaSink::new(
+        sluice_engine::sink::table_url("t", dir).unwrap(),
+    ));
+    let b = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("amount", DataType::Float64, true),
+        ])),
+        vec![
+            Arc::new(Int64Array::from(ids.to_vec())),
+            Arc::new(Float64Array::from(vec![1.0; ids.len()])),
+        ],
+    )
+    .unwrap();
+    sink.commit("seed", vec![b]).await.unwrap();
+    sink
+}
+
+async fn audit_with_table(yaml: &str, sink: Arc<sluice_engine::sink::DeltaSink>) -> Audit {
+    let checks = compile(yaml).await.unwrap().with_sink(sink);
+    checks.audit(vec![batch()], schema(), &[]).await.unwrap()
+}
+
+#[tokio::test]
+async fn unique_compares_with_what_the_table_already_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    // The table holds 2 and 6 (and ids far outside the batch's range, which pruning skips).
+    let sink = table_with(dir.path(), &[2, 6, 1000, 2000]).await;
+    let a = audit_with_table("- unique: {columns: [id]}", sink.clone()).await;
+    let r = &a.results[0];
+    assert_eq!((r.level, r.failing), (Level::Error, 4), "{r:?}"); // 2, 4, 4, 6
+    let held: Vec<i64> = a
+        .failing_rows
+        .iter()
+        .flat_map(|(_, _, b)| {
+            b.column_by_name("id")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    let mut held = held;
+    held.sort();
+    assert_eq!(held, vec![2, 4, 4, 6]);
+    // scope: batch ignores the table.
+    let a = audit_with_table("- unique: {columns: [id], scope: batch}", sink.clone()).await;
+    assert_eq!(a.results[0].failing, 2);
+    // drop removes exactly the clashing rows from what is published.
+    let a = audit_with_table(
+        "- unique: {columns: [id], action: drop, severity: warn}",
+        sink.clone(),
+    )
+    .await;
+    assert!(a.hold.is_none());
+    let published: usize = a.publish.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(published, 2, "ids 1 and 3 remain");
+    // A `where` filter limits which batch rows are considered; composite keys compare whole.
+    let a = audit_with_table("- unique: {columns: [id], where: 'id < 3'}", sink.clone()).await;
+    assert_eq!(a.results[0].failing, 1, "{:?}", a.results[0]); // id 2
+    let a = audit_with_table("- unique: {columns: [id, amount]}", sink).await;
+    assert_eq!(
+        a.results[0].failing, 0,
+        "no (id, amount) pair of the batch is in the table"
+    );
+}
+
+#[tokio::test]
+async fn unique_ignores_null_keys_and_tables_without_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Arc::new(sluice_engine::sink::DeltaSink::new(
+        sluice_engine::sink::table_url("t", dir.path()).unwrap(),
+    ));
+    // No table yet: only duplicates within the batch count.
+    let a = audit_with_table("- unique: {columns: [id]}", sink.clone()).await;
+    assert_eq!(a.results[0].failing, 2);
+    // NULL keys are not duplicates of each other (as dbt's unique test): the batch has one
+    // NULL amount, so (amount) is unique; two NULLs would be too.
+    let nulls = RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(Int64Array::from(vec![None, None, Some(7)])),
+            Arc::new(Float64Array::from(vec![None, None, Some(1.0)])),
+            Arc::new(StringArray::from(vec![Some("paid"); 3])),
+            Arc::new(StringArray::from(vec![Some("a@x.io"); 3])),
+            Arc::new(TimestampMicrosecondArray::from(vec![0i64; 3]).with_timezone("UTC")),
+        ],
+    )
+    .unwrap();
+    let a = audit_on("- unique: {columns: [id]}", vec![nulls]).await;
+    assert_eq!((a.results[0].level, a.results[0].failing), (Level::Pass, 0));
+    // A table whose columns do not include the key: nothing to compare with.
+    let other = dir.path().join("other");
+    let sink = Arc::new(sluice_engine::sink::DeltaSink::new(
+        sluice_engine::sink::table_url("o", &other).unwrap(),
+    ));
+    let b = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)])),
+        vec![Arc::new(Int64Array::from(vec![1, 2, 3]))],
+    )
+    .unwrap();
+    sink.commit("seed", vec![b]).await.unwrap();
+    let a = audit_with_table("- unique: {columns: [id]}", sink).await;
+    assert_eq!(a.results[0].failing, 2);
+}
+
+#[tokio::test]
+async fn null_rates_of_checked_columns_are_measured_once_per_column() {
+    let a = audit(
+        "- not_null: {columns: [amount], severity: warn}\n- range: {column: amount, min: 0, severity: warn}\n- accepted_values: {column: status, values: [paid], severity: warn}\n",
+    )
+    .await;
+    let profile: Vec<(String, u64, u64)> = a
+        .profile
+        .iter()
+        .map(|r| (r.name.clone(), r.failing, r.considered))
+        .collect();
+    assert_eq!(
+        profile,
+        vec![
+            ("null_rate(amount)".to_string(), 1, 6),
+            ("null_rate(status)".to_string(), 1, 6)
+        ]
+    );
+    assert!(
+        a.profile
+            .iter()
+            .all(|r| r.level == Level::Pass && r.kind == "null_rate")
+    );
+    assert_eq!(a.results.len(), 3, "measurements are not check results");
+    // Batch-level checks read no column; an empty batch has no rows to rate.
+    assert!(audit("- row_count: {min: 1}").await.profile.is_empty());
+    let empty = audit_on(
+        "- not_null: {columns: [id]}",
+        vec![RecordBatch::new_empty(schema())],
+    )
+    .await;
+    assert_eq!(empty.profile[0].considered, 0);
+    assert_eq!(empty.profile[0].detail, "no rows");
+}

@@ -537,7 +537,11 @@ async fn post(
     }
 
     let checks = store.check_results(pipeline, Some(version), 10_000).await?;
-    let recent: Vec<_> = checks.iter().filter(|c| c.recorded_at >= since).collect();
+    // null_rate rows are measurements, not checks.
+    let recent: Vec<_> = checks
+        .iter()
+        .filter(|c| c.recorded_at >= since && c.kind != "null_rate")
+        .collect();
     let errors = recent.iter().filter(|c| c.level == "error").count();
     let warns = recent.iter().filter(|c| c.level == "warn").count();
     suite.push(
