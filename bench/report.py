@@ -118,4 +118,23 @@ for r in runs:
         f = sq.get(workers) or sq[min(sq, key=lambda k: abs(k - workers))]
         print(f"  queue overhead (sqlite lease+complete at {f['leasers']} leaser(s), {f['cycle_mean_ms']:.2f} ms) "
               f"/ mean batch {mean_ms:.0f} ms = {100 * f['cycle_mean_ms'] / mean_ms:.3f}% (target < 5%)")
+
+# Check overhead: the same run with the default check set (run.sh's default_checks) against
+# the run without checks, per batch.
+def mean_batch_ms(db_path):
+    db = sqlite3.connect(db_path)
+    return db.execute("SELECT avg(duration_ms) FROM batch_runs WHERE outcome = 'committed'").fetchall()[0][0]
+
+
+for r in runs:
+    if not r["engine"].startswith("sluice-checks-w") or not r["db"]:
+        continue
+    plain = by.get(r["engine"].replace("sluice-checks-", "sluice-"))
+    if not plain or not plain["db"]:
+        continue
+    with_ms, without_ms = mean_batch_ms(r["db"]), mean_batch_ms(plain["db"])
+    share = 100 * (with_ms - without_ms) / with_ms
+    print(f"check overhead ({r['engine']} vs {plain['engine']}): mean batch {with_ms:.0f} ms with checks, "
+          f"{without_ms:.0f} ms without = {share:.1f}% of batch time (target < 10%); "
+          f"end to end {r['seconds']:.2f}s vs {plain['seconds']:.2f}s")
 sys.exit(1 if bad else 0)

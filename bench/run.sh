@@ -21,7 +21,7 @@ data_root="${SLUICE_BENCH_DATA:-$HOME/.cache/sluice-bench-data}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
 rows="${SLUICE_BENCH_ROWS:-10000000}"
 files="${SLUICE_BENCH_FILES:-20}"
-engines="${SLUICE_BENCH_ENGINES:-sluice-w1 sluice-w2 duckdb polars}"
+engines="${SLUICE_BENCH_ENGINES:-sluice-w1 sluice-checks-w1 sluice-w2 duckdb polars}"
 batch_rows=100000 # sluice's default batch.max_rows
 
 say() { printf '\n== %s\n' "$*" >&2; }
@@ -64,8 +64,24 @@ sql="$here/transform.sql"
 cat "$data"/*.csv >/dev/null
 
 # ---- sluice ----
+# The default check set, for the check-overhead leg: a key that must be present and new to the
+# batch and the table, an email and amount that must be sane. All warn, so the leg publishes
+# the same rows as the others; the checks do the same work either way.
+default_checks() {
+  cat <<'YAML'
+checks:
+  - not_null: { columns: [order_id, email], severity: warn }
+  - unique: { columns: [order_id], severity: warn }
+  - range: { column: amount, min: 0, severity: warn }
+  - regex: { column: email, pattern: '^[^@]+@[^@]+$', severity: warn }
+  - row_count: { min: 1, severity: warn }
+YAML
+}
+
 run_sluice() {
-  local workers="$1" dir="$work/sluice-w$1"
+  local workers="$1" checks="${2:-}" name="sluice-w$1"
+  [[ -n "$checks" ]] && name="sluice-checks-w$1"
+  local dir="$work/$name"
   mkdir -p "$dir"
   {
     echo "pipeline: orders_bench"
@@ -87,9 +103,11 @@ run_sluice() {
     sed 's/^/  /' "$sql"
     echo "sink:"
     echo "  delta: table"
+    [[ -n "$checks" ]] && default_checks
+    true
   } >"$dir/pipeline.yaml"
   "$sluice" validate "$dir/pipeline.yaml" >"$dir/validate.log"
-  say "sluice, $workers worker(s): sluice run $dir/pipeline.yaml --store $dir/state.db --workers $workers --until-drained"
+  say "$name, $workers worker(s): sluice run $dir/pipeline.yaml --store $dir/state.db --workers $workers --until-drained"
   local t0 t1
   t0="$(now)"
   "$sluice" run "$dir/pipeline.yaml" --store "$dir/state.db" --workers "$workers" \
@@ -97,7 +115,7 @@ run_sluice() {
   t1="$(now)"
   local secs
   secs="$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')"
-  printf 'sluice-w%s\t%s\tdelta\t%s\t%s\n' "$workers" "$secs" "$dir/table" "$dir/state.db" >>"$timings"
+  printf '%s\t%s\tdelta\t%s\t%s\n' "$name" "$secs" "$dir/table" "$dir/state.db" >>"$timings"
   "$sluice" status --store "$dir/state.db" --json >"$dir/status.json"
   printf '   %.2fs\n' "$secs" >&2
 }
@@ -128,6 +146,7 @@ run_polars() {
 
 for e in $engines; do
   case "$e" in
+    sluice-checks-w*) run_sluice "${e#sluice-checks-w}" checks ;;
     sluice-w*) run_sluice "${e#sluice-w}" ;;
     duckdb) run_duckdb ;;
     polars) run_polars ;;

@@ -23,6 +23,7 @@ pub mod sink;
 pub mod source;
 pub mod spec;
 pub mod transform;
+pub mod upgrade;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -109,6 +110,8 @@ pub struct Pipeline {
     format: Format,
     pattern: String,
     input: InputSchema,
+    /// Present when the source names a dataset: reads files of its older versions too.
+    versions: Option<Arc<upgrade::SourceVersions>>,
     output: SchemaRef,
     transform: SqlTransform,
     sink: Arc<DeltaSink>,
@@ -151,6 +154,18 @@ impl Pipeline {
         let input =
             InputSchema::with_policy(&columns, &spec.source.required, spec.source.unknown_columns)
                 .map_err(|e| file.error_at(&["source", "columns"], e))?;
+        let versions = if spec.source.versions.is_empty() {
+            None
+        } else {
+            Some(Arc::new(
+                upgrade::SourceVersions::new(
+                    &spec.source.versions,
+                    &input,
+                    spec.source.unknown_columns,
+                )
+                .map_err(|e| file.error_at(&["source", "dataset"], e))?,
+            ))
+        };
         let transform = SqlTransform::new(spec.transform.clone());
         let output = transform
             .output_schema(input.schema.clone())
@@ -216,6 +231,7 @@ impl Pipeline {
             format,
             pattern,
             input,
+            versions,
             output,
             transform,
             sink,
@@ -463,9 +479,11 @@ impl Pipeline {
         let slice = slice.clone();
         let format = self.format;
         let input = self.input.clone();
+        let versions = self.versions.clone();
         let delimiter = self.spec.source.csv.delimiter as u8;
-        let read = tokio::task::spawn_blocking(move || {
-            source::read_slice(&slice, format, &input, delimiter)
+        let read = tokio::task::spawn_blocking(move || match versions {
+            Some(v) => v.read(&slice, format, delimiter).map(|(b, _)| b),
+            None => source::read_slice(&slice, format, &input, delimiter),
         })
         .await
         .map_err(|e| BatchError::new(ErrorKind::Internal, format!("reader task failed: {e}"), 0))?;

@@ -48,7 +48,7 @@ pub enum SourceError {
 }
 
 impl SourceError {
-    fn bad(file: &str, line: Option<u64>, reason: impl Into<String>) -> SourceError {
+    pub(crate) fn bad(file: &str, line: Option<u64>, reason: impl Into<String>) -> SourceError {
         SourceError::BadData {
             file: file.to_string(),
             line,
@@ -399,6 +399,50 @@ pub fn read_slice(
         Format::Csv => read_csv(slice, input, delimiter),
         Format::Jsonl => read_jsonl(slice, input),
         Format::Parquet => read_parquet(slice, input),
+    }
+}
+
+/// The column names a slice's file carries: the CSV header, the keys of the slice's first JSON
+/// record, or the Parquet file's columns. Used to tell which schema version wrote a file.
+pub fn slice_columns(
+    slice: &BatchSlice,
+    format: Format,
+    delimiter: u8,
+) -> Result<Vec<String>, SourceError> {
+    let path = &slice.path;
+    match format {
+        Format::Csv => csv_header(path, delimiter),
+        Format::Jsonl => {
+            use std::io::BufRead;
+            let mut file = File::open(path).map_err(|e| SourceError::io(path, e))?;
+            file.seek(SeekFrom::Start(slice.byte_start))
+                .map_err(|e| SourceError::io(path, e))?;
+            let mut line = String::new();
+            BufReader::new(file.take(slice.byte_end - slice.byte_start))
+                .read_line(&mut line)
+                .map_err(|e| SourceError::io(path, e))?;
+            let record: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(line.trim()).map_err(|e| {
+                    SourceError::bad(
+                        path,
+                        Some(line_of(path, slice.byte_start)),
+                        format!("not a JSON object: {e}"),
+                    )
+                })?;
+            Ok(record.keys().cloned().collect())
+        }
+        Format::Parquet => {
+            let file = File::open(path).map_err(|e| SourceError::io(path, e))?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
+                SourceError::bad(path, None, format!("not a readable Parquet file: {e}"))
+            })?;
+            Ok(builder
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect())
+        }
     }
 }
 

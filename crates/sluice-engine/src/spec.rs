@@ -100,6 +100,20 @@ pub struct SourceSpec {
     /// them) or `ignore`.
     #[serde(default)]
     pub unknown_columns: crate::source::UnknownColumns,
+    /// Filled in by sluice when it resolves `dataset`: the dataset's registered versions up to
+    /// the pinned one, oldest first. A landed file written under an older version (named by a
+    /// `schema_version` column, or recognised by its columns) is read with that version's
+    /// columns and upgraded to the pinned one before the transform runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<SourceVersion>,
+}
+
+/// A registered version of the source dataset, carried in the resolved spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceVersion {
+    pub version: i64,
+    pub schema: sluice_schema::Schema,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -112,6 +112,20 @@ pub async fn resolve_source(file: &mut SpecFile, store: &Arc<dyn Store>) -> anyh
         .collect();
     file.spec.source.columns = Some(columns);
     file.spec.source.dataset = Some(format!("{name}@{}", rec.version));
+    // Every version up to the pinned one travels with the pipeline version, so files written
+    // under an older one are read with its columns and upgraded (sluice_engine::upgrade).
+    let mut history = store.schema_versions(&name).await?;
+    history.retain(|r| r.version <= rec.version);
+    history.sort_by_key(|r| r.version);
+    file.spec.source.versions = history
+        .iter()
+        .map(|r| {
+            Ok(sluice_engine::spec::SourceVersion {
+                version: r.version,
+                schema: decode(r)?.schema,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(())
 }
 
