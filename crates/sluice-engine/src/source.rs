@@ -446,6 +446,23 @@ pub fn slice_columns(
     }
 }
 
+/// Rows per decoded batch: the whole slice at once, so the slice needs no concatenation (a
+/// copy of every column); capped so a huge `max_rows` does not pre-allocate wildly.
+fn decode_batch_rows(slice: &BatchSlice) -> usize {
+    (slice.row_count as usize).clamp(1, 1 << 20)
+}
+
+/// The decoded batches as one: the only batch as is, several concatenated.
+fn one_batch(
+    schema: &SchemaRef,
+    mut batches: Vec<RecordBatch>,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    if batches.len() == 1 {
+        return Ok(batches.remove(0));
+    }
+    concat_batches(schema, &batches)
+}
+
 fn read_range(slice: &BatchSlice) -> Result<Vec<u8>, SourceError> {
     let path = &slice.path;
     let mut file = File::open(path).map_err(|e| SourceError::io(path, e))?;
@@ -554,20 +571,20 @@ fn read_csv(
             .collect::<Vec<_>>(),
     ));
     let bytes = read_range(slice)?;
-    let decode = |data: &[u8]| -> Result<RecordBatch, arrow::error::ArrowError> {
+    let decode = |data: &[u8], rows: usize| -> Result<RecordBatch, arrow::error::ArrowError> {
         let reader = arrow_csv::ReaderBuilder::new(reader_schema.clone())
             .with_header(false)
             .with_delimiter(delimiter)
-            .with_batch_size(8192)
+            .with_batch_size(rows)
             .build_buffered(std::io::Cursor::new(data))?;
         let batches = reader.collect::<Result<Vec<_>, _>>()?;
-        concat_batches(&reader_schema, &batches)
+        one_batch(&reader_schema, batches)
     };
-    let parsed = match decode(&bytes) {
+    let parsed = match decode(&bytes, decode_batch_rows(slice)) {
         Ok(b) => b,
         Err(_) => {
             return Err(pinpoint(slice, &bytes, true, &reader_schema, |rec| {
-                decode(rec).map(|_| ())
+                decode(rec, 1).map(|_| ())
             }));
         }
     };
@@ -610,18 +627,18 @@ fn read_jsonl(slice: &BatchSlice, input: &InputSchema) -> Result<RecordBatch, So
             .collect::<Vec<_>>(),
     ));
     let bytes = read_range(slice)?;
-    let decode = |data: &[u8]| -> Result<RecordBatch, arrow::error::ArrowError> {
+    let decode = |data: &[u8], rows: usize| -> Result<RecordBatch, arrow::error::ArrowError> {
         let reader = arrow_json::ReaderBuilder::new(reader_schema.clone())
-            .with_batch_size(8192)
+            .with_batch_size(rows)
             .build(std::io::Cursor::new(data))?;
         let batches = reader.collect::<Result<Vec<_>, _>>()?;
-        concat_batches(&reader_schema, &batches)
+        one_batch(&reader_schema, batches)
     };
-    let parsed = match decode(&bytes) {
+    let parsed = match decode(&bytes, decode_batch_rows(slice)) {
         Ok(b) => b,
         Err(_) => {
             return Err(pinpoint(slice, &bytes, false, &reader_schema, |rec| {
-                decode(rec).map(|_| ())
+                decode(rec, 1).map(|_| ())
             }));
         }
     };
@@ -666,13 +683,13 @@ fn read_parquet(slice: &BatchSlice, input: &InputSchema) -> Result<RecordBatch, 
     let reader = builder
         .with_offset(slice.row_start as usize)
         .with_limit(slice.row_count as usize)
-        .with_batch_size(8192)
+        .with_batch_size(decode_batch_rows(slice))
         .build()
         .map_err(|e| not_parquet(&e))?;
     let batches = reader
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| not_parquet(&e))?;
-    let parsed = concat_batches(&file_schema, &batches).map_err(|e| not_parquet(&e))?;
+    let parsed = one_batch(&file_schema, batches).map_err(|e| not_parquet(&e))?;
     let mut columns = Vec::with_capacity(input.declared.fields().len());
     for field in input.declared.fields() {
         match file_schema.index_of(field.name()) {
