@@ -236,3 +236,90 @@ fn a_file_naming_an_unknown_version_or_mixing_versions_is_quarantined_with_the_r
     assert!(has("bad.csv", "amount"), "{reasons:?}");
     assert_exactly_once(&p.table_counts("out", "id"), &[1]);
 }
+
+#[test]
+fn schema_migrate_rewrites_a_table_in_pieces_and_commits_once() {
+    let p = Project::csv(0, 0, 3, "30s");
+    let store = p.sqlite();
+    p.write("v1.yaml", V1);
+    let out = p.run(&["schema", "register", "v1.yaml", "--store", &store]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    p.write("p.yaml", &spec("SELECT id, cust, amount FROM input"));
+    p.write(
+        "in/a.csv",
+        "id,cust,amount\n1,ann,10\n2,bob,20\n3,cy,30\n4,di,40\n5,ed,50\n",
+    );
+    let spec_path = p.dir.path().join("p.yaml").display().to_string();
+    let out = p.run(&["run", &spec_path, "--store", &store, "--until-drained"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    p.write("v2.yaml", V2);
+    let out = p.run(&["schema", "register", "v2.yaml", "--store", &store]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let migrate = |extra: &[&str]| {
+        let mut args = vec![
+            "schema",
+            "migrate",
+            "orders_raw@1",
+            "orders_raw@2",
+            "--table",
+            "out",
+            "--store",
+            &store,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = p.run(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    // Two batches of at most 3 rows: two files. One in the first run, the other after.
+    let first = migrate(&["--max-files", "1"]);
+    assert_eq!(first["files_remaining"], 1, "{first:#}");
+    assert!(first["committed_version"].is_null());
+    let done = migrate(&[]);
+    assert_eq!(done["files_resumed"], 1, "{done:#}");
+    assert_eq!(done["rows"], 5, "{done:#}");
+    assert!(done["committed_version"].is_i64(), "{done:#}");
+    assert_eq!(migrate(&[])["already_done"], true);
+
+    let rows = query(
+        &p.dir.path().join("out"),
+        None,
+        "SELECT id, customer, amount, channel FROM t ORDER BY id",
+    );
+    assert_eq!(
+        texts(&rows, "customer"),
+        ["ann", "bob", "cy", "di", "ed"]
+            .iter()
+            .map(|s| Some(s.to_string()))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(texts(&rows, "channel"), vec![Some("web".to_string()); 5]);
+    assert_eq!(
+        rows[0]
+            .schema()
+            .field_with_name("amount")
+            .unwrap()
+            .data_type(),
+        &sluice_engine::arrow::datatypes::DataType::Int64
+    );
+
+    // Bad requests are refused with what to do.
+    let out = p.run(&[
+        "schema",
+        "migrate",
+        "orders_raw@1",
+        "orders_raw@2",
+        "--table",
+        "nowhere",
+        "--store",
+        &store,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a Delta table yet"),
+        "{}",
+        stderr(&out)
+    );
+}

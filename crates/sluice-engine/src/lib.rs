@@ -19,6 +19,7 @@
 
 pub mod checks;
 pub mod diff;
+pub mod migrate;
 pub mod sink;
 pub mod source;
 pub mod spec;

@@ -87,6 +87,27 @@ pub enum SchemaCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Rewrite a Delta table written under DATASET@A into DATASET@B: the data steps of a plan
+    /// that Delta cannot apply in place (type changes, renames, drops). Converts file by file
+    /// with a progress bar, commits the whole rewrite atomically, resumes after a crash.
+    Migrate {
+        from: String,
+        to: String,
+        /// The Delta table to rewrite (a path or file:// URL).
+        #[arg(long)]
+        table: String,
+        /// Convert every row (finding values that cannot be carried over) but write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Convert at most N files in this run, then stop without committing (run again to
+        /// continue): migrates a big table in pieces.
+        #[arg(long, value_name = "N")]
+        max_files: Option<usize>,
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show or set compatibility modes. `mode` shows the default, `mode MODE` sets it,
     /// `mode DATASET` shows a dataset's, `mode DATASET MODE` sets it. Modes: NONE, BACKWARD,
     /// BACKWARD_TRANSITIVE, FORWARD, FORWARD_TRANSITIVE, FULL, FULL_TRANSITIVE.
@@ -149,6 +170,15 @@ pub async fn schema(args: SchemaArgs) -> anyhow::Result<ExitCode> {
             json,
         } => plan(&from, &to, dialect, table.as_deref(), &store.store, json).await,
         SchemaCommand::Mode { args, store, json } => mode(&args, &store.store, json).await,
+        SchemaCommand::Migrate {
+            from,
+            to,
+            table,
+            dry_run,
+            max_files,
+            store,
+            json,
+        } => migrate(&from, &to, &table, dry_run, max_files, &store.store, json).await,
     }
 }
 
@@ -514,6 +544,112 @@ async fn plan(
         }
     }
     print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn migrate(
+    from: &str,
+    to: &str,
+    table: &str,
+    dry_run: bool,
+    max_files: Option<usize>,
+    store_url: &str,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let store = super::open_store(store_url).await?;
+    let (a_record, a) = resolve(&store, from).await?;
+    let (b_record, b) = resolve(&store, to).await?;
+    if a_record.dataset != b_record.dataset {
+        return Err(InputError(format!(
+            "{from} and {to} are versions of different datasets: migrate rewrites a table from one version of a dataset to another"
+        ))
+        .into());
+    }
+    let cwd = std::env::current_dir()?;
+    let url = sluice_engine::sink::table_url(table, &cwd).map_err(|e| InputError(e.to_string()))?;
+    if sluice_engine::sink::DeltaSink::new(url.clone())
+        .describe()
+        .await
+        .map_err(|e| InputError(e.to_string()))?
+        .is_none()
+    {
+        return Err(InputError(format!(
+            "{url} is not a Delta table yet: nothing to migrate"
+        ))
+        .into());
+    }
+    let bar = (!json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "migrating [{bar:30}] {pos}/{len} files, {msg} ({elapsed}, eta {eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar
+    });
+    let report = sluice_engine::migrate::migrate_table(
+        &url,
+        (a_record.version, &a.schema),
+        (b_record.version, &b.schema),
+        sluice_engine::migrate::MigrateOptions { dry_run, max_files },
+        |p| {
+            if let Some(bar) = &bar {
+                bar.set_length(p.files_total as u64);
+                bar.set_position(p.files_done as u64);
+                bar.set_message(format!("{} rows", p.rows_done));
+            }
+        },
+    )
+    .await;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let report = report.map_err(|e| match e {
+        sluice_engine::migrate::MigrateError::Delta { .. } => anyhow::Error::new(e),
+        other => InputError(other.to_string()).into(),
+    })?;
+    let label = format!(
+        "{}@{} -> {}@{}",
+        a_record.dataset, a_record.version, b_record.dataset, b_record.version
+    );
+    if json {
+        let mut out = serde_json::to_value(&report)?;
+        out["migration"] = json!(label);
+        out["table"] = json!(url.to_string());
+        out["dry_run"] = json!(dry_run);
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else if report.already_done {
+        println!("{label}: {url} was already migrated (nothing to do)");
+    } else if report.files_remaining > 0 {
+        println!(
+            "{label}: converted {} file(s) ({} rows so far); {} file(s) remain: run again to continue (nothing is committed until every file is converted)",
+            report.files_read, report.rows, report.files_remaining
+        );
+    } else if dry_run {
+        println!(
+            "{label}: dry run: {} rows in {} file(s) convert cleanly; nothing written",
+            report.rows, report.files_read
+        );
+    } else {
+        println!(
+            "{label}: rewrote {} rows from {} file(s) of version {} into {} file(s); committed as version {}{}",
+            report.rows,
+            report.files_read,
+            report.source_version,
+            report.files_written,
+            report.committed_version.unwrap_or_default(),
+            if report.files_resumed > 0 {
+                format!(
+                    " ({} file(s) reused from an interrupted run)",
+                    report.files_resumed
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
