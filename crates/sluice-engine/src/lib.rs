@@ -18,6 +18,7 @@
 //! ```
 
 pub mod checks;
+pub mod ddl;
 pub mod diff;
 pub mod migrate;
 pub mod sink;

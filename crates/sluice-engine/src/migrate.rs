@@ -16,7 +16,7 @@
 //! * **Once.** The commit carries the application transaction
 //!   `sluice-migrate/<dataset>/<from>-<to>`; a run finding it reports the migration as done.
 //! * **No silent loss.** A table column neither version knows is refused up front (the
-//!   rewrite would drop it). If the table changes while the run converts (a pipeline still
+//!   rewrite would drop it), except a plan's own `<field>__new` helper columns. If the table changes while the run converts (a pipeline still
 //!   appending), the commit is refused by Delta's conflict check; run again: converted files
 //!   are reused and only the new ones are converted.
 
@@ -321,6 +321,12 @@ fn refuse_unknown_columns(
         .iter()
         .map(|f| f.name().clone())
         .filter(|n| from.field(n).is_none() && to.field(n).is_none())
+        // A migration plan's own helper column (`amount__new`, added and backfilled in
+        // place before the swap Delta cannot do in place) is superseded by the rewrite.
+        .filter(|n| {
+            !n.strip_suffix("__new")
+                .is_some_and(|base| from.field(base).is_some() || to.field(base).is_some())
+        })
         .collect();
     if unknown.is_empty() {
         return Ok(());

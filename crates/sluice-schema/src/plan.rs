@@ -783,6 +783,33 @@ impl Builder {
             "existing rows read the default through sluice; Iceberg keeps no column default before format v3".into(),
         );
         if !field.nullable {
+            // Delta and Iceberg give rows written before the column NULL (a column default
+            // applies to new writes only): write the default into them before SET NOT NULL.
+            let table = |d: Dialect| self.table(d);
+            let fill = Ddl::each(|d| match d {
+                Dialect::Postgres => Vec::new(),
+                _ => field
+                    .default
+                    .as_ref()
+                    .and_then(|v| d.literal(v, &field.field_type))
+                    .map(|literal| {
+                        let col = d.quote_path(name);
+                        vec![format!(
+                            "UPDATE {} SET {col} = {literal} WHERE {col} IS NULL",
+                            table(d)
+                        )]
+                    })
+                    .unwrap_or_default(),
+            });
+            let step = self.push(
+                Phase::Expand,
+                "backfill",
+                name,
+                format!("write the default into existing rows of {name}"),
+                fill,
+            );
+            step.notes
+                .push("PostgreSQL filled existing rows when the column was added".into());
             let not_null = self.set_not_null_ddl(name);
             self.push(
                 Phase::Contract,
