@@ -71,8 +71,12 @@ fn batch(rows: usize, v1: &Schema) -> RecordBatch {
     let columns: Vec<ArrayRef> = vec![
         Arc::new(Int64Array::from_iter_values(0..n)),
         text("customer-"),
-        Arc::new(Int32Array::from_iter_values((0..n).map(|i| (i % 50) as i32))),
-        Arc::new(Float32Array::from_iter_values((0..n).map(|i| (i % 1000) as f32 / 7.0))),
+        Arc::new(Int32Array::from_iter_values(
+            (0..n).map(|i| (i % 50) as i32),
+        )),
+        Arc::new(Float32Array::from_iter_values(
+            (0..n).map(|i| (i % 1000) as f32 / 7.0),
+        )),
         text("st"),
         text("user@example.com/"),
         Arc::new(
@@ -80,7 +84,9 @@ fn batch(rows: usize, v1: &Schema) -> RecordBatch {
                 .with_timezone("UTC"),
         ),
         text("region-"),
-        Arc::new(Int32Array::from_iter_values((0..n).map(|i| (i % 100) as i32))),
+        Arc::new(Int32Array::from_iter_values(
+            (0..n).map(|i| (i % 100) as i32),
+        )),
         text("n"),
     ];
     RecordBatch::try_new(Arc::new(v1.to_arrow()), columns).expect("v1 batch")
@@ -117,7 +123,13 @@ fn main() {
 
     // The floor: cast the same ten columns to v3's types (the rename and the new column are
     // free for a cast: it neither looks fields up nor fills defaults).
-    let targets: Vec<DataType> = v3.to_arrow().fields().iter().take(10).map(|f| f.data_type().clone()).collect();
+    let targets: Vec<DataType> = v3
+        .to_arrow()
+        .fields()
+        .iter()
+        .take(10)
+        .map(|f| f.data_type().clone())
+        .collect();
     let cast_time = best(repeat, || {
         let out: Vec<ArrayRef> = input
             .columns()
