@@ -22,7 +22,7 @@ for start in range(0, rows, per):
                TIMESTAMPTZ '2024-01-01 00:00:00+00' + to_seconds((hash(i * 31 + 3) % 31536000)::BIGINT) AS created_at
         FROM range({start}, {min(start + per, rows)}) t(i)
         """
-    ).fetch_arrow_table()
+    ).to_arrow_table()
     write_deltalake(table, batch, mode="overwrite" if first else "append")
     first = False
 print(f"wrote {rows} rows to {table}", file=sys.stderr)
