@@ -323,3 +323,81 @@ fn schema_migrate_rewrites_a_table_in_pieces_and_commits_once() {
         stderr(&out)
     );
 }
+
+#[test]
+fn evolve_proposes_a_new_dataset_version_and_retry_lands_the_new_columns() {
+    let p = Project::csv(0, 0, 10, "30s");
+    let store = p.sqlite();
+    p.write("v1.yaml", V1);
+    let out = p.run(&["schema", "register", "v1.yaml", "--store", &store]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let evolving = "pipeline: evolving\nsource:\n  files: in/*.csv\n  dataset: orders_raw\n  settle: 0s\n  unknown_columns: evolve\nbatch:\n  max_rows: 10\ntransform: SELECT * FROM input\nsink:\n  delta: out\n";
+    p.write("p.yaml", evolving);
+    p.write("in/a.csv", "id,cust,amount\n1,ann,10\n");
+    p.write(
+        "in/b.csv",
+        "id,cust,amount,coupon\n2,bob,20,SAVE10\n3,cy,30,\n",
+    );
+    let spec_path = p.dir.path().join("p.yaml").display().to_string();
+    let drain = || {
+        let out = p.run(&["run", &spec_path, "--store", &store, "--until-drained"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    drain();
+    let status = |p: &Project| -> serde_json::Value {
+        let out = p.run(&["status", "--store", &store, "--json"]);
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let st = status(&p);
+    let held = st["quarantined"].as_array().unwrap();
+    assert_eq!(held.len(), 1, "{st:#}");
+    let reason = held[0]["last_error"].as_str().unwrap();
+    assert!(reason.contains("b.csv"), "{reason}");
+    assert!(reason.contains("coupon (string)"), "{reason}");
+    assert!(reason.contains("orders_raw@2 has them"), "{reason}");
+    assert_exactly_once(&p.table_counts("out", "id"), &[1]);
+
+    // The registry took the proposal: v2 = v1 + coupon, nullable.
+    let shown = p.run(&[
+        "schema",
+        "show",
+        "orders_raw@2",
+        "--store",
+        &store,
+        "--json",
+    ]);
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let fields: Vec<&str> = shown["schema"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["id", "cust", "amount", "coupon"]);
+
+    // Started again, the pipeline reads v2; the held batch replays and lands with its coupon.
+    drain();
+    let out = p.run(&["retry", "--all", "--store", &store]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    drain();
+    assert_eq!(status(&p)["quarantined"].as_array().unwrap().len(), 0);
+    assert_exactly_once(&p.table_counts("out", "id"), &[1, 2, 3]);
+    let rows = query(
+        &p.dir.path().join("out"),
+        None,
+        "SELECT coupon FROM t ORDER BY id",
+    );
+    assert_eq!(
+        texts(&rows, "coupon"),
+        vec![None, Some("SAVE10".to_string()), None]
+    );
+
+    // Without a dataset, `evolve` is a spec error.
+    p.write(
+        "bad.yaml",
+        "pipeline: bad\nsource:\n  files: in/*.csv\n  columns: {id: int64}\n  unknown_columns: evolve\ntransform: SELECT * FROM input\nsink:\n  delta: out2\n",
+    );
+    let out = p.run(&["validate", "bad.yaml", "--store", &store]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("bad.yaml:5"), "{}", stderr(&out));
+}

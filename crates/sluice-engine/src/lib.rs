@@ -62,6 +62,7 @@ impl EngineError {
         match self {
             EngineError::Spec(_) => ErrorKind::User,
             EngineError::Source(SourceError::BadData { .. }) => ErrorKind::User,
+            EngineError::Source(SourceError::NewColumns { .. }) => ErrorKind::User,
             EngineError::Source(SourceError::Io { .. }) => ErrorKind::External,
             EngineError::Sink(SinkError::Delta { .. }) => ErrorKind::External,
             EngineError::Sink(_) => ErrorKind::User,
@@ -80,6 +81,9 @@ pub struct BatchError {
     pub rows_in: i64,
     /// Check results, when the checks ran (a batch held by an error-level check).
     pub checks: Vec<CheckResult>,
+    /// Under `unknown_columns: evolve`: the new columns (name, sluice type) the file brought,
+    /// for the worker to propose as a new version of the source dataset.
+    pub new_columns: Vec<(String, String)>,
 }
 
 impl BatchError {
@@ -90,6 +94,7 @@ impl BatchError {
             message,
             rows_in,
             checks: Vec::new(),
+            new_columns: Vec::new(),
         }
     }
 }
@@ -151,6 +156,16 @@ impl Pipeline {
             )
             .map_err(|e| file.error_at(&["source", "files"], format!("inferring columns: {e}")))?;
             spec.source.columns = Some(columns);
+        }
+        if spec.source.unknown_columns == source::UnknownColumns::Evolve
+            && spec.source.dataset.is_none()
+        {
+            return Err(file
+                .error_at(
+                    &["source", "unknown_columns"],
+                    "`evolve` proposes new versions of the source dataset: name one in source.dataset, or choose rescue, fail or ignore".into(),
+                )
+                .into());
         }
         let columns = spec.source.columns.as_ref().cloned().unwrap_or_default();
         let input =
@@ -491,7 +506,13 @@ impl Pipeline {
         .map_err(|e| BatchError::new(ErrorKind::Internal, format!("reader task failed: {e}"), 0))?;
         read.map_err(|e| {
             let message = e.to_string();
-            BatchError::new(EngineError::Source(e).kind(), message, 0)
+            let new_columns = match &e {
+                SourceError::NewColumns { columns, .. } => columns.clone(),
+                _ => Vec::new(),
+            };
+            let mut err = BatchError::new(EngineError::Source(e).kind(), message, 0);
+            err.new_columns = new_columns;
+            err
         })
     }
 }

@@ -39,6 +39,13 @@ pub enum SourceError {
         line: Option<u64>,
         reason: String,
     },
+    /// The file has columns the dataset does not know, under the `evolve` policy.
+    #[error("{file}: new columns {}: the source dataset needs a new version", .columns.iter().map(|(n, t)| format!("{n} ({t})")).collect::<Vec<_>>().join(", "))]
+    NewColumns {
+        file: String,
+        /// Name and sluice type of each new column.
+        columns: Vec<(String, String)>,
+    },
     #[error("reading {file}: {source}")]
     Io {
         file: String,
@@ -290,6 +297,12 @@ pub enum UnknownColumns {
     Fail,
     /// Drop them.
     Ignore,
+    /// Hold the batch and propose a new version of the source dataset with the columns added
+    /// (nullable); the registry accepts it if it passes the dataset's compatibility mode. The
+    /// pipeline picks the new version up when it is started again (as Auto Loader's
+    /// `addNewColumns` stops the stream), and `sluice retry` replays the held batches. Needs
+    /// `source.dataset`.
+    Evolve,
 }
 
 /// The columns a source promises: name, Arrow type, whether nulls are allowed.
@@ -771,6 +784,48 @@ impl Extras {
         }
     }
 
+    /// Each extra column with a sluice type: as read for CSV (text) and Parquet; from the
+    /// JSON values for JSON Lines (integer, float, bool, else string).
+    fn typed(&self) -> Vec<(String, String)> {
+        match self {
+            Extras::None => vec![],
+            Extras::Columns(c) => c
+                .iter()
+                .map(|(n, a)| {
+                    let t = sluice_schema::FieldType::from_arrow(a.data_type())
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|_| "string".into());
+                    (n.clone(), t)
+                })
+                .collect(),
+            Extras::Json { names, rows } => names
+                .iter()
+                .map(|name| {
+                    let mut kind: Option<&str> = None;
+                    for row in rows.iter().flatten() {
+                        let value = serde_json::from_str::<serde_json::Value>(row)
+                            .ok()
+                            .and_then(|v| v.get(name).cloned());
+                        let k = match value {
+                            Some(serde_json::Value::Bool(_)) => "bool",
+                            Some(serde_json::Value::Number(n)) if n.is_i64() => "int64",
+                            Some(serde_json::Value::Number(_)) => "float64",
+                            Some(serde_json::Value::Null) | None => continue,
+                            Some(_) => "string",
+                        };
+                        kind = Some(match (kind, k) {
+                            (None, k) => k,
+                            (Some(a), b) if a == b => a,
+                            (Some("int64"), "float64") | (Some("float64"), "int64") => "float64",
+                            _ => "string",
+                        });
+                    }
+                    (name.clone(), kind.unwrap_or("string").to_string())
+                })
+                .collect(),
+        }
+    }
+
     fn names(&self) -> Vec<String> {
         match self {
             Extras::None => vec![],
@@ -840,6 +895,15 @@ fn finish(
                         names.join(", ")
                     ),
                 ));
+            }
+        }
+        UnknownColumns::Evolve => {
+            let found = extras.typed();
+            if !found.is_empty() {
+                return Err(SourceError::NewColumns {
+                    file: slice.path.clone(),
+                    columns: found,
+                });
             }
         }
         UnknownColumns::Rescue => columns.push(

@@ -97,7 +97,9 @@ pub struct SourceSpec {
     pub csv: CsvOptions,
     /// Columns a file has and the input does not declare: `rescue` (default: kept as a JSON
     /// object per row in the `_rescued` column), `fail` (the batch is quarantined, naming
-    /// them) or `ignore`.
+    /// them), `ignore`, or `evolve` (with `dataset`: the batch is held and the dataset's next
+    /// version, with the columns added, is proposed to the registry; see
+    /// [`crate::source::UnknownColumns::Evolve`]).
     #[serde(default)]
     pub unknown_columns: crate::source::UnknownColumns,
     /// Filled in by sluice when it resolves `dataset`: the dataset's registered versions up to

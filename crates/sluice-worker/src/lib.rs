@@ -13,6 +13,7 @@
 //! taken back by the rescuer and its second run finds the first run's Delta commit.
 
 mod discover;
+pub mod registry;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -243,11 +244,19 @@ impl WorkerPool {
                     message,
                     rows_in: 0,
                     checks: Vec::new(),
+                    new_columns: Vec::new(),
                 })?;
             let recent = self.recent_rows(&pipeline).await;
-            pipeline
+            let result = pipeline
                 .run_batch_with_history(&lease.batch_id, &lease.slice, &recent)
-                .await
+                .await;
+            match result {
+                Err(mut e) if !e.new_columns.is_empty() => {
+                    e.message = self.propose_version(&pipeline, &e).await;
+                    Err(e)
+                }
+                other => other,
+            }
         };
         let result = tokio::select! {
             r = run => Some(r),
@@ -332,6 +341,72 @@ impl WorkerPool {
                     }
                 }
             }
+        }
+    }
+
+    /// `unknown_columns: evolve`: a file brought new columns. Proposes the source dataset's
+    /// latest version plus those columns (nullable) to the registry, which takes it if it passes
+    /// the dataset's mode. Returns the held batch's message: what was proposed, what the
+    /// registry said, and what to do next.
+    async fn propose_version(&self, pipeline: &Pipeline, e: &BatchError) -> String {
+        let columns = e
+            .new_columns
+            .iter()
+            .map(|(n, t)| format!("{n} ({t})"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let Some(dataset) = pipeline
+            .spec
+            .source
+            .dataset
+            .as_deref()
+            .map(|d| d.split('@').next().unwrap_or(d).to_string())
+        else {
+            return format!("{}; `evolve` needs source.dataset", e.message);
+        };
+        let outcome = async {
+            let history = registry::load_history(&self.store, &dataset).await?;
+            let latest = history.last().ok_or_else(|| {
+                registry::RegisterError::Store(format!("{dataset} has no registered version"))
+            })?;
+            let mut schema = latest.schema.clone();
+            for (name, t) in &e.new_columns {
+                if schema.field(name).is_some() {
+                    continue; // a version registered meanwhile already has it
+                }
+                let t = t
+                    .parse::<sluice_schema::FieldType>()
+                    .map_err(|err| registry::RegisterError::Invalid(err.to_string()))?;
+                schema
+                    .fields
+                    .push(sluice_schema::schema::Field::new(name.clone(), t));
+            }
+            registry::register_schema(&self.store, &schema, false).await
+        }
+        .await;
+        match outcome {
+            Ok(r) => match r.outcome {
+                registry::Outcome::Registered(v) | registry::Outcome::Existing(v) => format!(
+                    "{}: new columns {columns}: {dataset}@{v} has them (registered, {}-compatible); start the pipeline again to read {dataset}@{v}, then `sluice retry` the held batches",
+                    e.message.split(": new columns").next().unwrap_or_default(),
+                    r.mode
+                ),
+                registry::Outcome::Refused(violations) => format!(
+                    "{}: new columns {columns}: adding them to {dataset} breaks its {} mode ({}); declare them in a compatible version or set unknown_columns to rescue",
+                    e.message.split(": new columns").next().unwrap_or_default(),
+                    r.mode,
+                    violations
+                        .iter()
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+                registry::Outcome::WouldRegister(_) => e.message.clone(),
+            },
+            Err(err) => format!(
+                "{}; proposing a new version of {dataset} failed: {err}",
+                e.message
+            ),
         }
     }
 

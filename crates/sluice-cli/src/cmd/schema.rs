@@ -13,9 +13,9 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 use sluice_schema::compat::Violation;
 use sluice_schema::diff::{Change, max_severity};
-use sluice_schema::registry::{self, Decision, RegisteredVersion};
+use sluice_schema::registry::RegisteredVersion;
 use sluice_schema::{CompatibilityMode, Dialect, Schema};
-use sluice_store::{NewSchemaVersion, SchemaRegistration, Store};
+use sluice_store::Store;
 
 use super::InputError;
 use crate::cli::StoreArg;
@@ -182,76 +182,44 @@ pub async fn schema(args: SchemaArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Registrations that keep losing the race to other writers give up after this many rounds;
-/// each round re-reads the history and re-checks compatibility.
-const REGISTER_ATTEMPTS: usize = 20;
-
 async fn register(
     file: &Path,
     store_url: &str,
     json: bool,
     dry_run: bool,
 ) -> anyhow::Result<ExitCode> {
+    use sluice_worker::registry::{Outcome, RegisterError, register_schema};
     let schema = load_schema_file(file)?;
-    let dataset = schema.dataset.clone();
     let store = super::open_store(store_url).await?;
-    let mode = dataset_mode(&store, &dataset).await?;
-    for _ in 0..REGISTER_ATTEMPTS {
-        let history = load_history(&store, &dataset).await?;
-        let candidate = registry::prepare(schema.clone(), history.last())
-            .map_err(|e| InputError(format!("{}: {e}", file.display())))?;
-        let decision = registry::decide(&candidate, &history, mode);
-        let changes = history
-            .last()
-            .map(|latest| sluice_schema::diff(&latest.schema, &candidate.schema))
-            .unwrap_or_default();
-        let report = RegisterReport {
-            file,
-            dataset: &dataset,
-            mode,
-            fingerprint: &candidate.fingerprint,
-            latest: history.last().map(|v| v.version),
-            changes: &changes,
-        };
-        let (outcome, version) = match &decision {
-            Decision::Existing { version } => ("unchanged", *version),
-            Decision::Incompatible { violations, .. } => {
-                report.print_refused(violations, dry_run, json)?;
-                return Ok(ExitCode::from(1));
-            }
-            Decision::Register { version } if dry_run => ("would_register", *version),
-            Decision::Register { .. } => {
-                let new = NewSchemaVersion {
-                    dataset: &dataset,
-                    fingerprint: &candidate.fingerprint,
-                    schema_json: &candidate.json,
-                    last_field_id: i64::from(candidate.last_field_id),
-                    based_on: candidate.based_on.map(i64::from),
-                };
-                match store
-                    .register_schema_version(&new)
-                    .await
-                    .with_context(|| format!("registering {dataset} from {}", file.display()))?
-                {
-                    SchemaRegistration::Created(v) => ("registered", version_u32(v.version)),
-                    SchemaRegistration::Existing(v) => ("unchanged", version_u32(v.version)),
-                    // Someone registered a version since we read the history: check again.
-                    SchemaRegistration::Stale { .. } => continue,
-                }
-            }
-        };
-        report.print_accepted(outcome, version, json)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    anyhow::bail!(
-        "registering {dataset} from {}: other registrations kept changing its history \
-         ({REGISTER_ATTEMPTS} attempts); try again",
-        file.display()
-    )
-}
-
-fn version_u32(v: i64) -> u32 {
-    u32::try_from(v).unwrap_or(u32::MAX)
+    let r = register_schema(&store, &schema, dry_run)
+        .await
+        .map_err(|e| match e {
+            RegisterError::Invalid(m) => InputError(format!("{}: {m}", file.display())).into(),
+            other => anyhow::Error::new(other).context(format!(
+                "registering {} from {}",
+                schema.dataset,
+                file.display()
+            )),
+        })?;
+    let report = RegisterReport {
+        file,
+        dataset: &r.dataset,
+        mode: r.mode,
+        fingerprint: &r.fingerprint,
+        latest: r.latest,
+        changes: &r.changes,
+    };
+    let (outcome, version) = match &r.outcome {
+        Outcome::Existing(v) => ("unchanged", *v),
+        Outcome::Registered(v) => ("registered", *v),
+        Outcome::WouldRegister(v) => ("would_register", *v),
+        Outcome::Refused(violations) => {
+            report.print_refused(violations, dry_run, json)?;
+            return Ok(ExitCode::from(1));
+        }
+    };
+    report.print_accepted(outcome, version, json)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 struct RegisterReport<'a> {
@@ -729,13 +697,6 @@ fn load_schema_file(file: &Path) -> anyhow::Result<Schema> {
     })
 }
 
-async fn dataset_mode(store: &Arc<dyn Store>, dataset: &str) -> anyhow::Result<CompatibilityMode> {
-    let name = store.compatibility(dataset).await?;
-    name.parse::<CompatibilityMode>().with_context(|| {
-        format!("the store's compatibility mode for {dataset}; set a valid one with `sluice schema mode {dataset} MODE`")
-    })
-}
-
 /// The registry default: what a dataset without a record of its own is checked under. No
 /// dataset has the empty name (schemas refuse it), so asking for it reads the default.
 async fn default_mode(store: &Arc<dyn Store>) -> anyhow::Result<String> {
@@ -743,24 +704,6 @@ async fn default_mode(store: &Arc<dyn Store>) -> anyhow::Result<String> {
         .compatibility("")
         .await
         .context("reading the default compatibility mode")
-}
-
-async fn load_history(
-    store: &Arc<dyn Store>,
-    dataset: &str,
-) -> anyhow::Result<Vec<RegisteredVersion>> {
-    let records = store.schema_versions(dataset).await?;
-    let mut history = Vec::with_capacity(records.len());
-    for r in records {
-        history.push(RegisteredVersion::from_stored(
-            &r.dataset,
-            r.version,
-            &r.schema_json,
-            &r.fingerprint,
-            r.last_field_id,
-        )?);
-    }
-    Ok(history)
 }
 
 /// `DATASET`, `DATASET@3`, `DATASET@v3` or `DATASET@latest`.

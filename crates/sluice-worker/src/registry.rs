@@ -1,0 +1,149 @@
+//! Registering a dataset schema version: the one code path `sluice schema register` and the
+//! `evolve` policy (a landed file bringing new columns) share. The decisions (ids,
+//! fingerprints, compatibility) are `sluice_schema::registry`'s; history and modes live in the
+//! store; a registration racing another one re-reads the history and decides again.
+
+use std::sync::Arc;
+
+use sluice_schema::compat::Violation;
+use sluice_schema::diff::Change;
+use sluice_schema::registry::{self, Decision, RegisteredVersion};
+use sluice_schema::{CompatibilityMode, Schema};
+use sluice_store::{NewSchemaVersion, SchemaRegistration, Store};
+
+/// Registrations that keep losing the race to other writers give up after this many rounds.
+const ATTEMPTS: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    /// The schema itself is not valid (the caller's input).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Store(String),
+    #[error(
+        "other registrations of {0} kept changing its history ({ATTEMPTS} attempts); try again"
+    )]
+    Contended(String),
+}
+
+/// What registering a schema did (or, in a dry run, would do).
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub dataset: String,
+    pub mode: CompatibilityMode,
+    pub fingerprint: String,
+    /// The dataset's latest version before this registration.
+    pub latest: Option<u32>,
+    /// Changes from the latest version.
+    pub changes: Vec<Change>,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The same schema is already this version.
+    Existing(u32),
+    Registered(u32),
+    /// A dry run: it would become this version.
+    WouldRegister(u32),
+    /// Incompatible under the dataset's mode: every violation.
+    Refused(Vec<Violation>),
+}
+
+/// The compatibility mode a dataset's registrations are checked under.
+pub async fn dataset_mode(
+    store: &Arc<dyn Store>,
+    dataset: &str,
+) -> Result<CompatibilityMode, RegisterError> {
+    let name = store
+        .compatibility(dataset)
+        .await
+        .map_err(|e| RegisterError::Store(e.to_string()))?;
+    name.parse::<CompatibilityMode>().map_err(|e| {
+        RegisterError::Store(format!(
+            "the store's compatibility mode for {dataset} ({e}); set a valid one with `sluice schema mode {dataset} MODE`"
+        ))
+    })
+}
+
+/// Every registered version of a dataset, oldest first.
+pub async fn load_history(
+    store: &Arc<dyn Store>,
+    dataset: &str,
+) -> Result<Vec<RegisteredVersion>, RegisterError> {
+    let records = store
+        .schema_versions(dataset)
+        .await
+        .map_err(|e| RegisterError::Store(e.to_string()))?;
+    records
+        .iter()
+        .map(|r| {
+            RegisteredVersion::from_stored(
+                &r.dataset,
+                r.version,
+                &r.schema_json,
+                &r.fingerprint,
+                r.last_field_id,
+            )
+            .map_err(|e| RegisterError::Store(e.to_string()))
+        })
+        .collect()
+}
+
+/// Registers `schema` as the next version of its dataset if it passes the dataset's mode.
+pub async fn register_schema(
+    store: &Arc<dyn Store>,
+    schema: &Schema,
+    dry_run: bool,
+) -> Result<Registration, RegisterError> {
+    let dataset = schema.dataset.clone();
+    let mode = dataset_mode(store, &dataset).await?;
+    for _ in 0..ATTEMPTS {
+        let history = load_history(store, &dataset).await?;
+        let candidate = registry::prepare(schema.clone(), history.last())
+            .map_err(|e| RegisterError::Invalid(e.to_string()))?;
+        let changes = history
+            .last()
+            .map(|latest| sluice_schema::diff(&latest.schema, &candidate.schema))
+            .unwrap_or_default();
+        let mut out = Registration {
+            dataset: dataset.clone(),
+            mode,
+            fingerprint: candidate.fingerprint.clone(),
+            latest: history.last().map(|v| v.version),
+            changes,
+            outcome: Outcome::Refused(Vec::new()),
+        };
+        out.outcome = match registry::decide(&candidate, &history, mode) {
+            Decision::Existing { version } => Outcome::Existing(version),
+            Decision::Incompatible { violations, .. } => Outcome::Refused(violations),
+            Decision::Register { version } if dry_run => Outcome::WouldRegister(version),
+            Decision::Register { .. } => {
+                let new = NewSchemaVersion {
+                    dataset: &dataset,
+                    fingerprint: &candidate.fingerprint,
+                    schema_json: &candidate.json,
+                    last_field_id: i64::from(candidate.last_field_id),
+                    based_on: candidate.based_on.map(i64::from),
+                };
+                match store
+                    .register_schema_version(&new)
+                    .await
+                    .map_err(|e| RegisterError::Store(format!("registering {dataset}: {e}")))?
+                {
+                    SchemaRegistration::Created(v) => Outcome::Registered(version_u32(v.version)),
+                    SchemaRegistration::Existing(v) => Outcome::Existing(version_u32(v.version)),
+                    // Someone registered a version since we read the history: decide again.
+                    SchemaRegistration::Stale { .. } => continue,
+                }
+            }
+        };
+        return Ok(out);
+    }
+    Err(RegisterError::Contended(dataset))
+}
+
+fn version_u32(v: i64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
