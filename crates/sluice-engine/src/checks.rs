@@ -26,7 +26,9 @@
 //!
 //! Checks are planned against the transform's output when the pipeline compiles, so a column
 //! that does not exist is a spec error at `sluice validate`. They run in DataFusion over the
-//! batch's Arrow data: all simple row-level checks share one aggregate scan.
+//! batch's Arrow data: one aggregate scan counts what every check needs (rows considered,
+//! failing rows of the predicate checks, freshness maxima, NULL rates); failing rows are read
+//! again only for a check that fails and needs them (an error, or a `drop`).
 //!
 //! NULL handling: `range`, `accepted_values`, `regex`, `relationships` and `unique` ignore NULLs
 //! (use `not_null` for those); an `expression` that evaluates to NULL fails.
@@ -738,63 +740,107 @@ impl Checks {
         out
     }
 
-    /// One scan counting the NULLs of every checked column.
-    async fn null_rates(
+    /// One aggregate scan of the batch for what every check needs counted: the rows each
+    /// check considers (its `where`), the failing rows of every predicate check (not_null,
+    /// accepted_values, range, regex, expression), the newest value of each freshness column
+    /// and the NULLs of every checked column. A passing batch, the common case, is read once;
+    /// failing rows are fetched only for checks that fail.
+    async fn scan(
         &self,
         ctx: &SessionContext,
         schema: &SchemaRef,
-    ) -> Result<Vec<CheckResult>, DataFusionError> {
+    ) -> Result<Scan, DataFusionError> {
+        let mut select = vec!["count(*)".to_string()];
+        let mut slots = Vec::with_capacity(self.specs.len());
+        for spec in &self.specs {
+            let filter = spec
+                .common()
+                .filter
+                .clone()
+                .unwrap_or_else(|| "true".into());
+            select.push(format!(
+                "count(*) FILTER (WHERE coalesce(({filter}), false))"
+            ));
+            let considered = select.len() - 1;
+            let failing = spec.failing_predicate().map(|pred| {
+                select.push(format!(
+                    "count(*) FILTER (WHERE coalesce(({filter}) AND ({pred}), false))"
+                ));
+                select.len() - 1
+            });
+            let newest = match spec {
+                CheckSpec::Freshness(c) => {
+                    select.push(format!(
+                        "max({}) FILTER (WHERE coalesce(({filter}), false))",
+                        ident(&c.column)
+                    ));
+                    Some(select.len() - 1)
+                }
+                _ => None,
+            };
+            slots.push((considered, failing, newest));
+        }
         let columns: Vec<&str> = self
             .checked_columns()
             .into_iter()
             .filter(|c| schema.index_of(c).is_ok())
             .collect();
-        if columns.is_empty() {
-            return Ok(Vec::new());
-        }
-        let counts = columns
+        let first_null = select.len();
+        select.extend(columns.iter().map(|c| format!("count({})", ident(c))));
+        let select: Vec<String> = select
             .iter()
-            .map(|c| format!("count({})", ident(c)))
-            .collect::<Vec<_>>()
-            .join(", ");
+            .enumerate()
+            .map(|(i, e)| format!("{e} AS __sluice_a{i}"))
+            .collect();
         let rows = ctx
-            .sql(&format!("SELECT count(*), {counts} FROM output"))
+            .sql(&format!("SELECT {} FROM output", select.join(", ")))
             .await?
             .collect()
             .await?;
-        let Some(b) = rows.first().filter(|b| b.num_rows() == 1) else {
-            return Ok(Vec::new());
-        };
-        let value = |i: usize| -> u64 {
+        let b = rows
+            .into_iter()
+            .find(|b| b.num_rows() == 1)
+            .ok_or_else(|| DataFusionError::Internal("the check scan returned no row".into()))?;
+        let int = |i: usize| -> u64 {
             b.column(i)
                 .as_primitive_opt::<Int64Type>()
                 .map(|a| a.value(0).max(0) as u64)
                 .unwrap_or(0)
         };
-        let rows = value(0);
-        Ok(columns
+        let total = int(0);
+        let mut scan = Scan::default();
+        for (considered, failing, newest) in slots {
+            scan.considered.push(int(considered));
+            scan.failing.push(failing.map(int));
+            scan.newest.push(match newest {
+                Some(i) => millis_at(b.column(i))?,
+                None => None,
+            });
+        }
+        scan.profile = columns
             .iter()
             .enumerate()
-            .map(|(i, c)| {
-                let nulls = rows - value(i + 1).min(rows);
+            .map(|(k, c)| {
+                let nulls = total - int(first_null + k).min(total);
                 CheckResult {
                     name: format!("null_rate({c})"),
                     kind: "null_rate".into(),
                     level: Level::Pass,
-                    considered: rows,
+                    considered: total,
                     failing: nulls,
                     dropped: 0,
-                    detail: if rows == 0 {
+                    detail: if total == 0 {
                         "no rows".into()
                     } else {
                         format!(
-                            "{nulls} of {rows} NULL ({:.2}%)",
-                            nulls as f64 * 100.0 / rows as f64
+                            "{nulls} of {total} NULL ({:.2}%)",
+                            nulls as f64 * 100.0 / total as f64
                         )
                     },
                 }
             })
-            .collect())
+            .collect();
+        Ok(scan)
     }
 
     pub fn specs(&self) -> &[CheckSpec] {
@@ -865,7 +911,8 @@ impl Checks {
         let ctx = self
             .context(batches, schema.clone())
             .map_err(|(_, e)| DataFusionError::Plan(e))?;
-        audit.profile = self.null_rates(&ctx, &schema).await?;
+        let scan = self.scan(&ctx, &schema).await?;
+        audit.profile = scan.profile;
         let mut drop_rows: std::collections::HashSet<i64> = std::collections::HashSet::new();
         for (i, spec) in self.specs.iter().enumerate() {
             let filter = spec
@@ -873,8 +920,7 @@ impl Checks {
                 .filter
                 .clone()
                 .unwrap_or_else(|| "true".into());
-            let considered =
-                count(&ctx, &format!("SELECT count(*) FROM output WHERE {filter}")).await?;
+            let considered = scan.considered[i];
             let (failing, detail, rows) = match spec {
                 CheckSpec::RowCount(c) => {
                     let low = c.min.is_some_and(|m| considered < m);
@@ -932,14 +978,7 @@ impl Checks {
                     (problems.len() as u64, problems.join("; "), None)
                 }
                 CheckSpec::Freshness(c) => {
-                    let newest = newest_millis(
-                        &ctx,
-                        &format!(
-                            "SELECT max({}) FROM output WHERE {filter}",
-                            ident(&c.column)
-                        ),
-                    )
-                    .await?;
+                    let newest = scan.newest[i];
                     let limit = sluice_core::now_millis() - c.max_age.as_millis() as i64;
                     match newest {
                         None if considered == 0 => (0, "no rows".into(), None),
@@ -970,6 +1009,17 @@ impl Checks {
                         format!("query returned {n} failing row(s)"),
                         Some(rows),
                     )
+                }
+                // Counted in the scan, and no row is needed (passing, or a warning that drops
+                // nothing): no second look at the rows.
+                _ if scan.failing[i].is_some_and(|n| {
+                    n == 0
+                        || (spec.level(n, considered) != Level::Error
+                            && spec.action() != Action::Drop)
+                }) =>
+                {
+                    let n = scan.failing[i].unwrap_or(0);
+                    (n, format!("{n} of {considered} row(s) fail"), None)
                 }
                 _ => {
                     if let (CheckSpec::Relationships(c), Some(url)) = (spec, &self.references[i]) {
@@ -1073,34 +1123,50 @@ impl CheckSpec {
     }
 }
 
-/// Rows of `output` whose key (no part of it NULL, as in dbt) appears more than once in the
-/// batch or, with `existing`, is already in the table (the [`EXISTING_KEYS`] view).
+/// Rows of `output` whose key (no part of it NULL, as in dbt) appears more than once among
+/// the rows considered or, with `existing`, is already in the table (the [`EXISTING_KEYS`]
+/// view). Hash joins against the duplicated keys, not a window: no sort of the batch.
 fn unique_sql(c: &UniqueCheck, filter: &str, existing: bool) -> String {
     let keys: Vec<String> = c.columns.iter().map(|k| ident(k)).collect();
-    let present = keys
-        .iter()
-        .map(|k| format!("o.{k} IS NOT NULL"))
-        .collect::<Vec<_>>()
-        .join(" AND ");
-    let (join, seen) = if existing {
-        let on = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| format!("o.{k} = e.__sluice_k{i}"))
+    let present = |q: &str| {
+        keys.iter()
+            .map(|k| format!("{q}{k} IS NOT NULL"))
             .collect::<Vec<_>>()
-            .join(" AND ");
-        (
-            format!(" LEFT JOIN {EXISTING_KEYS} e ON {on}"),
-            " OR e.__sluice_k0 IS NOT NULL",
-        )
-    } else {
-        (String::new(), "")
+            .join(" AND ")
     };
-    format!(
-        "SELECT o.* FROM (SELECT *, count(*) OVER (PARTITION BY {}) AS __sluice_n FROM output) o{join} \
-         WHERE coalesce(({filter}) AND {present} AND (o.__sluice_n > 1{seen}), false)",
-        keys.join(", ")
-    )
+    let on = |alias: &str, prefix: &str| {
+        keys.iter()
+            .enumerate()
+            .map(|(i, k)| format!("o.{k} = {alias}.{prefix}{i}"))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    let dup_keys = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("{k} AS __sluice_d{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut sql = format!(
+        "SELECT o.* FROM output o LEFT JOIN (SELECT {dup_keys} FROM output \
+         WHERE coalesce(({filter}) AND {}, false) GROUP BY {} HAVING count(*) > 1) d ON {}",
+        present(""),
+        keys.join(", "),
+        on("d", "__sluice_d")
+    );
+    let mut seen = "d.__sluice_d0 IS NOT NULL".to_string();
+    if existing {
+        sql.push_str(&format!(
+            " LEFT JOIN {EXISTING_KEYS} e ON {}",
+            on("e", "__sluice_k")
+        ));
+        seen.push_str(" OR e.__sluice_k0 IS NOT NULL");
+    }
+    sql.push_str(&format!(
+        " WHERE coalesce(({filter}) AND {} AND ({seen}), false)",
+        present("o.")
+    ));
+    sql
 }
 
 /// The view of keys the sink table already holds, for `unique` checks with `scope: table`.
@@ -1213,27 +1279,24 @@ fn strip_helper_columns(b: RecordBatch) -> RecordBatch {
     b.project(&keep).unwrap_or(b)
 }
 
-async fn count(ctx: &SessionContext, sql: &str) -> Result<u64, DataFusionError> {
-    let rows = ctx.sql(sql).await?.collect().await?;
-    Ok(rows
-        .first()
-        .filter(|b| b.num_rows() > 0)
-        .and_then(|b| {
-            b.column(0)
-                .as_primitive_opt::<Int64Type>()
-                .map(|a| a.value(0))
-        })
-        .unwrap_or(0)
-        .max(0) as u64)
+/// What the one aggregate scan of a batch found, per check (see [`Checks::scan`]).
+#[derive(Default)]
+struct Scan {
+    considered: Vec<u64>,
+    /// Failing rows of predicate checks; `None` for the others.
+    failing: Vec<Option<u64>>,
+    /// Newest value (ms since the epoch) of freshness checks.
+    newest: Vec<Option<i64>>,
+    profile: Vec<CheckResult>,
 }
 
-async fn newest_millis(ctx: &SessionContext, sql: &str) -> Result<Option<i64>, DataFusionError> {
-    let rows = ctx.sql(sql).await?.collect().await?;
-    let Some(b) = rows.first().filter(|b| b.num_rows() > 0) else {
+/// The first value of a timestamp or date column as milliseconds since the epoch.
+fn millis_at(col: &arrow::array::ArrayRef) -> Result<Option<i64>, DataFusionError> {
+    if col.is_empty() || col.is_null(0) {
         return Ok(None);
-    };
+    }
     let col = arrow::compute::cast(
-        b.column(0),
+        col,
         &DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None),
     )?;
     let ts = col.as_primitive::<arrow::datatypes::TimestampMillisecondType>();

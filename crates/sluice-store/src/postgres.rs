@@ -44,6 +44,21 @@ pub struct PostgresStore {
     pool: PgPool,
 }
 
+/// Queue transitions (lease, complete, fail) commit without waiting for the WAL flush:
+/// `synchronous_commit = off` for that transaction only. A server crash can lose the last
+/// fraction of a second of them, which sluice survives by design: a lost lease puts the batch
+/// back in the queue, a lost completion makes the batch run again, and its Delta commit marker
+/// makes the rerun a no-op (`AlreadyCommitted`). Everything else (registry, pipeline versions,
+/// retries) keeps durable commits. This takes a cycle from ~12 ms (two WAL flushes) to well
+/// under one on a local disk (`cargo bench -p sluice-store --bench lease`).
+async fn queue_commit(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<()> {
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::postgres)?;
+    Ok(())
+}
+
 impl PostgresStore {
     /// Connects to `url` and applies pending migrations. sqlx's migrator holds an advisory lock
     /// while it works, so processes starting together apply each migration once.
@@ -328,6 +343,7 @@ impl Store for PostgresStore {
         }
         let limit = i64::try_from(req.limit).unwrap_or(i64::MAX);
         let mut tx = self.pool.begin().await.map_err(StoreError::postgres)?;
+        queue_commit(&mut tx).await?;
         // SKIP LOCKED: rows another leaser is taking right now are passed over, not waited on.
         let seqs: Vec<i64> = sqlx::query_scalar(concat!(
             "SELECT seq FROM tasks WHERE state = 'pending' AND run_after <= ",
@@ -392,6 +408,7 @@ impl Store for PostgresStore {
 
     async fn complete(&self, lease: &Lease, report: &RunReport) -> Result<bool> {
         let mut tx = self.pool.begin().await.map_err(StoreError::postgres)?;
+        queue_commit(&mut tx).await?;
         let held = sqlx::query(concat!(
             "UPDATE tasks SET state = 'done', rows_in = $3, rows_out = $4, lease_owner = NULL, \
              lease_token = NULL, leased_at = NULL, lease_expires_at = NULL, last_error = NULL, \
@@ -426,6 +443,7 @@ impl Store for PostgresStore {
             .as_deref()
             .unwrap_or("the run failed without a message");
         let mut tx = self.pool.begin().await.map_err(StoreError::postgres)?;
+        queue_commit(&mut tx).await?;
         let state: Option<String> = sqlx::query_scalar(concat!(
             "UPDATE tasks SET \
              state = CASE WHEN $3 OR attempts >= max_attempts THEN 'quarantined' ELSE 'pending' END, \
