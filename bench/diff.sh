@@ -72,7 +72,7 @@ for i in $(seq "$repeat"); do
   check sluice "$out"
   sluice_times+=("$(echo "$end - $start" | bc -l)")
 done
-drilled=$(echo "$out" | "$py" -c 'import json,sys; b=json.load(sys.stdin)["buckets"]; print(f"{b[\"drilled\"]} of {b[\"total\"]} buckets, {b[\"rows_drilled\"]} rows")')
+drilled=$(echo "$out" | "$py" -c 'import json,sys; b=json.load(sys.stdin)["buckets"]; print("%s of %s buckets, %s rows" % (b["drilled"], b["total"], b["rows_drilled"]))')
 
 duck_times=()
 for i in $(seq "$repeat"); do

@@ -116,6 +116,7 @@ pub fn convert_batch(
                 };
                 let converted = convert_array(&input, &target.field_type, &target.name)?;
                 if !target.nullable
+                    && converted.null_count() > 0
                     && let Some(row) = (0..converted.len()).find(|&r| converted.is_null(r))
                 {
                     return Err(ConversionError::value(
@@ -146,9 +147,12 @@ pub fn convert_batch(
 /// The column for a target field the source does not have: its default, else nulls.
 fn fill_missing(target: &Field, rows: usize) -> Result<ArrayRef, ConversionError> {
     if let Some(default) = &target.default {
-        let values = vec![default.clone(); rows];
-        return value::json_to_array(&values, &target.field_type)
-            .map_err(|e| from_value_error(&target.name, e));
+        // One value, repeated by index: no per-row JSON.
+        let one = value::json_to_array(std::slice::from_ref(default), &target.field_type)
+            .map_err(|e| from_value_error(&target.name, e))?;
+        let indices = arrow_array::UInt32Array::from(vec![0u32; rows]);
+        return arrow_select::take::take(one.as_ref(), &indices, None)
+            .map_err(|e| ConversionError::input(&target.name, e.to_string()));
     }
     if target.nullable || rows == 0 {
         return Ok(value::null_array(&target.field_type, rows));
@@ -287,6 +291,34 @@ fn first_lost(
     }
 }
 
+/// Promotions that keep every value of every input: integer widening, small integers to
+/// float64, float32 to float64, decimal precision widening at equal scale, string to binary.
+fn always_exact(from: &FieldType, to: &FieldType) -> bool {
+    use FieldType::*;
+    let rank = |t: &FieldType| match t {
+        Int8 => Some(1),
+        Int16 => Some(2),
+        Int32 => Some(3),
+        Int64 => Some(4),
+        _ => None,
+    };
+    match (from, to) {
+        (a, b) if rank(a).is_some() && rank(b).is_some() => rank(a) <= rank(b),
+        (Int8 | Int16 | Int32, Float64) | (Float32, Float64) | (String, Binary) => true,
+        (
+            Decimal {
+                precision: p1,
+                scale: s1,
+            },
+            Decimal {
+                precision: p2,
+                scale: s2,
+            },
+        ) => s1 == s2 && p2 >= p1,
+        _ => false,
+    }
+}
+
 /// Casts a leaf column and proves nothing was lost by casting back: a value that comes
 /// back different was rounded, truncated or wrapped.
 fn lossless_cast(
@@ -298,6 +330,10 @@ fn lossless_cast(
     let target = to.to_arrow();
     let out = cast_with_options(array, &target, &cast_options())
         .map_err(|e| ConversionError::input(path, format!("cannot convert {from} to {to}: {e}")))?;
+    if always_exact(from, to) {
+        // A widening keeps every value by construction: no need to cast back and compare.
+        return Ok(out);
+    }
     first_lost(array, &out, to, path)?;
     let back = match cast_with_options(&out, array.data_type(), &cast_options()) {
         Ok(back) => back,

@@ -49,8 +49,9 @@ pub struct PostgresStore {
 /// fraction of a second of them, which sluice survives by design: a lost lease puts the batch
 /// back in the queue, a lost completion makes the batch run again, and its Delta commit marker
 /// makes the rerun a no-op (`AlreadyCommitted`). Everything else (registry, pipeline versions,
-/// retries) keeps durable commits. This takes a cycle from ~12 ms (two WAL flushes) to well
-/// under one on a local disk (`cargo bench -p sluice-store --bench lease`).
+/// retries) keeps durable commits. On this machine a completion went from ~6 ms (a WAL flush)
+/// to ~0.5 ms, a lease + complete cycle from ~12 ms to ~5 ms
+/// (`cargo bench -p sluice-store --bench lease`).
 async fn queue_commit(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<()> {
     sqlx::query("SET LOCAL synchronous_commit = off")
         .execute(&mut **tx)
