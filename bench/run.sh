@@ -22,7 +22,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
 rows="${SLUICE_BENCH_ROWS:-10000000}"
 files="${SLUICE_BENCH_FILES:-20}"
 engines="${SLUICE_BENCH_ENGINES:-sluice-w1 sluice-checks-w1 sluice-w2 duckdb polars}"
-batch_rows=100000 # sluice's default batch.max_rows
+batch_rows=${SLUICE_BENCH_BATCH_ROWS:-500000} # sluice's default batch.max_rows
 
 say() { printf '\n== %s\n' "$*" >&2; }
 now() { date +%s.%N; }

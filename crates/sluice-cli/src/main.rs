@@ -13,7 +13,27 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc options (their enum values in mimalloc 3's `mimalloc.h`).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
+
 fn main() -> ExitCode {
+    // Batches are short-lived buffers of a few MiB. With transparent huge pages every fresh
+    // region is faulted in and zeroed 2 MiB at a time (a third of a batch's CPU went to the
+    // kernel's clear_page in the benchmark); and freed pages are kept a second (mimalloc's
+    // default is 10 ms) so the next batch reuses them. Idle workers still give memory back.
+    // SAFETY: sets process-wide allocator options; called before any thread is started.
+    unsafe {
+        libmimalloc_sys::mi_option_set(MI_OPTION_ALLOW_THP, 0);
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000);
+    }
+    // The allocator reserved its first arena (asking for huge pages) before `main`: turn THP
+    // off for the whole process, which the kernel checks at each fault.
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl with integer arguments only.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
     let args = cli::Cli::parse();
     // The demo prints its own summary of everything worth a warning.
     let quiet = matches!(args.command, cli::Command::Demo(_));

@@ -220,6 +220,7 @@ impl DeltaSink {
                     Some(TXN_RETENTION),
                 )])
                 .with_commit_properties(props)
+                .with_writer_properties(writer_properties())
                 .await;
             match write {
                 Ok(t) => {
@@ -296,6 +297,19 @@ impl DeltaSink {
             .map_err(|e| generic(&e))?;
         Ok(true)
     }
+}
+
+/// Parquet settings of the data files sluice writes: snappy (what Spark, DuckDB and delta-rs
+/// write by default) and dictionaries capped at 64 KiB per column chunk. Low-cardinality
+/// columns (a status, a country) fit and stay dictionary-encoded; near-unique ones (ids,
+/// emails, timestamps) give up after a few thousand values instead of hashing half a batch
+/// into a 1 MiB dictionary they then discard (~12% of a batch's CPU in the benchmark).
+fn writer_properties() -> deltalake::parquet::file::properties::WriterProperties {
+    use deltalake::parquet::basic::Compression;
+    deltalake::parquet::file::properties::WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_dictionary_page_size_limit(64 * 1024)
+        .build()
 }
 
 /// Delta has fewer types than Arrow: microsecond timestamps, 32-bit dates, plain strings and
