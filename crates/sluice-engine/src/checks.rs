@@ -517,7 +517,7 @@ impl CheckSpec {
                 }
             }
             CheckSpec::Regex(c) => format!(
-                "{col} IS NOT NULL AND NOT regexp_like(CAST({col} AS VARCHAR), {})",
+                "{col} IS NOT NULL AND NOT regexp_like({col}, {})",
                 literal(&serde_json::Value::String(c.pattern.clone())),
                 col = ident(&c.column)
             ),
@@ -647,6 +647,19 @@ impl Checks {
                             .join(", ")
                     )));
                 }
+            }
+            if let CheckSpec::Regex(c) = spec
+                && !matches!(
+                    output
+                        .field_with_name(&c.column)
+                        .map(|f| f.data_type().clone()),
+                    Ok(DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+                )
+            {
+                return Err(fail(format!(
+                    "regex needs a text column; {:?} is not text: cast it in the transform (CAST(x AS VARCHAR) AS x_text) and check that",
+                    c.column
+                )));
             }
             if let CheckSpec::Freshness(c) = spec {
                 let t = output
@@ -852,6 +865,8 @@ impl Checks {
         batches: Vec<RecordBatch>,
         schema: SchemaRef,
     ) -> Result<SessionContext, (usize, String)> {
+        // One partition: every check query is a single pass over a batch already in memory;
+        // splitting it made keyed aggregates (unique) do their hashing twice.
         let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
         let batches = if batches.is_empty() {
             vec![RecordBatch::new_empty(schema)]
@@ -859,7 +874,8 @@ impl Checks {
             batches
         };
         let (batches, schema) = numbered(&batches).map_err(|e| (0, e.to_string()))?;
-        let table = MemTable::try_new(schema, vec![batches]).map_err(|e| (0, e.to_string()))?;
+        let partitions = vec![batches];
+        let table = MemTable::try_new(schema, partitions).map_err(|e| (0, e.to_string()))?;
         ctx.register_table("output", Arc::new(table))
             .map_err(|e| (0, e.to_string()))?;
         Ok(ctx)
@@ -1026,9 +1042,19 @@ impl Checks {
                         register_reference(&ctx, url, &c.to.column).await?;
                     }
                     let sql = match (spec, &self.sink) {
-                        (CheckSpec::Unique(c), Some(sink)) if c.scope == UniqueScope::Table => {
-                            let existing = register_existing_keys(&ctx, sink, &c.columns).await?;
-                            Some(unique_sql(c, &filter, existing))
+                        (CheckSpec::Unique(c), sink) => {
+                            let existing = match sink {
+                                Some(sink) if c.scope == UniqueScope::Table => {
+                                    register_existing_keys(&ctx, sink, &c.columns).await?
+                                }
+                                _ => false,
+                            };
+                            // The common case, fresh keys: counting is cheaper than joining.
+                            if unique_clean(&ctx, c, &filter, existing).await? {
+                                None
+                            } else {
+                                Some(unique_sql(c, &filter, existing))
+                            }
                         }
                         _ => spec.failing_rows_sql(&filter),
                     };
@@ -1167,6 +1193,48 @@ fn unique_sql(c: &UniqueCheck, filter: &str, existing: bool) -> String {
         present("o.")
     ));
     sql
+}
+
+/// Whether no key repeats among the rows considered and the table holds none of the batch's
+/// key range: two counts, no join.
+async fn unique_clean(
+    ctx: &SessionContext,
+    c: &UniqueCheck,
+    filter: &str,
+    existing: bool,
+) -> Result<bool, DataFusionError> {
+    let keys: Vec<String> = c.columns.iter().map(|k| ident(k)).collect();
+    let present = keys
+        .iter()
+        .map(|k| format!("{k} IS NOT NULL"))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let dups = count(
+        ctx,
+        &format!(
+            "SELECT count(*) FROM (SELECT {k} FROM output WHERE coalesce(({filter}) AND {present}, false) GROUP BY {k} HAVING count(*) > 1)",
+            k = keys.join(", ")
+        ),
+    )
+    .await?;
+    if dups > 0 {
+        return Ok(false);
+    }
+    Ok(!existing || count(ctx, &format!("SELECT count(*) FROM {EXISTING_KEYS}")).await? == 0)
+}
+
+async fn count(ctx: &SessionContext, sql: &str) -> Result<u64, DataFusionError> {
+    let rows = ctx.sql(sql).await?.collect().await?;
+    Ok(rows
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .and_then(|b| {
+            b.column(0)
+                .as_primitive_opt::<Int64Type>()
+                .map(|a| a.value(0))
+        })
+        .unwrap_or(0)
+        .max(0) as u64)
 }
 
 /// The view of keys the sink table already holds, for `unique` checks with `scope: table`.

@@ -378,6 +378,10 @@ async fn spec_errors_are_found_when_compiling() {
         ("- freshness: {column: status, max_age: 1h}", "timestamp"),
         ("- schema: {required: {id: money}}", "money"),
         ("- not_null: {columns: []}", "at least one column"),
+        (
+            "- regex: {column: amount, pattern: '^1'}",
+            "regex needs a text column",
+        ),
     ];
     for (yaml, expected) in cases {
         let err = compile(yaml)
