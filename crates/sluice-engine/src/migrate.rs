@@ -295,14 +295,7 @@ fn convert(
             ds = to.1.dataset
         )
     })?;
-    let target = crate::sink::delta_schema(&converted.schema());
-    let columns = converted
-        .columns()
-        .iter()
-        .zip(target.fields())
-        .map(|(c, f)| arrow::compute::cast(c, f.data_type()).map_err(|e| e.to_string()))
-        .collect::<Result<Vec<_>, _>>()?;
-    RecordBatch::try_new(target, columns).map_err(|e| e.to_string())
+    crate::sink::delta_compatible(&converted)
 }
 
 /// A table column that neither version has would be dropped by the rewrite: refuse.

@@ -349,7 +349,7 @@ pub fn delta_schema(schema: &SchemaRef) -> SchemaRef {
     ))
 }
 
-fn delta_compatible(batch: &RecordBatch) -> Result<RecordBatch, String> {
+pub(crate) fn delta_compatible(batch: &RecordBatch) -> Result<RecordBatch, String> {
     let target = delta_schema(&batch.schema());
     if target
         .fields()
