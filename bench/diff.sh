@@ -12,32 +12,10 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/.." && pwd)"
-venv="${SLUICE_BENCH_VENV:-$HOME/.cache/sluice-bench-venv}"
-data_root="${SLUICE_BENCH_DATA:-$HOME/.cache/sluice-bench-data}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
+# shellcheck source=bench/common.sh
+source "$here/common.sh"
 rows="${SLUICE_BENCH_ROWS:-10000000}"
 repeat="${SLUICE_BENCH_REPEAT:-3}"
-
-say() { printf '\n== %s\n' "$*" >&2; }
-now() { date +%s.%N; }
-
-if [[ ! -x "$venv/bin/python" ]]; then
-  say "creating the Python venv at $venv"
-  python3 -m venv "$venv"
-fi
-if ! cmp -s "$here/requirements.txt" "$venv/.sluice-requirements" 2>/dev/null; then
-  say "installing bench/requirements.txt into $venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt"
-  cp "$here/requirements.txt" "$venv/.sluice-requirements"
-fi
-py="$venv/bin/python"
-
-if [[ -z "${SLUICE_BIN:-}" ]]; then
-  say "building sluice (release)"
-  (cd "$root" && nice -n 10 cargo build --release -p sluice-cli --quiet)
-  SLUICE_BIN="$CARGO_TARGET_DIR/release/sluice"
-fi
 
 data="$data_root/diff-${rows}"
 if [[ ! -f "$data/.complete" ]]; then

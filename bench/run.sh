@@ -15,34 +15,13 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/.." && pwd)"
-venv="${SLUICE_BENCH_VENV:-$HOME/.cache/sluice-bench-venv}"
-data_root="${SLUICE_BENCH_DATA:-$HOME/.cache/sluice-bench-data}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
+# shellcheck source=bench/common.sh
+source "$here/common.sh"
+sluice="$SLUICE_BIN"
 rows="${SLUICE_BENCH_ROWS:-10000000}"
 files="${SLUICE_BENCH_FILES:-20}"
 engines="${SLUICE_BENCH_ENGINES:-sluice-w1 sluice-checks-w1 sluice-w2 duckdb polars}"
 batch_rows=${SLUICE_BENCH_BATCH_ROWS:-500000} # sluice's default batch.max_rows
-
-say() { printf '\n== %s\n' "$*" >&2; }
-now() { date +%s.%N; }
-
-# ---- Python: DuckDB, Polars, deltalake, pyarrow at pinned versions ----
-if [[ ! -x "$venv/bin/python" ]]; then
-  say "creating the Python venv at $venv"
-  python3 -m venv "$venv"
-fi
-if ! cmp -s "$here/requirements.txt" "$venv/.sluice-requirements" 2>/dev/null; then
-  say "installing bench/requirements.txt into $venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt"
-  cp "$here/requirements.txt" "$venv/.sluice-requirements"
-fi
-py="$venv/bin/python"
-
-# ---- the release binary ----
-say "building sluice (release; the first build takes ~30 minutes on 2 cores)"
-(cd "$root" && nice -n 10 cargo build --release -p sluice-cli --quiet)
-sluice="$CARGO_TARGET_DIR/release/sluice"
 
 # ---- the data: generated once, reused ----
 data="$data_root/orders-${rows}x${files}"

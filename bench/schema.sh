@@ -12,28 +12,9 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/.." && pwd)"
-venv="${SLUICE_BENCH_VENV:-$HOME/.cache/sluice-bench-venv}"
-data_root="${SLUICE_BENCH_DATA:-$HOME/.cache/sluice-bench-data}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
+# shellcheck source=bench/common.sh
+source "$here/common.sh"
 rows="${SLUICE_BENCH_ROWS:-10000000}"
-
-say() { printf '\n== %s\n' "$*" >&2; }
-now() { date +%s.%N; }
-
-if [[ ! -x "$venv/bin/python" ]]; then
-  python3 -m venv "$venv"
-fi
-if ! cmp -s "$here/requirements.txt" "$venv/.sluice-requirements" 2>/dev/null; then
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt"
-  cp "$here/requirements.txt" "$venv/.sluice-requirements"
-fi
-py="$venv/bin/python"
-if [[ -z "${SLUICE_BIN:-}" ]]; then
-  say "building sluice (release)"
-  (cd "$root" && nice -n 10 cargo build --release -p sluice-cli --quiet)
-  SLUICE_BIN="$CARGO_TARGET_DIR/release/sluice"
-fi
 
 say "record upgrade: cargo bench -p sluice-schema --bench upgrade"
 (cd "$root" && cargo bench --quiet -p sluice-schema --bench upgrade)
