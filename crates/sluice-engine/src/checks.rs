@@ -42,6 +42,7 @@ use std::time::Duration;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Int64Type, SchemaRef};
+use datafusion::common::ScalarValue;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -937,7 +938,20 @@ impl Checks {
                 .clone()
                 .unwrap_or_else(|| "true".into());
             let considered = scan.considered[i];
+            let unique_proven = match spec {
+                CheckSpec::Unique(c) if c.filter.is_none() => {
+                    let sink = self
+                        .sink
+                        .as_deref()
+                        .filter(|_| c.scope == UniqueScope::Table);
+                    unique_proven(&audit.publish, c, sink).await?
+                }
+                _ => false,
+            };
             let (failing, detail, rows) = match spec {
+                CheckSpec::Unique(_) if unique_proven => {
+                    (0, format!("0 of {considered} row(s) fail"), None)
+                }
                 CheckSpec::RowCount(c) => {
                     let low = c.min.is_some_and(|m| considered < m);
                     let high = c.max.is_some_and(|m| considered > m);
@@ -1223,6 +1237,116 @@ async fn unique_clean(
     Ok(!existing || count(ctx, &format!("SELECT count(*) FROM {EXISTING_KEYS}")).await? == 0)
 }
 
+/// A proof without a query that an unfiltered single-column `unique` check passes, for the
+/// common case of fresh keys: the batch's non-NULL keys are all distinct (strictly ascending,
+/// as ids from an upstream extract usually are, or else all distinct in a hash set), and, with
+/// `sink` (scope table), no data file's statistics overlap the batch's key range. `false` when
+/// it cannot prove it (a repeated key, a key type not handled here, files without statistics):
+/// then the queries decide and find the failing rows.
+async fn unique_proven(
+    batches: &[RecordBatch],
+    c: &UniqueCheck,
+    sink: Option<&crate::sink::DeltaSink>,
+) -> Result<bool, DataFusionError> {
+    let [column] = c.columns.as_slice() else {
+        return Ok(false);
+    };
+    let arrays: Vec<&dyn Array> = batches
+        .iter()
+        .filter_map(|b| b.column_by_name(column).map(|a| a.as_ref()))
+        .collect();
+    if arrays.len() != batches.len() {
+        return Ok(false);
+    }
+    let keys = match arrays.as_slice() {
+        [] => return Ok(true),
+        [one] => arrow::array::make_array(one.to_data()),
+        many => arrow::compute::concat(many)?,
+    };
+    let Some(range) = distinct_key_range(&keys)? else {
+        return Ok(false);
+    };
+    let (Some(sink), Some((min, max))) = (sink, range) else {
+        return Ok(true);
+    };
+    let may_hold = sink
+        .may_hold_range(column, &min, &max)
+        .await
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    Ok(may_hold == Some(false))
+}
+
+/// The smallest and largest key of a batch (`None`: no key that is not NULL).
+type KeyRange = Option<(ScalarValue, ScalarValue)>;
+
+/// The smallest and largest key of a column whose non-NULL values are all distinct
+/// (`Some(None)`: no non-NULL value). `None` when a value repeats or the column's type is not
+/// one handled here (integers, dates, timestamps, strings).
+fn distinct_key_range(keys: &arrow::array::ArrayRef) -> Result<Option<KeyRange>, DataFusionError> {
+    let t = keys.data_type();
+    let bounds = if (t.is_integer() && t != &DataType::UInt64)
+        || matches!(
+            t,
+            DataType::Date32 | DataType::Date64 | DataType::Timestamp(..)
+        ) {
+        let Ok(ints) = arrow::compute::cast(keys, &DataType::Int64) else {
+            return Ok(None);
+        };
+        let ints = ints.as_primitive::<Int64Type>();
+        distinct_bounds(ints.len(), |i| ints.is_valid(i).then(|| ints.value(i)))
+    } else if let Some(s) = keys.as_string_opt::<i32>() {
+        distinct_bounds(s.len(), |i| s.is_valid(i).then(|| s.value(i)))
+    } else if let Some(s) = keys.as_string_opt::<i64>() {
+        distinct_bounds(s.len(), |i| s.is_valid(i).then(|| s.value(i)))
+    } else if let Some(s) = keys.as_string_view_opt() {
+        distinct_bounds(s.len(), |i| s.is_valid(i).then(|| s.value(i)))
+    } else {
+        return Ok(None);
+    };
+    Ok(match bounds {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some((lo, hi))) => Some(Some((
+            ScalarValue::try_from_array(keys, lo)?,
+            ScalarValue::try_from_array(keys, hi)?,
+        ))),
+    })
+}
+
+/// The row indexes of the smallest and largest of `len` values if no non-NULL value repeats
+/// (`Some(None)`: all NULL): one comparison per row when they ascend, a hash set otherwise.
+fn distinct_bounds<T: Ord + std::hash::Hash + Copy>(
+    len: usize,
+    value: impl Fn(usize) -> Option<T>,
+) -> Option<Option<(usize, usize)>> {
+    let mut ascending = true;
+    let mut last: Option<T> = None;
+    let mut lo: Option<(usize, T)> = None;
+    let mut hi: Option<(usize, T)> = None;
+    for i in 0..len {
+        let Some(v) = value(i) else { continue };
+        ascending &= last.is_none_or(|l| l < v);
+        last = Some(v);
+        if lo.is_none_or(|(_, l)| v < l) {
+            lo = Some((i, v));
+        }
+        if hi.is_none_or(|(_, h)| v > h) {
+            hi = Some((i, v));
+        }
+    }
+    if !ascending {
+        let mut seen = ahash::AHashSet::with_capacity(len);
+        for i in 0..len {
+            if let Some(v) = value(i)
+                && !seen.insert(v)
+            {
+                return None;
+            }
+        }
+    }
+    Some(lo.zip(hi).map(|((l, _), (h, _))| (l, h)))
+}
+
 async fn count(ctx: &SessionContext, sql: &str) -> Result<u64, DataFusionError> {
     let rows = ctx.sql(sql).await?.collect().await?;
     Ok(rows
@@ -1472,4 +1596,55 @@ fn median(v: &[u64]) -> Option<f64> {
     } else {
         (v[n / 2 - 1] + v[n / 2]) as f64 / 2.0
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ints(v: &[Option<i64>]) -> arrow::array::ArrayRef {
+        Arc::new(arrow::array::Int64Array::from(v.to_vec()))
+    }
+
+    #[test]
+    fn distinct_keys_are_proven_and_repeats_are_not() {
+        let range = |a: arrow::array::ArrayRef| {
+            distinct_key_range(&a)
+                .unwrap()
+                .map(|r| r.map(|(lo, hi)| (lo.to_string(), hi.to_string())))
+        };
+        let pair = |lo: &str, hi: &str| Some(Some((lo.to_string(), hi.to_string())));
+        // Ascending (one comparison a row), shuffled (the hash set), NULLs skipped.
+        assert_eq!(
+            range(ints(&[Some(1), None, Some(2), Some(9)])),
+            pair("1", "9")
+        );
+        assert_eq!(
+            range(ints(&[Some(5), Some(-3), None, Some(7)])),
+            pair("-3", "7")
+        );
+        assert_eq!(range(ints(&[None, None])), Some(None));
+        assert_eq!(range(ints(&[])), Some(None));
+        // A repeat, adjacent or not, proves nothing; nor does equal-then-ascending.
+        assert_eq!(range(ints(&[Some(1), Some(1)])), None);
+        assert_eq!(range(ints(&[Some(3), Some(1), Some(2), Some(3)])), None);
+        assert_eq!(range(ints(&[Some(1), Some(2), Some(2), Some(3)])), None);
+        // Strings and timestamps keep their type in the range.
+        let s: arrow::array::ArrayRef =
+            Arc::new(arrow::array::StringArray::from(vec!["b", "a", "c"]));
+        assert_eq!(range(s), pair("a", "c"));
+        let s: arrow::array::ArrayRef =
+            Arc::new(arrow::array::StringArray::from(vec!["b", "a", "b"]));
+        assert_eq!(range(s), None);
+        let ts: arrow::array::ArrayRef =
+            Arc::new(arrow::array::TimestampMicrosecondArray::from(vec![3, 1, 2]));
+        let (lo, _) = distinct_key_range(&ts).unwrap().unwrap().unwrap();
+        assert!(
+            matches!(lo, ScalarValue::TimestampMicrosecond(Some(1), _)),
+            "{lo:?}"
+        );
+        // Types it does not handle: the queries decide.
+        let f: arrow::array::ArrayRef = Arc::new(arrow::array::Float64Array::from(vec![1.0]));
+        assert_eq!(range(f), None);
+    }
 }

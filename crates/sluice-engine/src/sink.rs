@@ -90,13 +90,22 @@ pub fn table_url(location: &str, base_dir: &std::path::Path) -> Result<Url, Sink
     };
     if location.contains("://") {
         let url = Url::parse(location).map_err(|e| bad(e.to_string()))?;
-        // Object stores need delta-rs's cloud features, which this build leaves out to keep
-        // the first build short; say so now rather than at the first commit.
-        if !matches!(url.scheme(), "file" | "memory") {
-            return Err(bad(format!(
-                "the {:?} object store is not built into this sluice; use a local path or a file:// URL (object stores: see README, \"Tables on object stores\")",
-                url.scheme()
-            )));
+        // Say now, not at the first commit, when a scheme cannot be written to.
+        match url.scheme() {
+            "file" | "memory" => {}
+            // delta-rs registers these handlers itself when the binary starts.
+            "az" | "abfs" | "abfss" | "azure" | "adl" | "gs" => {}
+            "s3" | "s3a" if cfg!(feature = "s3") => {}
+            "s3" | "s3a" => {
+                return Err(bad(
+                    "this sluice was built without S3 support, which needs the AWS SDK; rebuild with `cargo build --release --features s3` (see README, \"Tables on object stores\")".into(),
+                ));
+            }
+            other => {
+                return Err(bad(format!(
+                    "unknown table URL scheme {other:?}; use a local path, file://, az:// (or abfs://, abfss://), gs:// or s3:// (see README, \"Tables on object stores\")"
+                )));
+            }
         }
         return Ok(url);
     }
@@ -276,6 +285,69 @@ impl DeltaSink {
         df.collect().await.map_err(|e| generic(&e))
     }
 
+    /// Whether a data file of the table may hold a value of `column` within `[min, max]`,
+    /// judged from the files' statistics in the Delta log alone (no data file is opened).
+    /// `Some(false)`: no file can (or there is no table yet); `None`: the statistics cannot
+    /// tell (a file without them, a column the table lacks). `min` and `max` must share a type.
+    ///
+    /// Only for columns whose statistics are exact: integers, dates and timestamps. String
+    /// statistics may be truncated prefixes, which cannot prove a range absent.
+    pub async fn may_hold_range(
+        &self,
+        column: &str,
+        min: &datafusion::common::ScalarValue,
+        max: &datafusion::common::ScalarValue,
+    ) -> Result<Option<bool>, SinkError> {
+        use datafusion::common::ScalarValue;
+        let exact = |t: &DataType| {
+            t.is_integer()
+                || matches!(
+                    t,
+                    DataType::Date32 | DataType::Date64 | DataType::Timestamp(..)
+                )
+        };
+        if column.contains('.') || !exact(&min.data_type()) {
+            return Ok(None);
+        }
+        let table = self.refreshed().await?;
+        if table.version().is_none() {
+            return Ok(Some(false));
+        }
+        let files = table
+            .snapshot()
+            .and_then(|s| s.add_actions_table(true))
+            .map_err(|e| self.err(e))?;
+        if files.num_rows() == 0 {
+            return Ok(Some(false));
+        }
+        let stat = |side: &str| {
+            files
+                .column_by_name(&format!("{side}.{column}"))
+                .and_then(|a| cast(a, &min.data_type()).ok())
+        };
+        let (Some(lows), Some(highs)) = (stat("min"), stat("max")) else {
+            return Ok(None);
+        };
+        for i in 0..files.num_rows() {
+            let (Ok(low), Ok(high)) = (
+                ScalarValue::try_from_array(&lows, i),
+                ScalarValue::try_from_array(&highs, i),
+            ) else {
+                return Ok(None);
+            };
+            if low.is_null() || high.is_null() {
+                return Ok(None);
+            }
+            // Disjoint only when provably so; an incomparable pair counts as overlapping.
+            let below = matches!(high.partial_cmp(min), Some(std::cmp::Ordering::Less));
+            let above = matches!(low.partial_cmp(max), Some(std::cmp::Ordering::Greater));
+            if !below && !above {
+                return Ok(Some(true));
+            }
+        }
+        Ok(Some(false))
+    }
+
     /// Registers the table's latest version in `ctx` as `name`, for queries that read it
     /// (checks against what the table holds). Scans through it skip files by their statistics
     /// when the query filters on a column. `false` when the table does not exist yet.
@@ -386,13 +458,23 @@ mod tests {
             table_url("memory:///t", dir.path()).unwrap().scheme(),
             "memory"
         );
-        let err = table_url("s3://bucket/t", dir.path())
+        for cloud in [
+            "az://c/t",
+            "abfss://c@acct.dfs.core.windows.net/t",
+            "gs://b/t",
+        ] {
+            assert_eq!(table_url(cloud, dir.path()).unwrap().as_str(), cloud);
+        }
+        let s3 = table_url("s3://bucket/t", dir.path()).map_err(|e| e.to_string());
+        if cfg!(feature = "s3") {
+            assert!(s3.is_ok(), "{s3:?}");
+        } else {
+            assert!(s3.is_err_and(|e| e.contains("--features s3")));
+        }
+        let err = table_url("ftp://host/t", dir.path())
             .unwrap_err()
             .to_string();
-        assert!(
-            err.contains("\"s3\" object store is not built into this sluice"),
-            "{err}"
-        );
+        assert!(err.contains("unknown table URL scheme \"ftp\""), "{err}");
         assert!(table_url("file://[bad", dir.path()).is_err());
     }
 }

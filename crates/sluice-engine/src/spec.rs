@@ -188,7 +188,7 @@ impl Default for BatchSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkSpec {
-    /// Delta table location: a path (relative to the spec's folder) or a URL (`file://`, `s3://`).
+    /// Delta table location: a path (relative to the spec's folder) or a URL (`file://`, `az://`, `abfss://`, `gs://`, `s3://` with the `s3` feature).
     pub delta: String,
     /// Columns that identify a row; used by checks, diffs and the demo's exactly-once proof.
     #[serde(default)]

@@ -580,6 +580,169 @@ async fn unique_ignores_null_keys_and_tables_without_the_key() {
     assert_eq!(a.results[0].failing, 2);
 }
 
+/// Rows with these ids and emails (other columns constant).
+fn keyed(ids: &[Option<i64>], emails: &[&str]) -> RecordBatch {
+    let n = ids.len();
+    RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(Int64Array::from(ids.to_vec())),
+            Arc::new(Float64Array::from(vec![Some(1.0); n])),
+            Arc::new(StringArray::from(vec![Some("paid"); n])),
+            Arc::new(StringArray::from(emails.to_vec())),
+            Arc::new(TimestampMicrosecondArray::from(vec![0i64; n]).with_timezone("UTC")),
+        ],
+    )
+    .unwrap()
+}
+
+/// Ids of the rows a `unique` check failed.
+fn failing_ids(a: &Audit) -> Vec<i64> {
+    let mut ids: Vec<i64> = a
+        .failing_rows
+        .iter()
+        .flat_map(|(_, _, b)| {
+            let c = b.column_by_name("id").unwrap();
+            let c = c.as_any().downcast_ref::<Int64Array>().unwrap();
+            c.iter().flatten().collect::<Vec<_>>()
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// `unique` proves fresh keys clean from the batch alone (ascending or hashed) and the table's
+/// file statistics; every case where that proof must not hold still finds the clashing rows.
+#[tokio::test]
+async fn unique_fast_path_never_misses_a_clash() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two data files: ids 5..=9 and 20..=30 (with gaps).
+    let sink = table_with(dir.path(), &[5, 7, 9]).await;
+    let b = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("amount", DataType::Float64, true),
+        ])),
+        vec![
+            Arc::new(Int64Array::from(vec![20, 25, 30])),
+            Arc::new(Float64Array::from(vec![1.0; 3])),
+        ],
+    )
+    .unwrap();
+    sink.commit("seed2", vec![b]).await.unwrap();
+    let check = |yaml: &'static str, batches: Vec<RecordBatch>| {
+        let sink = sink.clone();
+        async move {
+            let checks = compile(yaml).await.unwrap().with_sink(sink);
+            checks.audit(batches, schema(), &[]).await.unwrap()
+        }
+    };
+    let e = ["e@x.io"; 4];
+    let u = "- unique: {columns: [id]}";
+    // Outside every file's range, ascending, shuffled, split over two batches: clean.
+    for batches in [
+        vec![keyed(&[Some(10), Some(11), None, Some(12)], &e)],
+        vec![keyed(&[Some(19), Some(10), Some(31), None], &e)],
+        vec![
+            keyed(&[Some(1), Some(2)], &e[..2]),
+            keyed(&[Some(40), Some(3)], &e[..2]),
+        ],
+    ] {
+        let a = check(u, batches).await;
+        assert_eq!((a.results[0].level, a.results[0].failing), (Level::Pass, 0));
+    }
+    // Inside a file's range but not in it (gaps): the statistics cannot prove it, the query can.
+    let a = check(u, vec![keyed(&[Some(6), Some(8), Some(21)], &e[..3])]).await;
+    assert_eq!((a.results[0].level, a.results[0].failing), (Level::Pass, 0));
+    // A key the table holds, ascending batch: found.
+    let a = check(u, vec![keyed(&[Some(10), Some(25), Some(31)], &e[..3])]).await;
+    assert_eq!(failing_ids(&a), vec![25]);
+    // A repeat in the batch, in order, shuffled, across two batches.
+    for batches in [
+        vec![keyed(&[Some(10), Some(11), Some(11)], &e[..3])],
+        vec![keyed(&[Some(11), Some(10), Some(11)], &e[..3])],
+        vec![keyed(&[Some(11)], &e[..1]), keyed(&[Some(11)], &e[..1])],
+    ] {
+        let a = check(u, batches).await;
+        assert_eq!(failing_ids(&a), vec![11, 11]);
+    }
+    // String keys: distinct in the batch, but one is in the table; statistics of strings never
+    // prove absence (they may be truncated), so the query runs and finds it.
+    let names = dir.path().join("names");
+    let named = Arc::new(sluice_engine::sink::DeltaSink::new(
+        sluice_engine::sink::table_url("n", &names).unwrap(),
+    ));
+    let b = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("email", DataType::Utf8, true)])),
+        vec![Arc::new(StringArray::from(vec!["b@x.io"]))],
+    )
+    .unwrap();
+    named.commit("seed", vec![b]).await.unwrap();
+    let checks = compile("- unique: {columns: [email]}")
+        .await
+        .unwrap()
+        .with_sink(named);
+    let a = checks
+        .audit(
+            vec![keyed(
+                &[Some(1), Some(2), Some(3)],
+                &["c@x.io", "a@x.io", "b@x.io"],
+            )],
+            schema(),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(failing_ids(&a), vec![3]);
+    let a = checks
+        .audit(
+            vec![keyed(&[Some(1), Some(2)], &["a@x.io", "c@x.io"])],
+            schema(),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.results[0].failing, 0);
+}
+
+#[tokio::test]
+async fn file_statistics_bound_what_a_table_may_hold() {
+    use datafusion::common::ScalarValue;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Arc::new(sluice_engine::sink::DeltaSink::new(
+        sluice_engine::sink::table_url("t", dir.path()).unwrap(),
+    ));
+    let i = |v: i64| ScalarValue::Int64(Some(v));
+    assert_eq!(
+        sink.may_hold_range("id", &i(1), &i(2)).await.unwrap(),
+        Some(false),
+        "no table"
+    );
+    let sink = table_with(dir.path(), &[5, 9]).await;
+    for (lo, hi, want) in [
+        (1, 4, false),
+        (10, 20, false),
+        (1, 5, true),
+        (9, 9, true),
+        (6, 8, true),
+    ] {
+        assert_eq!(
+            sink.may_hold_range("id", &i(lo), &i(hi)).await.unwrap(),
+            Some(want),
+            "[{lo}, {hi}]"
+        );
+    }
+    let s = |v: &str| ScalarValue::Utf8(Some(v.into()));
+    assert_eq!(
+        sink.may_hold_range("id", &s("a"), &s("b")).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        sink.may_hold_range("nope", &i(1), &i(2)).await.unwrap(),
+        None
+    );
+}
+
 #[tokio::test]
 async fn null_rates_of_checked_columns_are_measured_once_per_column() {
     let a = audit(
