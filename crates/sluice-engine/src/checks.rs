@@ -866,16 +866,25 @@ impl Checks {
         batches: Vec<RecordBatch>,
         schema: SchemaRef,
     ) -> Result<SessionContext, (usize, String)> {
-        // One partition: every check query is a single pass over a batch already in memory;
-        // splitting it made keyed aggregates (unique) do their hashing twice.
-        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
         let batches = if batches.is_empty() {
             vec![RecordBatch::new_empty(schema)]
         } else {
             batches
         };
         let (batches, schema) = numbered(&batches).map_err(|e| (0, e.to_string()))?;
-        let partitions = vec![batches];
+        // The aggregate scan is per-row work (predicates, regular expressions, counts): a large
+        // batch is cut into one slice per core, so a worker's checks do not wait on one core
+        // while the other idles. Small batches stay whole (a split costs more than it saves).
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        let parts = if rows >= SPLIT_ROWS {
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_PARTS))
+        } else {
+            1
+        };
+        let partitions = split_rows(batches, parts);
+        let ctx = SessionContext::new_with_config(
+            SessionConfig::new().with_target_partitions(partitions.len()),
+        );
         let table = MemTable::try_new(schema, partitions).map_err(|e| (0, e.to_string()))?;
         ctx.register_table("output", Arc::new(table))
             .map_err(|e| (0, e.to_string()))?;
@@ -1433,6 +1442,38 @@ async fn register_existing_keys(
     Ok(true)
 }
 
+/// Batches below this many rows are checked in one partition.
+const SPLIT_ROWS: usize = 64 * 1024;
+/// At most this many partitions for one batch's checks.
+const MAX_PARTS: usize = 4;
+
+/// Cuts `batches` into `parts` partitions of contiguous rows (zero-copy slices).
+fn split_rows(batches: Vec<RecordBatch>, parts: usize) -> Vec<Vec<RecordBatch>> {
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    if parts <= 1 || rows == 0 {
+        return vec![batches];
+    }
+    let per = rows.div_ceil(parts);
+    let mut out: Vec<Vec<RecordBatch>> = vec![Vec::new()];
+    let mut room = per;
+    for b in batches {
+        let mut offset = 0;
+        while offset < b.num_rows() {
+            if room == 0 {
+                out.push(Vec::new());
+                room = per;
+            }
+            let take = room.min(b.num_rows() - offset);
+            if let Some(last) = out.last_mut() {
+                last.push(b.slice(offset, take));
+            }
+            offset += take;
+            room -= take;
+        }
+    }
+    out
+}
+
 /// Appends the row-id column to each batch (ids run on across batches).
 fn numbered(batches: &[RecordBatch]) -> Result<(Vec<RecordBatch>, SchemaRef), DataFusionError> {
     let mut out = Vec::with_capacity(batches.len());
@@ -1604,6 +1645,30 @@ mod tests {
 
     fn ints(v: &[Option<i64>]) -> arrow::array::ArrayRef {
         Arc::new(arrow::array::Int64Array::from(v.to_vec()))
+    }
+
+    #[test]
+    fn batches_split_into_contiguous_partitions() {
+        let batch = |from: i64, n: i64| {
+            let a = ints(&(from..from + n).map(Some).collect::<Vec<_>>());
+            RecordBatch::try_from_iter([("id", a)]).unwrap()
+        };
+        let ids = |parts: &[Vec<RecordBatch>]| -> Vec<Vec<i64>> {
+            parts
+                .iter()
+                .map(|p| {
+                    p.iter()
+                        .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+                        .collect()
+                })
+                .collect()
+        };
+        let parts = split_rows(vec![batch(0, 5), batch(5, 2)], 2);
+        assert_eq!(ids(&parts), vec![vec![0, 1, 2, 3], vec![4, 5, 6]]);
+        let parts = split_rows(vec![batch(0, 7)], 3);
+        assert_eq!(ids(&parts), vec![vec![0, 1, 2], vec![3, 4, 5], vec![6]]);
+        assert_eq!(split_rows(vec![batch(0, 3)], 1).len(), 1);
+        assert_eq!(split_rows(vec![batch(0, 0)], 2).len(), 1);
     }
 
     #[test]

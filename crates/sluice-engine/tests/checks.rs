@@ -777,3 +777,73 @@ async fn null_rates_of_checked_columns_are_measured_once_per_column() {
     assert_eq!(empty.profile[0].considered, 0);
     assert_eq!(empty.profile[0].detail, "no rows");
 }
+
+/// A batch large enough to be checked in several partitions: counts, drops and the failing
+/// rows come out as for one partition.
+#[tokio::test]
+async fn large_batches_are_checked_in_partitions_with_the_same_results() {
+    let n = 200_000i64;
+    let ids: Vec<Option<i64>> = (0..n).map(Some).collect();
+    let b = RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(Int64Array::from(ids.clone())),
+            Arc::new(Float64Array::from(
+                (0..n)
+                    .map(|i| Some(if i % 1000 == 999 { -1.0 } else { 1.0 }))
+                    .collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(vec![Some("paid"); n as usize])),
+            Arc::new(StringArray::from(
+                (0..n)
+                    .map(|i| {
+                        Some(if i % 7 == 0 {
+                            "bad".to_string()
+                        } else {
+                            format!("{i}@x.io")
+                        })
+                    })
+                    .collect::<Vec<_>>(),
+            )),
+            Arc::new(TimestampMicrosecondArray::from(vec![0i64; n as usize]).with_timezone("UTC")),
+        ],
+    )
+    .unwrap();
+    // Split over two input batches as well, to cross batch and partition edges.
+    let (head, tail) = (b.slice(0, 70_001), b.slice(70_001, (n - 70_001) as usize));
+    let a = audit_on(
+        "- range: {column: amount, min: 0, action: drop, severity: warn}\n- regex: {column: email, pattern: '^[^@]+@[^@]+$', severity: warn}\n- unique: {columns: [id]}\n",
+        vec![head, tail],
+    )
+    .await;
+    let failing: Vec<u64> = a.results.iter().map(|r| r.failing).collect();
+    assert_eq!(
+        failing,
+        vec![200, (n as u64).div_ceil(7), 0],
+        "{:?}",
+        a.results
+    );
+    let published: Vec<i64> = a
+        .publish
+        .iter()
+        .flat_map(|b| {
+            let c = b.column_by_name("id").unwrap();
+            c.as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    let expected: Vec<i64> = (0..n).filter(|i| i % 1000 != 999).collect();
+    assert_eq!(
+        published, expected,
+        "dropped exactly the negative amounts, order kept"
+    );
+    let mut dropped = failing_ids(&a);
+    dropped.dedup();
+    assert_eq!(
+        dropped,
+        (0..n).filter(|i| i % 1000 == 999).collect::<Vec<_>>()
+    );
+}

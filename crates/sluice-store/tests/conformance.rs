@@ -1767,3 +1767,55 @@ async fn postgres_killed_leasers_leave_a_consistent_store() -> TestResult {
     let _ = testing::drop_postgres_database(&url).await;
     Ok(())
 }
+
+/// What the planner believes `tasks` holds.
+async fn reltuples(conn: &mut sqlx::PgConnection) -> f64 {
+    sqlx::query_scalar("SELECT reltuples::float8 FROM pg_class WHERE oid = 'tasks'::regclass")
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+/// PostgreSQL only: a backlog queued in one go is planned with fresh statistics at once, not a
+/// minute later when autovacuum gets to it, so leases go through the pending-tasks index
+/// instead of sorting every pending row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_backlog_is_analyzed_when_queued() {
+    use sqlx::Connection;
+    let Some(h) = Harness::postgres().await else {
+        eprintln!("SLUICE_TEST_POSTGRES=skip: not testing PostgreSQL");
+        return;
+    };
+    let store = h.store.clone();
+    let version = pipeline(&store, "orders").await.unwrap();
+    // Below the threshold nothing is analyzed yet (a fresh table: no statistics at all)...
+    queue(&store, "orders", version, "/in/small.csv", 100, 3)
+        .await
+        .unwrap();
+    let mut conn = sqlx::PgConnection::connect(&h.url).await.unwrap();
+    assert!(reltuples(&mut conn).await < 100.0);
+    // ...a backlog of 5,000 batches is.
+    queue(&store, "orders", version, "/in/backlog.csv", 5_000, 3)
+        .await
+        .unwrap();
+    let rows = reltuples(&mut conn).await;
+    assert!(
+        rows >= 5_000.0,
+        "tasks analyzed after the backlog: {rows} rows known"
+    );
+    let plan: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN SELECT seq FROM tasks WHERE state = 'pending' \
+         AND run_after <= (extract(epoch from clock_timestamp()) * 1000)::bigint \
+         ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("tasks_pending_by_seq") && !plan.contains("Sort"),
+        "the lease reads the pending index in order:\n{plan}"
+    );
+    drop(conn);
+    h.finish().await;
+}
