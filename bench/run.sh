@@ -10,7 +10,8 @@
 #   SLUICE_BENCH_DATA   generated CSV, runs   (default ~/.cache/sluice-bench-data)
 #   CARGO_TARGET_DIR    Rust build output     (default ~/.cache/sluice-target)
 #   SLUICE_BENCH_ROWS   rows  (default 10000000)      SLUICE_BENCH_FILES  files (default 20)
-#   SLUICE_BENCH_ENGINES which legs to run (default "sluice-w1 sluice-w2 duckdb polars")
+#   SLUICE_BENCH_ENGINES which legs to run (default "sluice-w1 sluice-checks-w1 sluice-w2
+#                        sluice-checks-w2 duckdb polars")
 #   SLUICE_BENCH_STORE  0 skips the store bench   SLUICE_TEST_POSTGRES  its PostgreSQL server
 set -euo pipefail
 
@@ -20,7 +21,7 @@ source "$here/common.sh"
 sluice="$SLUICE_BIN"
 rows="${SLUICE_BENCH_ROWS:-10000000}"
 files="${SLUICE_BENCH_FILES:-20}"
-engines="${SLUICE_BENCH_ENGINES:-sluice-w1 sluice-checks-w1 sluice-w2 duckdb polars}"
+engines="${SLUICE_BENCH_ENGINES:-sluice-w1 sluice-checks-w1 sluice-w2 sluice-checks-w2 duckdb polars}"
 batch_rows=${SLUICE_BENCH_BATCH_ROWS:-500000} # sluice's default batch.max_rows
 
 # ---- the data: generated once, reused ----
