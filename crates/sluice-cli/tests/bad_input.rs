@@ -193,6 +193,37 @@ fn bad_sql_is_refused_at_validate_and_run_with_the_spec_line() {
     assert_eq!(v["valid"], false);
 }
 
+/// A sink on an object store sluice cannot open (here: Azure without an account) stops `run`
+/// before anything is queued; no batch is tried and quarantined for a configuration mistake.
+#[test]
+fn an_unreachable_sink_is_refused_before_anything_is_queued() {
+    let p = Project::csv(2, 10, 5, "30s");
+    let text = std::fs::read_to_string(p.spec())
+        .unwrap()
+        .replace("delta: out", "delta: az://nowhere/orders");
+    p.write("p.yaml", &text);
+    let spec = p.spec().display().to_string();
+    let out = p
+        .sluice(&["run", &spec, "--store", &p.sqlite(), "--until-drained"])
+        .env_remove("AZURE_STORAGE_ACCOUNT_NAME")
+        .env_remove("AZURE_STORAGE_USE_EMULATOR")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("cannot open the sink table"), "{err}");
+    assert!(err.contains("az://nowhere/orders"), "{err}");
+    assert!(err.contains("nothing was queued"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let status = status_json(&p);
+    assert_eq!(
+        status["pipelines"],
+        serde_json::json!([]),
+        "nothing registered: {status}"
+    );
+    assert_eq!(status["quarantined"], serde_json::json!([]), "{status}");
+}
+
 #[test]
 fn retry_after_a_spec_fix_publishes_the_quarantined_batches_once() {
     // The spec says amount is an integer; the data has decimals: every batch is quarantined.

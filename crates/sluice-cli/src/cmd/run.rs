@@ -10,6 +10,7 @@ use sluice_store::{PipelineStatus, Store};
 use sluice_worker::{Discoverer, PoolConfig, PoolReport, VersionCache, WorkerPool};
 use tokio_util::sync::CancellationToken;
 
+use super::InputError;
 use crate::cli::{RunArgs, WorkerArgs};
 
 /// Cancels `stop` on Ctrl-C or SIGTERM: the pool then drains.
@@ -47,6 +48,16 @@ pub async fn register(
     path: &std::path::Path,
 ) -> anyhow::Result<Arc<sluice_engine::Pipeline>> {
     let mut pipeline = super::compile(path, 0, store_url).await?;
+    // Open the sink before queueing anything: a table location or object store that cannot be
+    // read (no credentials, no such bucket or container) is refused now, not found by every
+    // batch in turn, which would quarantine them all.
+    if let Err(e) = pipeline.sink().describe().await {
+        return Err(InputError(format!(
+            "{}: cannot open the sink table: {e}\n  check the location and, for an object store, its credentials (README, \"Tables on object stores\"); nothing was queued",
+            path.display()
+        ))
+        .into());
+    }
     let version = store
         .register_pipeline_version(
             pipeline.name(),
