@@ -203,6 +203,19 @@ fn an_unreachable_sink_is_refused_before_anything_is_queued() {
         .replace("delta: out", "delta: az://nowhere/orders");
     p.write("p.yaml", &text);
     let spec = p.spec().display().to_string();
+    // validate plans the spec and warns; run refuses.
+    let out = p
+        .sluice(&["validate", &spec])
+        .env_remove("AZURE_STORAGE_ACCOUNT_NAME")
+        .env_remove("AZURE_STORAGE_USE_EMULATOR")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("warning: cannot open it from here"),
+        "{}",
+        stdout(&out)
+    );
     let out = p
         .sluice(&["run", &spec, "--store", &p.sqlite(), "--until-drained"])
         .env_remove("AZURE_STORAGE_ACCOUNT_NAME")
@@ -253,4 +266,18 @@ fn retry_after_a_spec_fix_publishes_the_quarantined_batches_once() {
     // Retrying a batch that is not quarantined is a usage error.
     let again = p.run(&["retry", "nope", "--store", &p.sqlite()]);
     assert_eq!(again.status.code(), Some(2));
+}
+
+#[test]
+fn validate_reports_whether_the_sink_table_exists() {
+    let p = Project::csv(1, 10, 5, "30s");
+    let spec = p.spec().display().to_string();
+    let out = p.run(&["validate", &spec]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("no table yet"), "{}", stdout(&out));
+    run_drained(&p);
+    let out = p.run(&["validate", &spec, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Two batches of 5 rows: versions 0 and 1.
+    assert_eq!(v["sink_state"]["table_version"], 1, "{v}");
 }

@@ -1,7 +1,9 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-/// `sluice validate FILE`: parse, resolve columns, plan the SQL. Prints the output schema.
+/// `sluice validate FILE`: parse, resolve columns, plan the SQL. Prints the output schema and
+/// whether the sink table can be opened from here (a warning, not a failure: a spec may be
+/// validated where the store's credentials are not; `run` refuses to start without them).
 pub async fn validate(file: &Path, json: bool, store_url: &str) -> anyhow::Result<ExitCode> {
     let result = super::compile(file, 0, store_url).await;
     match (result, json) {
@@ -9,10 +11,22 @@ pub async fn validate(file: &Path, json: bool, store_url: &str) -> anyhow::Resul
             println!("{}: valid pipeline {:?}", file.display(), p.name());
             println!("  input columns:  {}", fields(&p.input_schema()));
             println!("  output columns: {}", fields(&p.output_schema()));
-            println!("  sink: {}", p.sink().url());
+            let state = match p.sink().describe().await {
+                Ok(Some(t)) => format!("table at version {}", t.version),
+                Ok(None) => "no table yet; the first batch creates it".into(),
+                Err(e) => {
+                    format!("warning: cannot open it from here ({e}); `run` will refuse to start")
+                }
+            };
+            println!("  sink: {} ({state})", p.sink().url());
             Ok(ExitCode::SUCCESS)
         }
         (Ok(p), true) => {
+            let sink_state = match p.sink().describe().await {
+                Ok(Some(t)) => serde_json::json!({"table_version": t.version}),
+                Ok(None) => serde_json::json!({"table_version": null}),
+                Err(e) => serde_json::json!({"error": e.to_string()}),
+            };
             let out = serde_json::json!({
                 "valid": true,
                 "file": file.display().to_string(),
@@ -20,6 +34,7 @@ pub async fn validate(file: &Path, json: bool, store_url: &str) -> anyhow::Resul
                 "input": schema_json(&p.input_schema()),
                 "output": schema_json(&p.output_schema()),
                 "sink": p.sink().url().to_string(),
+                "sink_state": sink_state,
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(ExitCode::SUCCESS)
