@@ -115,6 +115,9 @@ impl VersionCache {
     }
 }
 
+/// The longest a worker waits between tries while its sink table cannot be opened.
+const MAX_SINK_PAUSE: Duration = Duration::from_secs(60);
+
 /// A pool of workers sharing one store.
 pub struct WorkerPool {
     store: Arc<dyn Store>,
@@ -194,6 +197,7 @@ impl WorkerPool {
         let worker = WorkerId::new(&self.host, std::process::id(), slot);
         self.beat(&worker, "running").await;
         let mut last_beat = std::time::Instant::now();
+        let mut paused = Duration::ZERO;
         while !stop.is_cancelled() {
             if last_beat.elapsed() > Duration::from_secs(5) {
                 self.beat(&worker, "running").await;
@@ -220,15 +224,30 @@ impl WorkerPool {
                 }
                 continue;
             }
+            let mut sink_ok = true;
             for lease in leases {
-                self.execute(&lease, &abandon).await;
+                sink_ok &= self.execute(&lease, &abandon).await;
+            }
+            if sink_ok {
+                paused = Duration::ZERO;
+            } else {
+                // Back off while the sink is away: 1 s, doubling, at most a minute.
+                paused = (paused * 2).clamp(Duration::from_secs(1), MAX_SINK_PAUSE);
+                self.beat(&worker, "waiting: sink table unreachable").await;
+                last_beat = std::time::Instant::now();
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(paused) => {}
+                }
             }
         }
         self.beat(&worker, "stopped").await;
     }
 
-    /// Runs one leased batch with a heartbeat beside it and reports the result.
-    async fn execute(&self, lease: &Lease, abandon: &CancellationToken) {
+    /// Runs one leased batch with a heartbeat beside it and reports the result. `false` when
+    /// the batch failed because its sink table cannot be opened from here: the lease went back
+    /// unspent and the worker should wait before leasing again.
+    async fn execute(&self, lease: &Lease, abandon: &CancellationToken) -> bool {
         let started_at = now_millis();
         let heartbeat = self.heartbeat(lease);
         let run = async {
@@ -268,7 +287,7 @@ impl WorkerPool {
                 tracing::warn!(batch = %lease.batch_id, error = %e, "releasing failed; the rescuer will take it back");
             }
             self.report.lock().await.released += 1;
-            return;
+            return true;
         };
         let finished_at = now_millis();
         let checks = match &result {
@@ -310,6 +329,18 @@ impl WorkerPool {
                 rows_in,
                 ..
             }) => {
+                // An outage of the table's store (or credentials missing on this machine) is
+                // no fault of the batch: give the lease back without spending an attempt, so
+                // the backlog is not quarantined batch by batch while the store is away.
+                if kind == ErrorKind::External && !quarantine && self.sink_unreachable(lease).await
+                {
+                    tracing::warn!(batch = %lease.batch_id, "the sink table cannot be opened from this worker; batch released, pausing: {message}");
+                    if let Err(e) = self.store.release(lease).await {
+                        tracing::warn!(batch = %lease.batch_id, error = %e, "releasing failed; the rescuer will take it back");
+                    }
+                    self.report.lock().await.released += 1;
+                    return false;
+                }
                 let report = RunReport {
                     started_at,
                     finished_at,
@@ -341,6 +372,15 @@ impl WorkerPool {
                     }
                 }
             }
+        }
+        true
+    }
+
+    /// Whether the table the lease's pipeline version writes to cannot be opened right now.
+    async fn sink_unreachable(&self, lease: &Lease) -> bool {
+        match self.versions.get(&lease.pipeline, lease.version).await {
+            Ok(pipeline) => pipeline.sink().describe().await.is_err(),
+            Err(_) => false,
         }
     }
 
