@@ -9,12 +9,6 @@ use common::*;
 use sluice_engine::arrow::array::{Int64Array, RecordBatch, StringArray};
 use sluice_engine::arrow::datatypes::{DataType, Field, Schema};
 
-fn status_json(p: &Project) -> serde_json::Value {
-    let out = p.run(&["status", "--store", &p.sqlite(), "--json"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn run_drained(p: &Project) {
     let spec = p.spec().display().to_string();
     let out = p.run(&[
@@ -55,7 +49,7 @@ fn malformed_csv_rows_quarantine_their_batch_only() {
         "id,name\n1,a\n2,b\n3,c\n4,d\n5,e\nsix,f\n7,g\n8,h\n9\n10,\"multi\nline\"\n11,k\n",
     );
     run_drained(&p);
-    let st = status_json(&p);
+    let st = p.status(&p.sqlite());
     assert_eq!(st["pipelines"][0]["quarantined"], 2, "{st:#}");
     assert_eq!(st["pipelines"][0]["done"], 2, "{st:#}");
     let reasons = quarantine_reasons(&st);
@@ -90,7 +84,7 @@ fn malformed_jsonl_names_the_line() {
         "{\"id\":1,\"name\":\"a\"}\n{\"id\":2}\n{\"id\":3}\n{\"id\":4}\n{\"id\": \"four\"}\n{\"id\":6}\n{\"id\":7}\n{\"id\":8,\n{\"id\":9}\n{\"id\":10}\n",
     );
     run_drained(&p);
-    let st = status_json(&p);
+    let st = p.status(&p.sqlite());
     let reasons = quarantine_reasons(&st);
     assert_eq!(reasons.len(), 2, "{st:#}");
     assert!(
@@ -147,7 +141,7 @@ fn malformed_parquet_is_quarantined_with_its_reason() {
     write_parquet(&p, "in/text_ids.parquet", bad);
     p.write("in/broken.parquet", "this is not parquet");
     run_drained(&p);
-    let st = status_json(&p);
+    let st = p.status(&p.sqlite());
     let reasons = quarantine_reasons(&st);
     assert_eq!(reasons.len(), 2, "{st:#}");
     assert!(
@@ -203,32 +197,29 @@ fn an_unreachable_sink_is_refused_before_anything_is_queued() {
         .replace("delta: out", "delta: az://nowhere/orders");
     p.write("p.yaml", &text);
     let spec = p.spec().display().to_string();
+    let without_azure = |args: &[&str]| {
+        p.sluice(args)
+            .env_remove("AZURE_STORAGE_ACCOUNT_NAME")
+            .env_remove("AZURE_STORAGE_USE_EMULATOR")
+            .output()
+            .unwrap()
+    };
     // validate plans the spec and warns; run refuses.
-    let out = p
-        .sluice(&["validate", &spec])
-        .env_remove("AZURE_STORAGE_ACCOUNT_NAME")
-        .env_remove("AZURE_STORAGE_USE_EMULATOR")
-        .output()
-        .unwrap();
+    let out = without_azure(&["validate", &spec]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stdout(&out).contains("warning: cannot open it from here"),
         "{}",
         stdout(&out)
     );
-    let out = p
-        .sluice(&["run", &spec, "--store", &p.sqlite(), "--until-drained"])
-        .env_remove("AZURE_STORAGE_ACCOUNT_NAME")
-        .env_remove("AZURE_STORAGE_USE_EMULATOR")
-        .output()
-        .unwrap();
+    let out = without_azure(&["run", &spec, "--store", &p.sqlite(), "--until-drained"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("cannot open the sink table"), "{err}");
     assert!(err.contains("az://nowhere/orders"), "{err}");
     assert!(err.contains("nothing was queued"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
-    let status = status_json(&p);
+    let status = p.status(&p.sqlite());
     assert_eq!(
         status["pipelines"],
         serde_json::json!([]),
@@ -246,7 +237,7 @@ fn retry_after_a_spec_fix_publishes_the_quarantined_batches_once() {
         .replace("amount: float64", "amount: int64");
     p.write("p.yaml", &wrong);
     run_drained(&p);
-    assert_eq!(status_json(&p)["pipelines"][0]["quarantined"], 4);
+    assert_eq!(p.status(&p.sqlite())["pipelines"][0]["quarantined"], 4);
     // Fix the spec: `run` registers version 2; retry re-pins the batches to it.
     let fixed = wrong.replace("amount: int64", "amount: float64");
     p.write("p.yaml", &fixed);
@@ -258,7 +249,7 @@ fn retry_after_a_spec_fix_publishes_the_quarantined_batches_once() {
     assert!(retry.status.success(), "{}", stderr(&retry));
     assert!(stdout(&retry).contains("4 batch(es)"), "{}", stdout(&retry));
     run_drained(&p);
-    let st = status_json(&p);
+    let st = p.status(&p.sqlite());
     assert_eq!(st["pipelines"][0]["quarantined"], 0, "{st:#}");
     assert_eq!(st["pipelines"][0]["done"], 4, "{st:#}");
     assert_eq!(st["pipelines"][0]["current_version"], 2, "{st:#}");

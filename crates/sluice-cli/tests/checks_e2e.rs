@@ -24,11 +24,6 @@ checks:
   - range: {column: amount, min: 0, severity: warn}
 ";
 
-fn status(p: &Project) -> serde_json::Value {
-    let out = p.run(&["status", "--store", &p.sqlite(), "--json"]);
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn drain(p: &Project) {
     let spec = p.spec().display().to_string();
     let out = p.run(&["run", &spec, "--store", &p.sqlite(), "--until-drained"]);
@@ -46,7 +41,7 @@ fn failing_batches_are_held_warnings_recorded_and_retry_lands_fixed_data_once() 
         "id,email,amount\n1,a@x,1\n2,b@x,2\n3,c@x,3\n4,d@x,4\n5,e@x,5\n6,NONE,6\n7,g@x,7\n8,h@x,8\n9,i@x,9\n10,j@x,-10\n11,k@x,11\n12,l@x,12\n13,NONE,13\n14,n@x,14\n",
     );
     drain(&p);
-    let st = status(&p);
+    let st = p.status(&p.sqlite());
     assert_eq!(st["pipelines"][0]["quarantined"], 2, "{st:#}");
     assert_eq!(st["pipelines"][0]["done"], 2, "{st:#}");
     let reasons: Vec<String> = st["quarantined"]
@@ -118,7 +113,7 @@ fn failing_batches_are_held_warnings_recorded_and_retry_lands_fixed_data_once() 
     let out = p.run(&["retry", "--all", "--store", &p.sqlite()]);
     assert!(out.status.success(), "{}", stderr(&out));
     drain(&p);
-    let st = status(&p);
+    let st = p.status(&p.sqlite());
     assert_eq!(st["pipelines"][0]["quarantined"], 0, "{st:#}");
     assert_exactly_once(&p.table_counts("out", "id"), &(1..=14).collect::<Vec<_>>());
 }

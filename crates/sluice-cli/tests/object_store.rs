@@ -154,11 +154,6 @@ async fn pipeline_commits_to_a_delta_table_on_azurite_exactly_once() {
     let mut p = p;
     let spec = p.spec().display().to_string();
     let store = p.dir.path().join("state.db").display().to_string();
-    let status = |p: &Project| -> serde_json::Value {
-        let out = p.run(&["status", "--store", &store, "--json"]);
-        assert!(out.status.success(), "{}", stderr(&out));
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
     let mut child = Running(
         p.sluice(&["run", &spec, "--store", &store, "--workers", "2"])
             .stdout(Stdio::null())
@@ -166,7 +161,7 @@ async fn pipeline_commits_to_a_delta_table_on_azurite_exactly_once() {
             .spawn()
             .expect("starting sluice run"),
     );
-    wait_for(&p, &status, "the run's workers", |s| {
+    wait_for(&p, &store, "the run's workers", |s| {
         s["workers"]
             .as_array()
             .is_some_and(|w| w.iter().filter(|w| w["state"] == "running").count() >= 2)
@@ -175,7 +170,7 @@ async fn pipeline_commits_to_a_delta_table_on_azurite_exactly_once() {
     azurite.stop();
     p.land("late_1", 8);
     p.land("late_2", 8);
-    let s = wait_for(&p, &status, "a worker waiting for the sink", |s| {
+    let s = wait_for(&p, &store, "a worker waiting for the sink", |s| {
         s["workers"].as_array().is_some_and(|w| {
             w.iter().any(|w| {
                 w["state"]
@@ -189,7 +184,7 @@ async fn pipeline_commits_to_a_delta_table_on_azurite_exactly_once() {
     assert_eq!(pipeline["done"], 12, "{s:#}");
     assert_eq!(s["quarantined"], serde_json::json!([]), "{s:#}");
     let azurite = Azurite::start(&entry, port, storage.path());
-    let s = wait_for(&p, &status, "the late batches to commit", |s| {
+    let s = wait_for(&p, &store, "the late batches to commit", |s| {
         s["pipelines"][0]["done"] == 16
     });
     assert_eq!(s["pipelines"][0]["quarantined"], 0, "{s:#}");
@@ -214,16 +209,16 @@ impl Drop for Running {
     }
 }
 
-/// Polls `status` until `ready` holds (at most two minutes); returns that status.
+/// Polls `sluice status` of `store` until `ready` holds (at most two minutes); returns that status.
 fn wait_for(
     p: &Project,
-    status: &dyn Fn(&Project) -> serde_json::Value,
+    store: &str,
     what: &str,
     ready: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
-        let s = status(p);
+        let s = p.status(store);
         if ready(&s) {
             return s;
         }

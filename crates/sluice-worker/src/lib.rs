@@ -283,10 +283,7 @@ impl WorkerPool {
         };
         heartbeat.abort();
         let Some(result) = result else {
-            if let Err(e) = self.store.release(lease).await {
-                tracing::warn!(batch = %lease.batch_id, error = %e, "releasing failed; the rescuer will take it back");
-            }
-            self.report.lock().await.released += 1;
+            self.give_back(lease).await;
             return true;
         };
         let finished_at = now_millis();
@@ -335,10 +332,7 @@ impl WorkerPool {
                 if kind == ErrorKind::External && !quarantine && self.sink_unreachable(lease).await
                 {
                     tracing::warn!(batch = %lease.batch_id, "the sink table cannot be opened from this worker; batch released, pausing: {message}");
-                    if let Err(e) = self.store.release(lease).await {
-                        tracing::warn!(batch = %lease.batch_id, error = %e, "releasing failed; the rescuer will take it back");
-                    }
-                    self.report.lock().await.released += 1;
+                    self.give_back(lease).await;
                     return false;
                 }
                 let report = RunReport {
@@ -374,6 +368,14 @@ impl WorkerPool {
             }
         }
         true
+    }
+
+    /// Returns a lease to the queue without spending its attempt, and counts it as released.
+    async fn give_back(&self, lease: &Lease) {
+        if let Err(e) = self.store.release(lease).await {
+            tracing::warn!(batch = %lease.batch_id, error = %e, "releasing failed; the rescuer will take it back");
+        }
+        self.report.lock().await.released += 1;
     }
 
     /// Whether the table the lease's pipeline version writes to cannot be opened right now.

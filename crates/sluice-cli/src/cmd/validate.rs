@@ -5,13 +5,19 @@ use std::process::ExitCode;
 /// whether the sink table can be opened from here (a warning, not a failure: a spec may be
 /// validated where the store's credentials are not; `run` refuses to start without them).
 pub async fn validate(file: &Path, json: bool, store_url: &str) -> anyhow::Result<ExitCode> {
-    let result = super::compile(file, 0, store_url).await;
+    let result = match super::compile(file, 0, store_url).await {
+        Ok(p) => {
+            let table = p.sink().describe().await;
+            Ok((p, table))
+        }
+        Err(e) => Err(e),
+    };
     match (result, json) {
-        (Ok(p), false) => {
+        (Ok((p, table)), false) => {
             println!("{}: valid pipeline {:?}", file.display(), p.name());
             println!("  input columns:  {}", fields(&p.input_schema()));
             println!("  output columns: {}", fields(&p.output_schema()));
-            let state = match p.sink().describe().await {
+            let state = match table {
                 Ok(Some(t)) => format!("table at version {}", t.version),
                 Ok(None) => "no table yet; the first batch creates it".into(),
                 Err(e) => {
@@ -21,8 +27,8 @@ pub async fn validate(file: &Path, json: bool, store_url: &str) -> anyhow::Resul
             println!("  sink: {} ({state})", p.sink().url());
             Ok(ExitCode::SUCCESS)
         }
-        (Ok(p), true) => {
-            let sink_state = match p.sink().describe().await {
+        (Ok((p, table)), true) => {
+            let sink_state = match table {
                 Ok(Some(t)) => serde_json::json!({"table_version": t.version}),
                 Ok(None) => serde_json::json!({"table_version": null}),
                 Err(e) => serde_json::json!({"error": e.to_string()}),

@@ -95,6 +95,17 @@ impl Project {
         self.sluice(args).output().unwrap()
     }
 
+    /// `sluice status --json` of the state store at `store`.
+    pub fn status(&self, store: &str) -> serde_json::Value {
+        let out = self.run(&["status", "--store", store, "--json"]);
+        assert!(
+            out.status.success(),
+            "sluice status failed: {}",
+            stderr(&out)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     /// Every value of an int64 column in the Delta table, with how often it appears.
     pub fn table_counts(&self, table: &str, column: &str) -> HashMap<i64, usize> {
         table_counts(&self.dir.path().join(table), column)
