@@ -25,6 +25,7 @@
 //! when sluice creates the table; the store's task state prevents re-queueing done batches).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use arrow::compute::cast;
@@ -33,9 +34,17 @@ use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
-use deltalake::{DeltaTable, DeltaTableError};
+use deltalake::table::config::TablePropertiesExt;
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
 use tokio::sync::Mutex;
 use url::Url;
+
+use self::markers::Markers;
+
+mod log;
+mod markers;
 
 /// How long a batch's commit marker is kept in the table's state (set when sluice creates the
 /// table). A batch is only ever re-run within its lease expiry plus retries, minutes after its
@@ -75,11 +84,67 @@ pub enum SinkError {
     Schema { url: String, reason: String },
 }
 
+/// How often a process cleans up expired log files (after a checkpoint): the cleanup lists the
+/// whole log, and files expire after days (`delta.logRetentionDuration`, 30 by default).
+const CLEANUP_EVERY: Duration = Duration::from_secs(600);
+
 /// A Delta table sluice appends batches to. Cheap to share between the workers of a process:
-/// it keeps one snapshot and refreshes it incrementally before each commit.
+/// it keeps one snapshot and the table's batch markers, and moves both forward by the commits
+/// that appear in the log, never by replaying it.
 pub struct DeltaSink {
     url: Url,
-    table: Mutex<Option<DeltaTable>>,
+    handle: Mutex<Option<Handle>>,
+    /// When this process last cleaned up the table's expired log files.
+    cleaned: std::sync::Mutex<Option<Instant>>,
+}
+
+/// The table as this process knows it.
+struct Handle {
+    table: DeltaTable,
+    /// Every marker of the table through its version; `None` when the log could not be read
+    /// here (`unreadable`) or not yet: lookups then ask delta-rs, which replays the log.
+    markers: Option<Markers>,
+    /// When reading the markers from the log last failed (tried again after a minute).
+    unreadable: Option<Instant>,
+}
+
+impl Handle {
+    /// Moves the markers to the table's version: reads the commits that are new to them, or,
+    /// the first time (or when those commits are gone), the table's state once.
+    async fn catch_up(&mut self) {
+        let Some(version) = self.table.version() else {
+            return;
+        };
+        let store = self.table.object_store();
+        let advanced = match self.markers.as_mut() {
+            Some(m) => m.advance(store.as_ref(), version as i64).await,
+            None => Err("not read yet".into()),
+        };
+        if advanced.is_ok()
+            || self
+                .unreadable
+                .is_some_and(|at| at.elapsed() < Duration::from_secs(60))
+        {
+            return;
+        }
+        match Markers::load(store.as_ref(), version as i64).await {
+            Ok(m) => {
+                self.markers = Some(m);
+                self.unreadable = None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the table's batch markers failed; looking them up through delta-rs (a log replay per batch)");
+                self.unreadable = Some(Instant::now());
+            }
+        }
+    }
+
+    /// `app_id`'s recorded version from memory; `None` when the markers are behind the table.
+    fn known_marker(&self, app_id: &str) -> Option<Option<i64>> {
+        let m = self.markers.as_ref()?;
+        let current = self.table.version().map(|v| v as i64);
+        (m.through() >= current).then(|| m.get(app_id))
+    }
 }
 
 /// Resolves a sink location: a URL as is, a path relative to `base_dir` made absolute.
@@ -129,7 +194,8 @@ impl DeltaSink {
     pub fn new(url: Url) -> DeltaSink {
         DeltaSink {
             url,
-            table: Mutex::new(None),
+            handle: Mutex::new(None),
+            cleaned: std::sync::Mutex::new(None),
         }
     }
 
@@ -149,41 +215,159 @@ impl DeltaSink {
         format!("sluice/{pipeline}/{batch_id}")
     }
 
-    /// An up-to-date handle on the table (not yet created: `version()` is `None`).
-    async fn refreshed(&self) -> Result<DeltaTable, SinkError> {
-        let mut guard = self.table.lock().await;
-        match guard.as_mut() {
-            Some(t) if t.version().is_some() => {
-                t.update_incremental(None).await.map_err(|e| self.err(e))?
+    /// Opens the table (not yet created: `version()` is `None`). A local table lists its log
+    /// by probing version numbers (see `log`), not by walking the folder.
+    async fn open(&self) -> Result<DeltaTable, DeltaTableError> {
+        let mut builder = DeltaTableBuilder::from_url(self.url.clone())?;
+        if self.url.scheme() == "file" {
+            builder = builder
+                .with_storage_backend(Arc::new(log::ProbedLocalLog::new()), self.url.clone());
+        }
+        let mut table = builder.build()?;
+        match table.load().await {
+            Ok(()) | Err(DeltaTableError::NotATable(_)) => Ok(table),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Brings the handle up to date: the snapshot to the latest version and the markers with
+    /// it. Asks for the next version's commit file first: no new commit, no log read at all.
+    async fn refresh(&self, slot: &mut Option<Handle>) -> Result<(), SinkError> {
+        match slot.as_mut() {
+            Some(h) if h.table.version().is_some() => {
+                let next = h.table.version().unwrap_or_default() + 1;
+                let probe = Path::from(format!("_delta_log/{next:020}.json"));
+                match h.table.object_store().head(&probe).await {
+                    Err(object_store::Error::NotFound { .. }) => {}
+                    // Found, or the store could not say: the update reads the log (and reports).
+                    _ => h
+                        .table
+                        .update_incremental(None)
+                        .await
+                        .map_err(|e| self.err(e))?,
+                }
             }
             _ => {
-                let t = DeltaTable::try_from_url(self.url.clone())
-                    .await
-                    .map_err(|e| self.err(e))?;
-                *guard = Some(t);
+                let table = self.open().await.map_err(|e| self.err(e))?;
+                *slot = Some(Handle {
+                    table,
+                    markers: None,
+                    unreadable: None,
+                });
             }
         }
-        guard
-            .clone()
+        if let Some(h) = slot.as_mut() {
+            h.catch_up().await;
+        }
+        Ok(())
+    }
+
+    /// An up-to-date handle on the table (not yet created: `version()` is `None`).
+    async fn refreshed(&self) -> Result<DeltaTable, SinkError> {
+        let mut slot = self.handle.lock().await;
+        self.refresh(&mut slot).await?;
+        slot.as_ref()
+            .map(|h| h.table.clone())
             .ok_or_else(|| self.err(DeltaTableError::Generic("table handle vanished".into())))
     }
 
-    /// Whether the table already records this app id.
-    pub async fn is_committed(&self, app_id: &str) -> Result<bool, SinkError> {
-        let table = self.refreshed().await?;
-        self.committed_in(&table, app_id).await
-    }
-
-    async fn committed_in(&self, table: &DeltaTable, app_id: &str) -> Result<bool, SinkError> {
+    /// The up-to-date table and the version recorded for `app_id`'s marker, if any. A commit by
+    /// another process is in the log before the lookup, so it is found; one landing after it
+    /// is refused by Delta's conflict check at commit time.
+    async fn marker(&self, app_id: &str) -> Result<(DeltaTable, Option<i64>), SinkError> {
+        let mut slot = self.handle.lock().await;
+        self.refresh(&mut slot).await?;
+        let Some(h) = slot.as_ref() else {
+            return Err(self.err(DeltaTableError::Generic("table handle vanished".into())));
+        };
+        let table = h.table.clone();
         if table.version().is_none() {
-            return Ok(false);
+            return Ok((table, None));
         }
+        if let Some(known) = h.known_marker(app_id) {
+            return Ok((table, known));
+        }
+        drop(slot);
         let snapshot = table.snapshot().map_err(|e| self.err(e))?;
         let v = snapshot
             .transaction_version(table.log_store().as_ref(), app_id)
             .await
             .map_err(|e| self.err(e))?;
-        Ok(v.is_some())
+        Ok((table, v))
+    }
+
+    /// Whether the table already records this app id.
+    pub async fn is_committed(&self, app_id: &str) -> Result<bool, SinkError> {
+        Ok(self.marker(app_id).await?.1.is_some())
+    }
+
+    /// Takes in the table a commit of `app_id` returned, and every few commits (a checkpoint
+    /// was just written) cleans up expired log files beside the batches.
+    async fn adopt(&self, app_id: &str, table: DeltaTable) {
+        let Some(version) = table.version() else {
+            return;
+        };
+        let mut slot = self.handle.lock().await;
+        let h = match slot.as_mut() {
+            Some(h) => {
+                if h.table.version() < Some(version) {
+                    h.table = table.clone();
+                }
+                h
+            }
+            None => slot.insert(Handle {
+                table: table.clone(),
+                markers: None,
+                unreadable: None,
+            }),
+        };
+        if let Some(m) = h.markers.as_mut() {
+            let store = table.object_store();
+            if let Err(e) = m.committed(store.as_ref(), app_id, 1, version as i64).await {
+                tracing::debug!(error = %e, "batch markers fell behind; reading them again");
+                h.markers = None;
+            }
+        }
+        let Ok(state) = table.snapshot() else {
+            return;
+        };
+        let config = state.table_config();
+        if !(version + 1).is_multiple_of(config.checkpoint_interval().get()) {
+            return;
+        }
+        let now = sluice_core::now_millis();
+        if let (Some(m), Some(keep)) = (
+            h.markers.as_mut(),
+            config.set_transaction_retention_duration,
+        ) {
+            m.expire(now - keep.as_millis() as i64);
+        }
+        if !config.enable_expired_log_cleanup() {
+            return;
+        }
+        {
+            let mut cleaned = self.cleaned.lock().unwrap_or_else(|e| e.into_inner());
+            if cleaned.is_some_and(|at| at.elapsed() < CLEANUP_EVERY) {
+                return;
+            }
+            *cleaned = Some(Instant::now());
+        }
+        let cutoff = now - config.log_retention_duration().as_millis() as i64;
+        let log_store = table.log_store();
+        tokio::spawn(async move {
+            match deltalake::checkpoints::cleanup_expired_logs_for(
+                version,
+                log_store.as_ref(),
+                cutoff,
+                None,
+            )
+            .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(files = n, "expired Delta log files cleaned up"),
+                Err(e) => tracing::warn!(error = %e, "cleaning up expired Delta log files failed"),
+            }
+        });
     }
 
     /// Commits `batches` once under `app_id`. See the module docs for the protocol.
@@ -205,8 +389,8 @@ impl DeltaSink {
         // again, retry a few times.
         let mut last_error = None;
         for _ in 0..5 {
-            let table = self.refreshed().await?;
-            if self.committed_in(&table, app_id).await? {
+            let (table, marker) = self.marker(app_id).await?;
+            if marker.is_some() {
                 return Ok(CommitOutcome::AlreadyCommitted);
             }
             let props = CommitProperties::default()
@@ -215,7 +399,9 @@ impl DeltaSink {
                     1,
                     Some(sluice_core::now_millis()),
                 ))
-                .with_max_retries(50);
+                .with_max_retries(50)
+                // Not after every commit: the cleanup lists the whole log (see `adopt`).
+                .with_cleanup_expired_logs(Some(false));
             let write = table
                 .write(batches.clone())
                 .with_save_mode(SaveMode::Append)
@@ -234,10 +420,7 @@ impl DeltaSink {
             match write {
                 Ok(t) => {
                     let version = t.version().unwrap_or(0) as i64;
-                    let mut guard = self.table.lock().await;
-                    if guard.as_ref().and_then(|g| g.version()) < t.version() {
-                        *guard = Some(t);
-                    }
+                    self.adopt(app_id, t).await;
                     return Ok(CommitOutcome::Committed { version });
                 }
                 Err(e) => {
@@ -246,8 +429,7 @@ impl DeltaSink {
                 }
             }
         }
-        let table = self.refreshed().await?;
-        if self.committed_in(&table, app_id).await? {
+        if self.marker(app_id).await?.1.is_some() {
             return Ok(CommitOutcome::AlreadyCommitted);
         }
         Err(self

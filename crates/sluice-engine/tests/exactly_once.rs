@@ -214,3 +214,69 @@ async fn a_version_that_adds_a_column_evolves_the_table_in_place() {
         .sum();
     assert_eq!(notes, 1, "old rows read the new column as null");
 }
+
+/// The sink answers marker lookups from memory; a batch another process committed since must
+/// still be seen, whichever way this sink learned of the table (its own commits, a lookup).
+#[tokio::test]
+async fn a_batch_committed_by_another_process_is_seen_by_this_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ours = sink(dir.path());
+    let theirs = sink(dir.path());
+    // Ours knows the table from its own commits, the markers included.
+    for k in 0..3 {
+        let app = DeltaSink::app_id("p", &format!("ours-{k}"));
+        ours.commit(&app, vec![batch(k * 10..k * 10 + 10)])
+            .await
+            .unwrap();
+    }
+    for round in 0..3 {
+        let app = DeltaSink::app_id("p", &format!("theirs-{round}"));
+        assert!(!ours.is_committed(&app).await.unwrap(), "round {round}");
+        let out = theirs
+            .commit(&app, vec![batch(100 + round * 10..110 + round * 10)])
+            .await
+            .unwrap();
+        assert!(matches!(out, CommitOutcome::Committed { .. }), "{out:?}");
+        // Right after, with no commit of ours in between: a lookup and a commit both see it.
+        assert!(ours.is_committed(&app).await.unwrap(), "round {round}");
+        let again = ours
+            .commit(&app, vec![batch(100 + round * 10..110 + round * 10)])
+            .await
+            .unwrap();
+        assert_eq!(again, CommitOutcome::AlreadyCommitted, "round {round}");
+        // And one of ours after theirs: our commit's version is past theirs.
+        let next = DeltaSink::app_id("p", &format!("ours-after-{round}"));
+        ours.commit(&next, vec![batch(200 + round * 10..210 + round * 10)])
+            .await
+            .unwrap();
+        assert!(theirs.is_committed(&next).await.unwrap(), "round {round}");
+    }
+    // Past a checkpoint (every 100 versions) the markers still hold: the fresh handle reads
+    // them from the checkpoint, the old ones from the commits.
+    for k in 0..100 {
+        let app = DeltaSink::app_id("p", &format!("bulk-{k}"));
+        theirs
+            .commit(&app, vec![batch(1000 + k..1001 + k)])
+            .await
+            .unwrap();
+    }
+    let fresh = sink(dir.path());
+    for k in [0, 57, 99] {
+        let app = DeltaSink::app_id("p", &format!("bulk-{k}"));
+        assert!(ours.is_committed(&app).await.unwrap(), "bulk-{k}");
+        assert!(fresh.is_committed(&app).await.unwrap(), "bulk-{k}");
+    }
+    for app in ["ours-0", "theirs-2", "ours-after-1"] {
+        let app = DeltaSink::app_id("p", app);
+        assert!(fresh.is_committed(&app).await.unwrap(), "{app}");
+    }
+    assert!(
+        !fresh
+            .is_committed(&DeltaSink::app_id("p", "never"))
+            .await
+            .unwrap()
+    );
+    let c = counts(&fresh).await;
+    assert_eq!(c.len(), 30 + 30 + 30 + 100);
+    assert!(c.values().all(|&n| n == 1), "no id twice");
+}
