@@ -16,7 +16,8 @@
 //! `cargo bench -p sluice-engine --bench history` (release), or with a dev build:
 //! `cargo bench --profile dev -p sluice-engine --bench history`.
 //! SLUICE_BENCH_COMMITS (default 10000), SLUICE_BENCH_WINDOW (default 100),
-//! SLUICE_BENCH_ROWS_PER_FILE (default 10), SLUICE_BENCH_FAST_FORWARD (default 1).
+//! SLUICE_BENCH_ROWS_PER_FILE (default 10), SLUICE_BENCH_FAST_FORWARD (default 1),
+//! SLUICE_BENCH_FF_ADDS (default 1; 0 fast-forwards markers without files).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -104,7 +105,7 @@ async fn run(pipeline: &Pipeline, dir: &Path, rows: usize, files: std::ops::Rang
 
 /// Writes commits `from..to` as copies of commit `from - 1`, each adding its own file (a hard
 /// link to that commit's file) under its own batch marker.
-fn fast_forward(table: &Path, from: usize, to: usize) {
+fn fast_forward(table: &Path, from: usize, to: usize, adds: bool) {
     let log = table.join("_delta_log");
     let last = std::fs::read_to_string(log.join(format!("{:020}.json", from - 1)))
         .expect("the last real commit");
@@ -117,10 +118,17 @@ fn fast_forward(table: &Path, from: usize, to: usize) {
     let app = field("\"appId\":\"");
     for v in from..to {
         let file = format!("ff-{v:07}-{data}");
-        std::fs::hard_link(table.join(&data), table.join(&file)).expect("a data file");
-        let commit = last
-            .replace(&data, &file)
-            .replace(&app, &format!("sluice/history/ff-{v:07}"));
+        let mut commit = last.replace(&app, &format!("sluice/history/ff-{v:07}"));
+        if adds {
+            std::fs::hard_link(table.join(&data), table.join(&file)).expect("a data file");
+            commit = commit.replace(&data, &file);
+        } else {
+            commit = commit
+                .lines()
+                .filter(|l| !l.contains("\"add\""))
+                .map(|l| format!("{l}\n"))
+                .collect();
+        }
         std::fs::write(log.join(format!("{v:020}.json")), commit).expect("a commit");
     }
 }
@@ -145,6 +153,9 @@ async fn main() {
     let window = env("SLUICE_BENCH_WINDOW", 100).max(2);
     let rows = env("SLUICE_BENCH_ROWS_PER_FILE", 10);
     let fast = env("SLUICE_BENCH_FAST_FORWARD", 1) != 0;
+    // 0: the fast-forwarded commits carry their markers but no files (what the history costs
+    // without the table's file count growing with it).
+    let adds = env("SLUICE_BENCH_FF_ADDS", 1) != 0;
     let span = 2 * window;
     let commits = commits.max(2 * span);
     let dir = tempfile::tempdir().expect("a temporary folder");
@@ -161,7 +172,7 @@ async fn main() {
     let late = if fast {
         // Up to commits - span, with a checkpoint at a multiple of 100 as delta-rs writes.
         let until = (commits - span).div_ceil(100) * 100;
-        fast_forward(&dir.path().join("out"), span, until);
+        fast_forward(&dir.path().join("out"), span, until, adds);
         let table = sluice_engine::deltalake::open_table(
             url::Url::from_directory_path(dir.path().join("out")).expect("a table URL"),
         )
