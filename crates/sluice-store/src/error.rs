@@ -46,6 +46,22 @@ impl StoreError {
         }
     }
 
+    /// Whether the store is away or busy rather than refusing the request: the connection was
+    /// refused or reset, the server is shutting down or starting, no connection came free in
+    /// time, a SQLite file stayed locked past the busy timeout or could not be read or written
+    /// just now. The answer to an outage is to wait and try again; the answer to any other
+    /// error is to report it.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            StoreError::Database { backend, source } => sqlx_outage(backend, source),
+            StoreError::Migrate {
+                backend,
+                source: sqlx::migrate::MigrateError::Execute(source),
+            } => sqlx_outage(backend, source),
+            _ => false,
+        }
+    }
+
     pub fn kind(&self) -> ErrorKind {
         match self {
             StoreError::Database { .. }
@@ -57,5 +73,55 @@ impl StoreError {
             StoreError::Invalid(_) => ErrorKind::Internal,
             StoreError::Corrupt(_) => ErrorKind::Internal,
         }
+    }
+}
+
+fn sqlx_outage(backend: &str, e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            if backend == "sqlite" {
+                // primary result codes: BUSY, LOCKED, IOERR, FULL, CANTOPEN, PROTOCOL
+                code.parse::<i32>()
+                    .is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 10 | 13 | 14 | 15))
+            } else {
+                postgres_outage(&code)
+            }
+        }
+        _ => false,
+    }
+}
+
+/// SQLSTATEs of a server that is away or overloaded, not of a refused statement: class 08
+/// (connection exception), 53 (insufficient resources: disk full, too many connections),
+/// 57P01-57P03 (shutting down, crashed, starting up) and 58 (system error: I/O); and the two
+/// transient conflicts a retry resolves (serialization failure, deadlock).
+fn postgres_outage(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("58")
+        || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_failures_are_outages_and_bad_requests_are_not() {
+        let reset = StoreError::postgres(sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert!(reset.is_outage());
+        assert!(StoreError::sqlite(sqlx::Error::PoolTimedOut).is_outage());
+        assert!(!StoreError::postgres(sqlx::Error::RowNotFound).is_outage());
+        assert!(!StoreError::Corrupt("x".into()).is_outage());
+        assert!(postgres_outage("57P01") && postgres_outage("08006") && postgres_outage("53100"));
+        assert!(!postgres_outage("23505") && !postgres_outage("42P01"));
     }
 }

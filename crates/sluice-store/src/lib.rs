@@ -74,13 +74,27 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// Opens the store named by `url` and applies pending migrations.
 ///
 /// `sqlite://PATH` (or a bare path) opens or creates a SQLite file; `postgres://...` or
-/// `postgresql://...` connects to PostgreSQL.
+/// `postgresql://...` connects to PostgreSQL. A SQLite path may end in `?busy_timeout=5s`: how
+/// long a write waits for another process's lock before the store counts as away (default 30 s).
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(std::sync::Arc::new(PostgresStore::connect(url).await?))
     } else {
         let path = url.strip_prefix("sqlite://").unwrap_or(url);
-        Ok(std::sync::Arc::new(SqliteStore::open(path).await?))
+        let (path, busy_timeout) = match path.rsplit_once("?busy_timeout=") {
+            Some((path, t)) => (
+                path,
+                humantime::parse_duration(t).map_err(|e| {
+                    StoreError::Invalid(format!(
+                        "store {url}: busy_timeout {t:?} is not a duration ({e}); write e.g. ?busy_timeout=5s"
+                    ))
+                })?,
+            ),
+            None => (path, sqlite::BUSY_TIMEOUT),
+        };
+        Ok(std::sync::Arc::new(
+            SqliteStore::open_with(path, busy_timeout).await?,
+        ))
     }
 }
 

@@ -38,7 +38,11 @@ macro_rules! db_now {
 
 /// A process's workers share these; each lease, heartbeat or completion holds one only briefly.
 const MAX_CONNECTIONS: u32 = 10;
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a call waits for a connection, which while the server is away means reconnecting
+/// until it is back. Short: a connection is free within milliseconds when the server is up, and
+/// a call that gives up here reports an outage, which the long-running loops say and wait out
+/// (and count against their limit), instead of hanging silently.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The PostgreSQL state store.
 #[derive(Debug, Clone)]

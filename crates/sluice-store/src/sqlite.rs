@@ -33,8 +33,9 @@ use crate::{
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// How long a writer waits for another process's transaction before giving up. Generous: our
-/// transactions are short, so hitting this means something is badly wrong, not merely busy.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// transactions are short, so hitting this means something is badly wrong, not merely busy
+/// (and a long-running process then waits it out as an outage).
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Enough connections for a process's workers to read in parallel (WAL lets readers run beside
 /// the one writer); writes serialize on the file lock anyway.
@@ -51,6 +52,11 @@ impl SqliteStore {
     /// Opens (creating it and its directory if missing) the store file at `path` and applies
     /// pending migrations.
     pub async fn open(path: impl AsRef<Path>) -> Result<SqliteStore> {
+        SqliteStore::open_with(path, BUSY_TIMEOUT).await
+    }
+
+    /// [`SqliteStore::open`] with a writer's wait for another process's lock of `busy_timeout`.
+    pub async fn open_with(path: impl AsRef<Path>, busy_timeout: Duration) -> Result<SqliteStore> {
         let path = path.as_ref().to_path_buf();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             tokio::fs::create_dir_all(parent)
@@ -66,12 +72,12 @@ impl SqliteStore {
             // NORMAL is durable against a killed process in WAL mode; only a power cut can lose
             // the last transactions, and the exactly-once commit lives in the sink, not here.
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(BUSY_TIMEOUT)
+            .busy_timeout(busy_timeout)
             .foreign_keys(true);
         enable_wal(&options).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
-            .acquire_timeout(BUSY_TIMEOUT)
+            .acquire_timeout(busy_timeout)
             .connect_with(options)
             .await
             .map_err(StoreError::sqlite)?;

@@ -153,6 +153,11 @@ fn database_of(url: &str) -> Option<&str> {
         .filter(|d| !d.is_empty() && d.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
 }
 
+/// A store error as a connection failing with `kind` gives (for tests of outage handling).
+pub fn io_error(kind: std::io::ErrorKind) -> crate::StoreError {
+    crate::StoreError::postgres(sqlx::Error::Io(std::io::Error::from(kind)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
