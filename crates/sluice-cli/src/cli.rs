@@ -103,6 +103,10 @@ pub struct RunArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+    /// How long the state store may be unreachable (restarting, failing over, a SQLite file
+    /// locked) before the process gives up and exits 1; until then it waits and retries.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub store_outage_limit: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -123,6 +127,10 @@ pub struct WorkerArgs {
     pub until_drained: bool,
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub grace: Duration,
+    /// How long the state store may be unreachable (restarting, failing over, a SQLite file
+    /// locked) before the process gives up and exits 1; until then it waits and retries.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub store_outage_limit: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -150,8 +158,9 @@ pub fn init_tracing(verbose: u8, quiet: bool) {
         // delta-rs logs the optimistic-concurrency conflicts sluice retries (at error level, when
         // workers race to create a table) and the kernel logs "No files in log segment" for a
         // table not created yet; what sluice cannot recover from, it reports itself. -v shows all.
+        // sqlx warns of every slow connection while a store is away; sluice says so once.
         0 if quiet => "error,deltalake_core=off,buoyant_kernel=off",
-        0 => "warn,deltalake_core=off,buoyant_kernel=off",
+        0 => "warn,deltalake_core=off,buoyant_kernel=off,sqlx::pool::acquire=error",
         1 => "info,sluice=info",
         _ => "debug",
     };

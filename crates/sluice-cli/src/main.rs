@@ -38,6 +38,7 @@ fn main() -> ExitCode {
     // The demo prints its own summary of everything worth a warning.
     let quiet = matches!(args.command, cli::Command::Demo(_));
     cli::init_tracing(args.verbose, quiet);
+    log_panics();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -51,8 +52,39 @@ fn main() -> ExitCode {
     match runtime.block_on(cmd::run(args)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", cmd::render_error(&e));
             ExitCode::from(cmd::exit_code_of(&e))
         }
     }
+}
+
+/// Replaces the default panic message (and backtrace) with one log line. A panic inside a
+/// dependency is caught where it runs (a batch is retried, a task's error reported); its stack
+/// trace on the terminal would only bury what sluice says about it. `-vv` logs the backtrace.
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_else(|| "an unknown place".into());
+        let payload = info.payload();
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        // delta-rs aborts a Parquet upload whose completion failed (a full disk) and catches
+        // the panic object_store's BufWriter raises for that by design; it then returns the
+        // write error, which sluice reports. Only a trace of it belongs in the log.
+        if at.contains("object_store") && what == "Already shut down" {
+            tracing::debug!(
+                "object_store panicked at {at} aborting a failed upload (caught by delta-rs)"
+            );
+        } else {
+            tracing::error!("internal error at {at}: {what}");
+        }
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            tracing::debug!("backtrace:\n{}", std::backtrace::Backtrace::force_capture());
+        }
+    }));
 }

@@ -84,6 +84,10 @@ pub struct BatchError {
     /// Under `unknown_columns: evolve`: the new columns (name, sluice type) the file brought,
     /// for the worker to propose as a new version of the source dataset.
     pub new_columns: Vec<(String, String)>,
+    /// The run failed for an outage, not for the batch: the table's storage is full or
+    /// read-only, say. What the worker waits for (`waiting: ...`); the batch is given back
+    /// without spending an attempt.
+    pub outage: Option<String>,
 }
 
 impl BatchError {
@@ -95,8 +99,73 @@ impl BatchError {
             rows_in,
             checks: Vec::new(),
             new_columns: Vec::new(),
+            outage: None,
         }
     }
+
+    /// The same error, marked as an outage of the table's storage when an I/O error in
+    /// `cause`'s chain says the storage is full or cannot be written (see [`storage_outage`]).
+    fn or_outage(mut self, cause: &(dyn std::error::Error + 'static)) -> BatchError {
+        if let Some(reason) = storage_outage(cause) {
+            self.kind = ErrorKind::External;
+            self.quarantine = false;
+            self.outage = Some(format!("waiting: table storage {reason}"));
+        }
+        self
+    }
+}
+
+/// Whether an error comes from storage that is full or cannot be written right now, rather
+/// than from the data: an I/O error anywhere in its source chain with ENOSPC (disk full),
+/// EDQUOT (quota), EROFS (read-only file system) or EIO (the device failed). Some errors on
+/// the way (Parquet's, the object store's) carry their cause only as text, so the rendered
+/// chain's `(os error N)` counts too. `Some("full: No space left on device (os error 28)")`.
+pub fn storage_outage(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    // Linux's numbers, which `(os error N)` texts carry.
+    const EIO: i32 = 5;
+    const ENOSPC: i32 = 28;
+    const EROFS: i32 = 30;
+    const EDQUOT: i32 = 122;
+    let label = |code: i32| match code {
+        ENOSPC | EDQUOT => Some("full"),
+        EROFS => Some("read-only"),
+        EIO => Some("failing"),
+        _ => None,
+    };
+    let mut text = String::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(l) = io.raw_os_error().and_then(label) {
+                return Some(format!("{l}: {io}"));
+            }
+            match io.kind() {
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                    return Some(format!("full: {io}"));
+                }
+                std::io::ErrorKind::ReadOnlyFilesystem => return Some(format!("read-only: {io}")),
+                _ => {}
+            }
+        }
+        text.push_str(&err.to_string());
+        text.push('\n');
+        next = err.source();
+    }
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("(os error ") {
+        let digits: String = rest[at + 10..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        if let Ok(code) = digits.parse::<i32>()
+            && let Some(l) = label(code)
+        {
+            let io = std::io::Error::from_raw_os_error(code);
+            return Some(format!("{l}: {io}"));
+        }
+        rest = &rest[at + 10..];
+    }
+    None
 }
 
 /// The measurements of a successful run.
@@ -361,7 +430,8 @@ impl Pipeline {
                         ErrorKind::External,
                         format!("{}: storing rows failing checks: {e}", slice_label(slice)),
                         rows_in,
-                    );
+                    )
+                    .or_outage(&*e);
                     err.checks = audit.results.clone();
                     err
                 })?;
@@ -390,8 +460,8 @@ impl Pipeline {
             .await
             .map_err(|e| {
                 let message = format!("{}: {e}", slice_label(slice));
-                let kind = EngineError::Sink(e).kind();
-                BatchError::new(kind, message, rows_in)
+                let e = EngineError::Sink(e);
+                BatchError::new(e.kind(), message, rows_in).or_outage(&e)
             })?;
         Ok(BatchResult {
             rows_in,
@@ -469,7 +539,7 @@ impl Pipeline {
         &self,
         batch_id: &BatchId,
         rows: &[(String, String, arrow::array::RecordBatch)],
-    ) -> Result<(), String> {
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let Some(q) = &self.quarantine else {
             return Ok(());
         };
@@ -480,10 +550,8 @@ impl Pipeline {
             batch_id.0,
             self.version
         );
-        q.commit(&app_id, vec![record])
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        q.commit(&app_id, vec![record]).await?;
+        Ok(())
     }
 
     /// The quarantine table of rows held back by checks, if the pipeline has checks.
@@ -510,7 +578,8 @@ impl Pipeline {
                 SourceError::NewColumns { columns, .. } => columns.clone(),
                 _ => Vec::new(),
             };
-            let mut err = BatchError::new(EngineError::Source(e).kind(), message, 0);
+            let e = EngineError::Source(e);
+            let mut err = BatchError::new(e.kind(), message, 0).or_outage(&e);
             err.new_columns = new_columns;
             err
         })

@@ -423,6 +423,8 @@ impl DeltaSink {
                     self.adopt(app_id, t).await;
                     return Ok(CommitOutcome::Committed { version });
                 }
+                // A full or read-only disk will not clear up in a retry; the worker waits for it.
+                Err(e) if crate::storage_outage(&e).is_some() => return Err(self.err(e)),
                 Err(e) => {
                     tracing::debug!(app_id, error = %e, "delta commit refused; refreshing");
                     last_error = Some(e);

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use sluice_engine::Pipeline;
-use sluice_store::{NewFile, NewTask, Store};
+use sluice_store::{NewFile, NewTask, Store, StoreError};
 
 /// What one discovery pass found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -13,6 +13,17 @@ pub struct DiscoveryReport {
     pub batches: u64,
     /// Files that could not be sliced this time (I/O); they are tried again next pass.
     pub deferred: u64,
+}
+
+/// Why a discovery pass stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoverError {
+    /// The store refused or is away ([`StoreError::is_outage`]): the pass runs again later.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Listing the landing folder failed (a bad glob, a crashed listing task).
+    #[error("{0}")]
+    Listing(String),
 }
 
 /// Watches a pipeline's landing folder and queues new files' batches, pinned to the
@@ -42,11 +53,12 @@ impl Discoverer {
     }
 
     /// One pass: list settled files, slice the new ones, queue their batches.
-    pub async fn poll(&mut self) -> Result<DiscoveryReport, String> {
+    pub async fn poll(&mut self) -> Result<DiscoveryReport, DiscoverError> {
         let pipeline = self.pipeline.clone();
         let files = tokio::task::spawn_blocking(move || pipeline.discover())
             .await
-            .map_err(|e| e.to_string())??;
+            .map_err(|e| DiscoverError::Listing(e.to_string()))?
+            .map_err(DiscoverError::Listing)?;
         let mut report = DiscoveryReport::default();
         for file in files {
             if self.known.contains(&file.path) {
@@ -56,7 +68,7 @@ impl Discoverer {
             let f = file.clone();
             let sliced = tokio::task::spawn_blocking(move || pipeline.batches_of(&f))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| DiscoverError::Listing(e.to_string()))?;
             let batches = match sliced {
                 Ok(b) => b,
                 Err(e) => {
@@ -83,8 +95,7 @@ impl Discoverer {
                     self.pipeline.spec.batch.max_attempts,
                     &tasks,
                 )
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             self.known.insert(file.path.clone());
             if added {
                 report.files += 1;

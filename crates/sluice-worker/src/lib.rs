@@ -7,28 +7,41 @@
 //! **rescuer** takes back leases that expired (a worker died or hung). A [`Discoverer`] turns
 //! landed files into queued batches.
 //!
+//! A state store that is away (restarting, unreachable, a SQLite file locked past its busy
+//! timeout) pauses the loops, not the process: each waits with a [`Backoff`] and reports to the
+//! pool's [`StoreWatch`], which logs the outage once and gives up after
+//! [`PoolConfig::store_outage_limit`]. A lease that cannot be settled (completed, failed,
+//! released) is retried for the lease's length and otherwise left to expire: the rescuer takes
+//! it back and the batch's second run finds its Delta commit. A table whose storage is full or
+//! read-only is an outage too: the batch's lease goes back unspent and the worker pauses.
+//!
 //! Shutdown drains: on the cancel signal workers stop leasing, in-flight batches get `grace`
 //! to finish, and what is still running after that is released back to the queue.
 //! Exactly-once does not depend on the drain: a batch whose worker is killed mid-commit is
 //! taken back by the rescuer and its second run finds the first run's Delta commit.
 
 mod discover;
+mod outage;
 pub mod registry;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
 
 use sluice_core::{BatchOutcome, ErrorKind, WorkerId, now_millis};
 use sluice_engine::checks::{CheckResult, Level};
 use sluice_engine::{BatchError, Pipeline};
 use sluice_store::{
-    CheckRecord, FailDisposition, Lease, LeaseRequest, RunReport, Store, WorkerBeat,
+    CheckRecord, FailDisposition, Lease, LeaseRequest, RunReport, Store, StoreError, WorkerBeat,
 };
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-pub use discover::{Discoverer, DiscoveryReport};
+pub use discover::{DiscoverError, Discoverer, DiscoveryReport};
+pub use outage::{Backoff, StoreWatch};
 
 /// How a pool runs.
 #[derive(Debug, Clone)]
@@ -45,7 +58,13 @@ pub struct PoolConfig {
     pub pipelines: Option<Vec<String>>,
     /// Back-off before a failed batch runs again.
     pub retry_backoff: Duration,
+    /// How long the state store may be away before the pool gives up and stops.
+    pub store_outage_limit: Duration,
 }
+
+/// The default of [`PoolConfig::store_outage_limit`]: a store restart, a failover or a network
+/// blip is ridden out; a store that is gone for good stops the process within the hour.
+pub const DEFAULT_STORE_OUTAGE_LIMIT: Duration = Duration::from_secs(3600);
 
 impl Default for PoolConfig {
     fn default() -> Self {
@@ -56,6 +75,7 @@ impl Default for PoolConfig {
             grace: Duration::from_secs(30),
             pipelines: None,
             retry_backoff: Duration::from_secs(1),
+            store_outage_limit: DEFAULT_STORE_OUTAGE_LIMIT,
         }
     }
 }
@@ -95,7 +115,7 @@ impl VersionCache {
             .insert((pipeline.name().to_string(), pipeline.version), pipeline);
     }
 
-    pub async fn get(&self, pipeline: &str, version: i64) -> Result<Arc<Pipeline>, String> {
+    pub async fn get(&self, pipeline: &str, version: i64) -> Result<Arc<Pipeline>, LoadError> {
         let key = (pipeline.to_string(), version);
         if let Some(p) = self.compiled.lock().await.get(&key) {
             return Ok(p.clone());
@@ -103,16 +123,28 @@ impl VersionCache {
         let stored = self
             .store
             .pipeline_version(pipeline, version)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("pipeline {pipeline} has no version {version} in the store"))?;
+            .await?
+            .ok_or_else(|| {
+                LoadError::Other(format!(
+                    "pipeline {pipeline} has no version {version} in the store"
+                ))
+            })?;
         let compiled = Pipeline::from_stored(&stored.spec, &stored.base_dir, version)
             .await
-            .map_err(|e| format!("compiling {pipeline}@{version}: {e}"))?;
+            .map_err(|e| LoadError::Other(format!("compiling {pipeline}@{version}: {e}")))?;
         let compiled = Arc::new(compiled);
         self.compiled.lock().await.insert(key, compiled.clone());
         Ok(compiled)
     }
+}
+
+/// Why a pipeline version could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Other(String),
 }
 
 /// The longest a worker waits between tries while its sink table cannot be opened.
@@ -125,6 +157,9 @@ pub struct WorkerPool {
     versions: Arc<VersionCache>,
     host: String,
     report: Mutex<PoolReport>,
+    watch: Arc<StoreWatch>,
+    /// Why workers are pausing for the table's storage, while they are (logged once a pause).
+    sink_outage: std::sync::Mutex<Option<String>>,
 }
 
 impl WorkerPool {
@@ -140,15 +175,46 @@ impl WorkerPool {
             .unwrap_or_else(|| "localhost".into());
         WorkerPool {
             store,
+            watch: Arc::new(StoreWatch::new(config.store_outage_limit)),
             config,
             versions,
             host,
             report: Mutex::new(PoolReport::default()),
+            sink_outage: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The store's health as this pool sees it; share it with the process's other loops
+    /// (discovery) so an outage is reported once and one limit applies.
+    pub fn watch(&self) -> &Arc<StoreWatch> {
+        &self.watch
+    }
+
+    /// What the workers are waiting for, if they are: the store, or the table's storage.
+    pub fn waiting(&self) -> Option<String> {
+        self.watch.waiting().or_else(|| {
+            self.sink_outage
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        })
     }
 
     /// Runs the workers and the rescuer until `stop` is cancelled, then drains.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) -> PoolReport {
+        // A store away past the limit stops the pool as a signal would; the caller finds out
+        // why from `watch().give_up_message()`.
+        let stop = stop.child_token();
+        {
+            let stop = stop.clone();
+            let gave_up = self.watch.gave_up().clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = gave_up.cancelled() => stop.cancel(),
+                    _ = stop.cancelled() => {}
+                }
+            });
+        }
         // Cancelled after the grace period: in-flight batches are abandoned and released.
         let abandon = CancellationToken::new();
         let mut handles = Vec::new();
@@ -188,8 +254,48 @@ impl WorkerPool {
             pid: std::process::id() as i64,
             state: state.to_string(),
         };
-        if let Err(e) = self.store.worker_heartbeat(&beat).await {
-            tracing::warn!(%worker, error = %e, "worker heartbeat failed");
+        match self.store.worker_heartbeat(&beat).await {
+            Ok(()) => self.watch.succeeded(),
+            Err(e) => self.store_failed(&e, "recording the worker's state"),
+        }
+    }
+
+    /// Reports a failed store call: an outage to the watch (which logs it once), anything
+    /// else here.
+    fn store_failed(&self, e: &StoreError, what: &str) {
+        if !self.watch.failed(what, e) {
+            tracing::warn!(error = %e, "{what} failed");
+        }
+    }
+
+    /// Runs a store call that settles a lease (complete, fail, release) until it goes through,
+    /// waiting out an outage for up to a lease's length. Past that the lease has expired
+    /// anyway: the rescuer takes it back and the batch's next run finds its commit. The lease
+    /// token fences every call, so a late success after expiry changes nothing.
+    async fn settle<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let deadline = Instant::now() + self.config.lease_for;
+        let mut backoff = Backoff::default();
+        loop {
+            match call().await {
+                Ok(v) => {
+                    self.watch.succeeded();
+                    return Ok(v);
+                }
+                Err(e) => {
+                    let wait = backoff.next_wait();
+                    if !self.watch.failed(what, &e)
+                        || Instant::now() + wait > deadline
+                        || self.watch.gave_up().is_cancelled()
+                    {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+            }
         }
     }
 
@@ -198,6 +304,7 @@ impl WorkerPool {
         self.beat(&worker, "running").await;
         let mut last_beat = std::time::Instant::now();
         let mut paused = Duration::ZERO;
+        let mut store_backoff = Backoff::default();
         while !stop.is_cancelled() {
             if last_beat.elapsed() > Duration::from_secs(5) {
                 self.beat(&worker, "running").await;
@@ -210,7 +317,18 @@ impl WorkerPool {
                 lease_for: self.config.lease_for,
             };
             let leases = match self.store.lease(&req).await {
-                Ok(l) => l,
+                Ok(l) => {
+                    self.watch.succeeded();
+                    store_backoff.reset();
+                    l
+                }
+                Err(e) if self.watch.failed("leasing a batch", &e) => {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(store_backoff.next_wait()) => {}
+                    }
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(%worker, error = %e, "leasing failed; backing off");
                     Vec::new()
@@ -224,30 +342,37 @@ impl WorkerPool {
                 }
                 continue;
             }
-            let mut sink_ok = true;
+            let mut waiting = None;
             for lease in leases {
-                sink_ok &= self.execute(&lease, &abandon).await;
+                if let Some(why) = self.execute(&lease, &abandon).await {
+                    waiting = Some(why);
+                }
             }
-            if sink_ok {
-                paused = Duration::ZERO;
-            } else {
+            if let Some(why) = waiting {
                 // Back off while the sink is away: 1 s, doubling, at most a minute.
                 paused = (paused * 2).clamp(Duration::from_secs(1), MAX_SINK_PAUSE);
-                self.beat(&worker, "waiting: sink table unreachable").await;
+                self.beat(&worker, &why).await;
                 last_beat = std::time::Instant::now();
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(paused) => {}
                 }
+            } else {
+                if !paused.is_zero() {
+                    self.beat(&worker, "running").await;
+                    last_beat = std::time::Instant::now();
+                }
+                paused = Duration::ZERO;
             }
         }
         self.beat(&worker, "stopped").await;
     }
 
-    /// Runs one leased batch with a heartbeat beside it and reports the result. `false` when
-    /// the batch failed because its sink table cannot be opened from here: the lease went back
-    /// unspent and the worker should wait before leasing again.
-    async fn execute(&self, lease: &Lease, abandon: &CancellationToken) -> bool {
+    /// Runs one leased batch with a heartbeat beside it and reports the result. `Some(why)`
+    /// (`waiting: ...`, for the worker's state) when the batch could not run for an outage of
+    /// the table's storage or of the store: the lease went back unspent and the worker should
+    /// wait before leasing again.
+    async fn execute(&self, lease: &Lease, abandon: &CancellationToken) -> Option<String> {
         let started_at = now_millis();
         let heartbeat = self.heartbeat(lease);
         let run = async {
@@ -257,13 +382,23 @@ impl WorkerPool {
                 .versions
                 .get(&lease.pipeline, lease.version)
                 .await
-                .map_err(|message| BatchError {
-                    kind: ErrorKind::External,
-                    quarantine: false,
-                    message,
-                    rows_in: 0,
-                    checks: Vec::new(),
-                    new_columns: Vec::new(),
+                .map_err(|e| {
+                    let outage = match &e {
+                        LoadError::Store(s) if s.is_outage() => {
+                            self.watch.failed("loading the batch's pipeline version", s);
+                            Some("waiting: state store unreachable".to_string())
+                        }
+                        _ => None,
+                    };
+                    BatchError {
+                        kind: ErrorKind::External,
+                        quarantine: false,
+                        message: e.to_string(),
+                        rows_in: 0,
+                        checks: Vec::new(),
+                        new_columns: Vec::new(),
+                        outage,
+                    }
                 })?;
             let recent = self.recent_rows(&pipeline).await;
             let result = pipeline
@@ -277,6 +412,11 @@ impl WorkerPool {
                 other => other,
             }
         };
+        // A panic in a dependency must not take the worker with it: the batch fails like any
+        // other (logged once by the panic hook) and runs again.
+        let run = std::panic::AssertUnwindSafe(run)
+            .catch_unwind()
+            .map(|r| r.unwrap_or_else(|panic| Err(panicked(panic))));
         let result = tokio::select! {
             r = run => Some(r),
             _ = abandon.cancelled() => None,
@@ -284,7 +424,7 @@ impl WorkerPool {
         heartbeat.abort();
         let Some(result) = result else {
             self.give_back(lease).await;
-            return true;
+            return None;
         };
         let finished_at = now_millis();
         let checks = match &result {
@@ -302,7 +442,11 @@ impl WorkerPool {
                     outcome: r.outcome,
                     error: None,
                 };
-                match self.store.complete(lease, &report).await {
+                let completed = self
+                    .settle("completing a batch", || self.store.complete(lease, &report))
+                    .await;
+                self.sink_back();
+                match completed {
                     Ok(true) => {}
                     Ok(false) => {
                         tracing::warn!(batch = %lease.batch_id, "lease was lost before completion; the batch's commit stands and its new holder will find it")
@@ -324,16 +468,23 @@ impl WorkerPool {
                 quarantine,
                 message,
                 rows_in,
+                outage,
                 ..
             }) => {
+                if let Some(why) = outage {
+                    self.sink_away(&why, &message);
+                    self.give_back(lease).await;
+                    return Some(why);
+                }
                 // An outage of the table's store (or credentials missing on this machine) is
                 // no fault of the batch: give the lease back without spending an attempt, so
                 // the backlog is not quarantined batch by batch while the store is away.
                 if kind == ErrorKind::External && !quarantine && self.sink_unreachable(lease).await
                 {
-                    tracing::warn!(batch = %lease.batch_id, "the sink table cannot be opened from this worker; batch released, pausing: {message}");
+                    let why = "waiting: sink table unreachable";
+                    self.sink_away(why, &message);
                     self.give_back(lease).await;
-                    return false;
+                    return Some(why.to_string());
                 }
                 let report = RunReport {
                     started_at,
@@ -348,8 +499,10 @@ impl WorkerPool {
                     error: Some(message.clone()),
                 };
                 let disposition = self
-                    .store
-                    .fail(lease, &report, kind, quarantine, self.config.retry_backoff)
+                    .settle("recording a batch's failure", || {
+                        self.store
+                            .fail(lease, &report, kind, quarantine, self.config.retry_backoff)
+                    })
                     .await;
                 let mut rep = self.report.lock().await;
                 match disposition {
@@ -367,12 +520,34 @@ impl WorkerPool {
                 }
             }
         }
-        true
+        None
+    }
+
+    /// The table's storage (or the store) kept a batch from running: logged once a pause.
+    fn sink_away(&self, why: &str, message: &str) {
+        let mut outage = self.sink_outage.lock().unwrap_or_else(|p| p.into_inner());
+        if outage.is_none() {
+            tracing::warn!(
+                "{why}; batches go back to the queue unspent and workers pause: {message}"
+            );
+            *outage = Some(why.to_string());
+        }
+    }
+
+    /// A batch committed: a pause for the table's storage, if there was one, is over.
+    fn sink_back(&self) {
+        let mut outage = self.sink_outage.lock().unwrap_or_else(|p| p.into_inner());
+        if outage.take().is_some() {
+            tracing::warn!("the sink table takes commits again; resuming");
+        }
     }
 
     /// Returns a lease to the queue without spending its attempt, and counts it as released.
     async fn give_back(&self, lease: &Lease) {
-        if let Err(e) = self.store.release(lease).await {
+        let released = self
+            .settle("releasing a batch", || self.store.release(lease))
+            .await;
+        if let Err(e) = released {
             tracing::warn!(batch = %lease.batch_id, error = %e, "releasing failed; the rescuer will take it back");
         }
         self.report.lock().await.released += 1;
@@ -471,7 +646,7 @@ impl WorkerPool {
                 .map(|r| r.rows_out.max(0) as u64)
                 .collect(),
             Err(e) => {
-                tracing::warn!(error = %e, "reading batch history for volume checks failed");
+                self.store_failed(&e, "reading batch history for volume checks");
                 Vec::new()
             }
         }
@@ -505,12 +680,13 @@ impl WorkerPool {
             })
             .collect();
         if let Err(e) = self.store.record_checks(&records).await {
-            tracing::warn!(batch = %lease.batch_id, error = %e, "recording check results failed");
+            self.store_failed(&e, "recording check results");
         }
     }
 
     fn heartbeat(&self, lease: &Lease) -> tokio::task::JoinHandle<()> {
         let store = self.store.clone();
+        let watch = self.watch.clone();
         let lease_for = self.config.lease_for;
         let batch = lease.batch_id.clone();
         let token = lease.token.clone();
@@ -519,11 +695,12 @@ impl WorkerPool {
             loop {
                 tokio::time::sleep(every).await;
                 match store.heartbeat(&batch, &token, lease_for).await {
-                    Ok(true) => {}
+                    Ok(true) => watch.succeeded(),
                     Ok(false) => {
                         tracing::warn!(%batch, "lease lost while running; finishing anyway (the commit is idempotent)");
                         return;
                     }
+                    Err(e) if watch.failed("extending a lease", &e) => {}
                     Err(e) => tracing::warn!(%batch, error = %e, "heartbeat failed"),
                 }
             }
@@ -535,14 +712,36 @@ impl WorkerPool {
             (self.config.lease_for / 2).clamp(Duration::from_millis(200), Duration::from_secs(10));
         loop {
             match self.store.rescue_expired().await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!("took back {n} expired lease(s)"),
-                Err(e) => tracing::warn!(error = %e, "rescuing expired leases failed"),
+                Ok(n) => {
+                    self.watch.succeeded();
+                    if n > 0 {
+                        tracing::info!("took back {n} expired lease(s)");
+                    }
+                }
+                Err(e) => self.store_failed(&e, "rescuing expired leases"),
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
         }
+    }
+}
+
+/// A batch's run that panicked, as a failure to retry.
+fn panicked(panic: Box<dyn std::any::Any + Send>) -> BatchError {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    BatchError {
+        kind: ErrorKind::Internal,
+        quarantine: false,
+        message: format!("internal error: the batch's run crashed ({what}); it runs again"),
+        rows_in: 0,
+        checks: Vec::new(),
+        new_columns: Vec::new(),
+        outage: None,
     }
 }

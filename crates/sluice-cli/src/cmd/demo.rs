@@ -188,6 +188,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             poll: Duration::from_millis(100),
             grace: Duration::from_secs(30),
             until_drained: true,
+            store_outage_limit: sluice_worker::DEFAULT_STORE_OUTAGE_LIMIT,
         },
         stop,
         bar,

@@ -39,6 +39,23 @@ pub fn exit_code_of(e: &anyhow::Error) -> u8 {
     }
 }
 
+/// An error and its causes on one line, each said once: a message that already quotes its
+/// cause (as sqlx's and the store's do) is not followed by that cause again.
+pub fn render_error(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate { file, json, store } => {
@@ -111,7 +128,22 @@ pub async fn compile(
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{redact, render_error};
+
+    #[test]
+    fn causes_quoted_by_their_error_are_said_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let reset = io.to_string();
+        let e = anyhow::Error::new(sluice_store::testing::io_error(io.kind())).context("leasing");
+        let text = render_error(&e);
+        assert_eq!(text.matches(&reset).count(), 1, "{text}");
+        assert!(
+            text.starts_with("leasing: state store unreachable"),
+            "{text}"
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(render_error(&plain), "outer: inner");
+    }
 
     #[test]
     fn redacts_passwords_only() {

@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use sluice_store::{PipelineStatus, Store};
-use sluice_worker::{Discoverer, PoolConfig, PoolReport, VersionCache, WorkerPool};
+use sluice_store::{PipelineStatus, Store, StoreError};
+use sluice_worker::{
+    Backoff, DiscoverError, Discoverer, PoolConfig, PoolReport, StoreWatch, VersionCache,
+    WorkerPool,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::InputError;
@@ -90,6 +93,10 @@ pub fn update_bar(bar: &ProgressBar, s: &PipelineStatus) {
 }
 
 pub async fn pipeline_status(store: &Arc<dyn Store>, name: &str) -> anyhow::Result<PipelineStatus> {
+    Ok(status_of(store, name).await?)
+}
+
+async fn status_of(store: &Arc<dyn Store>, name: &str) -> Result<PipelineStatus, StoreError> {
     Ok(store
         .status()
         .await?
@@ -98,12 +105,51 @@ pub async fn pipeline_status(store: &Arc<dyn Store>, name: &str) -> anyhow::Resu
         .unwrap_or_default())
 }
 
+/// A long-running loop's store call: `Some` when it went through; `None` after waiting out an
+/// outage (reported to `watch`, which logs it once; the caller tries again); an error for
+/// anything else.
+async fn ride_out<T>(
+    watch: &StoreWatch,
+    backoff: &mut Backoff,
+    stop: &CancellationToken,
+    what: &str,
+    result: Result<T, StoreError>,
+) -> anyhow::Result<Option<T>> {
+    match result {
+        // Only a write ends an outage (the pool's loops report those): a SQLite file locked by
+        // another process still answers reads.
+        Ok(v) => {
+            backoff.reset();
+            Ok(Some(v))
+        }
+        Err(e) if watch.failed(what, &e) => {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = watch.gave_up().cancelled() => {}
+                _ = tokio::time::sleep(backoff.next_wait()) => {}
+            }
+            Ok(None)
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(what.to_string())),
+    }
+}
+
+/// The error a process stops with once the store has been away past the limit.
+fn gave_up(watch: &StoreWatch) -> anyhow::Result<()> {
+    match watch.give_up_message() {
+        Some(message) => Err(anyhow::anyhow!(message)),
+        None => Ok(()),
+    }
+}
+
 /// How [`drive`] runs.
 pub struct Drive {
     pub workers: usize,
     pub poll: Duration,
     pub grace: Duration,
     pub until_drained: bool,
+    /// How long the state store may be away before the process gives up.
+    pub store_outage_limit: Duration,
 }
 
 /// Runs discovery and a pool until stopped (or drained). Shared by `run` and `demo`.
@@ -121,28 +167,48 @@ pub async fn drive(
         poll,
         grace,
         until_drained,
+        store_outage_limit,
     } = opts;
     let config = PoolConfig {
         workers,
         lease_for: pipeline.spec.batch.lease,
         grace,
         pipelines: Some(vec![pipeline.name().to_string()]),
+        store_outage_limit,
         ..PoolConfig::default()
     };
     let pool = Arc::new(WorkerPool::new(store.clone(), config, versions));
+    let watch = pool.watch().clone();
     let pool_task = tokio::spawn(pool.clone().run(stop.clone()));
     let mut discoverer = Discoverer::new(store.clone(), pipeline.clone())
         .await
         .context("loading the files already taken in")?;
     let result: anyhow::Result<()> = async {
-        while !stop.is_cancelled() {
-            let found = discoverer
-                .poll()
-                .await
-                .map_err(|e| anyhow::anyhow!("discovering files: {e}"))?;
-            let status = pipeline_status(&store, pipeline.name()).await?;
+        let mut backoff = Backoff::default();
+        while !stop.is_cancelled() && !watch.gave_up().is_cancelled() {
+            let found = match discoverer.poll().await {
+                Ok(found) => found,
+                Err(DiscoverError::Store(e)) => {
+                    let what = "discovering files";
+                    let outcome = ride_out(&watch, &mut backoff, &stop, what, Err::<(), _>(e));
+                    outcome.await?;
+                    continue;
+                }
+                Err(e) => return Err(anyhow::anyhow!("discovering files: {e}")),
+            };
+            let status = status_of(&store, pipeline.name()).await;
+            let what = "reading the queue's status";
+            let Some(status) = ride_out(&watch, &mut backoff, &stop, what, status).await? else {
+                if let (Some(bar), Some(waiting)) = (&bar, pool.waiting()) {
+                    bar.set_message(waiting);
+                }
+                continue;
+            };
             if let Some(bar) = &bar {
                 update_bar(bar, &status);
+                if let Some(waiting) = pool.waiting() {
+                    bar.set_message(waiting);
+                }
             }
             if until_drained && found.files == 0 && found.deferred == 0 && status.pending + status.leased == 0 {
                 break;
@@ -164,6 +230,7 @@ pub async fn drive(
         bar.finish();
     }
     result?;
+    gave_up(&watch)?;
     Ok(report)
 }
 
@@ -189,6 +256,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             poll: args.poll,
             grace: args.grace,
             until_drained: args.until_drained,
+            store_outage_limit: args.store_outage_limit,
         },
         stop,
         bar,
@@ -233,10 +301,12 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         lease_for: args.lease,
         grace: args.grace,
         pipelines: filter.clone(),
+        store_outage_limit: args.store_outage_limit,
         ..PoolConfig::default()
     };
     let versions = Arc::new(VersionCache::new(store.clone()));
     let pool = Arc::new(WorkerPool::new(store.clone(), config, versions));
+    let watch = pool.watch().clone();
     let stop = CancellationToken::new();
     stop_on_signals(stop.clone());
     eprintln!(
@@ -251,11 +321,15 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let pool_task = tokio::spawn(pool.run(stop.clone()));
     if args.until_drained {
         let mut empty_checks = 0;
-        while !stop.is_cancelled() {
+        let mut backoff = Backoff::default();
+        while !stop.is_cancelled() && !watch.gave_up().is_cancelled() {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let busy: i64 = store
-                .status()
-                .await?
+            let status = store.status().await;
+            let what = "reading the queue's status";
+            let Some(status) = ride_out(&watch, &mut backoff, &stop, what, status).await? else {
+                continue;
+            };
+            let busy: i64 = status
                 .iter()
                 .filter(|s| filter.as_ref().is_none_or(|f| f.contains(&s.pipeline)))
                 .map(|s| s.pending + s.leased)
@@ -271,5 +345,6 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         "worker stopped: {} committed, {} already committed, {} quarantined, {} released",
         report.committed, report.already_committed, report.quarantined, report.released
     );
+    gave_up(&watch)?;
     Ok(ExitCode::SUCCESS)
 }
