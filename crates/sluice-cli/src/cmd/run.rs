@@ -262,7 +262,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         bar,
     )
     .await?;
-    let status = pipeline_status(&store, pipeline.name()).await?;
+    // Stopped (a signal) while the store is away: the run's own totals are still worth saying.
+    let status = status_of(&store, pipeline.name()).await;
     if args.json {
         println!(
             "{}",
@@ -270,7 +271,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 "pipeline": pipeline.name(),
                 "version": pipeline.version,
                 "this_run": report,
-                "status": status,
+                "status": status.as_ref().ok(),
             }))?
         );
     } else {
@@ -285,10 +286,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             report.quarantined,
             report.released
         );
-        println!(
-            "queue: {} pending, {} leased, {} done, {} quarantined (see `sluice status`)",
-            status.pending, status.leased, status.done, status.quarantined
-        );
+        match status {
+            Ok(status) => println!(
+                "queue: {} pending, {} leased, {} done, {} quarantined (see `sluice status`)",
+                status.pending, status.leased, status.done, status.quarantined
+            ),
+            Err(e) => println!("queue: unknown ({e})"),
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -122,11 +122,12 @@ fn print_workers(workers: &[WorkerRecord]) {
     let now = now_millis();
     println!("\nworkers:");
     for w in workers {
+        // The state goes last: a waiting worker's says what it waits for, at some length.
         println!(
-            "  {:<40} {:<9} last heartbeat {}s ago",
+            "  {:<40} last heartbeat {:>4}s ago  {}",
             w.worker.0,
-            w.state,
-            ((now - w.last_heartbeat).max(0)) / 1000
+            ((now - w.last_heartbeat).max(0)) / 1000,
+            w.state
         );
     }
 }
