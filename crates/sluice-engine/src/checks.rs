@@ -51,6 +51,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use serde::{Deserialize, Serialize};
 
 use crate::first_line;
+use crate::transform::{QueryError, read_only_query, sandbox};
 
 /// How bad a failure is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -693,17 +694,40 @@ impl Checks {
             references,
             sink: None,
         };
-        // Plan every query against an empty batch: bad SQL, bad `where`, bad types surface now.
+        // Plan every query against an empty batch: bad SQL, bad `where`, bad types surface now,
+        // and so does SQL that is not one read-only query. Each check is planned against its
+        // own catalog: `output`, and for `relationships` its reference table.
         let empty = RecordBatch::new_empty(output.clone());
         for (i, spec) in checks.specs.iter().enumerate() {
-            if matches!(spec, CheckSpec::Relationships(_)) {
-                continue; // the reference table may not exist yet; its column is checked at run
-            }
             let ctx = checks.context(vec![empty.clone()], output.clone())?;
+            if let CheckSpec::Relationships(c) = spec {
+                // The reference table may not exist yet (its column is checked at run): plan
+                // against an empty stand-in holding the referenced column.
+                register_reference_stand_in(&ctx, &output, c)
+                    .map_err(|e| (i, format!("check {}: {}", spec.name(), first_line(&e))))?;
+            }
             for sql in checks.queries(i) {
-                let plan = ctx.sql(&sql).await;
-                if let Err(e) = plan {
-                    return Err((i, format!("check {}: {}", spec.name(), first_line(&e))));
+                // Planned down to the physical plan: what DataFusion cannot run (a subquery
+                // inside an expression) is refused here, not on every batch.
+                let planned = match read_only_query(&ctx, &sql).await {
+                    Ok(df) => df
+                        .create_physical_plan()
+                        .await
+                        .map(|_| ())
+                        .map_err(QueryError::Plan),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = planned {
+                    let why = match e {
+                        QueryError::NotReadOnly(why) => {
+                            format!("must be one read-only query over `output`: {why}")
+                        }
+                        QueryError::Plan(e) if e.to_string().contains("Subquery") => {
+                            "a subquery cannot run inside an `expr` or a `where` filter; write the check as a `sql` query over `output`".into()
+                        }
+                        QueryError::Plan(e) => first_line(&e),
+                    };
+                    return Err((i, format!("check {}: {why}", spec.name())));
                 }
             }
         }
@@ -808,8 +832,7 @@ impl Checks {
             .enumerate()
             .map(|(i, e)| format!("{e} AS __sluice_a{i}"))
             .collect();
-        let rows = ctx
-            .sql(&format!("SELECT {} FROM output", select.join(", ")))
+        let rows = read_only_query(ctx, &format!("SELECT {} FROM output", select.join(", ")))
             .await?
             .collect()
             .await?;
@@ -884,9 +907,7 @@ impl Checks {
             1
         };
         let partitions = split_rows(batches, parts);
-        let ctx = SessionContext::new_with_config(
-            SessionConfig::new().with_target_partitions(partitions.len()),
-        );
+        let ctx = sandbox(SessionConfig::new().with_target_partitions(partitions.len()));
         let table = MemTable::try_new(schema, partitions).map_err(|e| (0, e.to_string()))?;
         ctx.register_table("output", Arc::new(table))
             .map_err(|e| (0, e.to_string()))?;
@@ -902,6 +923,16 @@ impl Checks {
             .clone()
             .unwrap_or_else(|| "true".into());
         let mut out = vec![format!("SELECT count(*) FROM output WHERE {filter}")];
+        // The shape of the check's part of the aggregate scan (see `scan`).
+        let failing = spec
+            .failing_predicate()
+            .map(|pred| {
+                format!(", count(*) FILTER (WHERE coalesce(({filter}) AND ({pred}), false))")
+            })
+            .unwrap_or_default();
+        out.push(format!(
+            "SELECT count(*) FILTER (WHERE coalesce(({filter}), false)){failing} FROM output"
+        ));
         if let Some(sql) = spec.failing_rows_sql(&filter) {
             out.push(sql);
         }
@@ -1043,7 +1074,7 @@ impl Checks {
                     }
                 }
                 CheckSpec::Sql(c) => {
-                    let rows = ctx.sql(&c.query).await?.collect().await?;
+                    let rows = read_only_query(&ctx, &c.query).await?.collect().await?;
                     let n: usize = rows.iter().map(|b| b.num_rows()).sum();
                     (
                         n as u64,
@@ -1084,7 +1115,7 @@ impl Checks {
                         _ => spec.failing_rows_sql(&filter),
                     };
                     let sql = sql.unwrap_or_else(|| "SELECT * FROM output WHERE false".into());
-                    let rows = ctx.sql(&sql).await?.collect().await?;
+                    let rows = read_only_query(&ctx, &sql).await?.collect().await?;
                     let n: usize = rows.iter().map(|b| b.num_rows()).sum();
                     (
                         n as u64,
@@ -1359,7 +1390,7 @@ fn distinct_bounds<T: Ord + std::hash::Hash + Copy>(
 }
 
 async fn count(ctx: &SessionContext, sql: &str) -> Result<u64, DataFusionError> {
-    let rows = ctx.sql(sql).await?.collect().await?;
+    let rows = read_only_query(ctx, sql).await?.collect().await?;
     Ok(rows
         .iter()
         .find(|b| b.num_rows() > 0)
@@ -1411,8 +1442,7 @@ async fn register_existing_keys(
         .map(|k| format!("min({k}), max({k})", k = ident(k)))
         .collect::<Vec<_>>()
         .join(", ");
-    let rows = ctx
-        .sql(&format!("SELECT {bounds} FROM output"))
+    let rows = read_only_query(ctx, &format!("SELECT {bounds} FROM output"))
         .await?
         .collect()
         .await?;
@@ -1536,6 +1566,22 @@ fn millis_at(col: &arrow::array::ArrayRef) -> Result<Option<i64>, DataFusionErro
     )?;
     let ts = col.as_primitive::<arrow::datatypes::TimestampMillisecondType>();
     Ok((!ts.is_null(0)).then(|| ts.value(0)))
+}
+
+/// An empty [`REF_TABLE`] with the referenced column typed like the checked one, to plan a
+/// `relationships` check before the reference table exists.
+fn register_reference_stand_in(
+    ctx: &SessionContext,
+    output: &SchemaRef,
+    c: &RelationshipsCheck,
+) -> Result<(), DataFusionError> {
+    let field = output.field_with_name(&c.column)?;
+    let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+        field.clone().with_name(&c.to.column),
+    ]));
+    let table = MemTable::try_new(schema, vec![vec![]])?;
+    ctx.register_table(REF_TABLE, Arc::new(table))?;
+    Ok(())
 }
 
 async fn register_reference(

@@ -257,14 +257,17 @@ impl Pipeline {
             .output_schema(input.schema.clone())
             .await
             .map_err(|e| {
-                file.error_at(
-                    &["transform"],
-                    format!(
+                let message = match e {
+                    transform::QueryError::NotReadOnly(why) => format!(
+                        "the transform must be one read-only query over the table `input`: {why}"
+                    ),
+                    transform::QueryError::Plan(e) => format!(
                         "the transform does not plan against the input columns ({}): {}",
                         column_list(&input.schema),
                         first_line(&e)
                     ),
-                )
+                };
+                file.error_at(&["transform"], message)
             })?;
         let url = sink::table_url(&spec.sink.delta, &base_dir)
             .map_err(|e| file.error_at(&["sink", "delta"], e.to_string()))?;
