@@ -272,3 +272,40 @@ fn validate_reports_whether_the_sink_table_exists() {
     // Two batches of 5 rows: versions 0 and 1.
     assert_eq!(v["sink_state"]["table_version"], 1, "{v}");
 }
+
+/// A CSV header naming a column twice cannot say which value is meant: the batch is held with
+/// the file and the column, and inference refuses the file, instead of one value silently
+/// winning.
+#[test]
+fn a_csv_header_naming_a_column_twice_is_refused() {
+    let p = Project::csv(0, 0, 1, "30s");
+    p.write("p.yaml", &spec("in/*.csv", "{id: int64, name: string}"));
+    p.write("in/a.csv", "id,name,name\n1,first,second\n");
+    run_drained(&p);
+    let st = p.status(&p.sqlite());
+    let reasons = quarantine_reasons(&st);
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("a.csv:1") && r.contains("\"name\" twice")),
+        "{reasons:?}"
+    );
+    assert!(
+        p.table_counts("out", "id").is_empty(),
+        "nothing was published"
+    );
+
+    // Without declared columns, inference refuses the file at validate.
+    p.write(
+        "p.yaml",
+        "pipeline: bad\nsource:\n  files: in/*.csv\n  settle: 0s\ntransform: SELECT * FROM input\nsink:\n  delta: out\n",
+    );
+    let out = p.run(&["validate", &p.spec().display().to_string()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("p.yaml:3:3"), "{err}");
+    assert!(
+        err.contains("a.csv:1") && err.contains("\"name\" twice"),
+        "{err}"
+    );
+}

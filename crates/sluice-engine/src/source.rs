@@ -365,6 +365,7 @@ impl InputSchema {
         let file = File::open(path).map_err(|e| SourceError::io(path, e))?;
         let schema = match format {
             Format::Csv => {
+                csv_header(path, delimiter)?; // refuses a header naming a column twice
                 arrow_csv::reader::Format::default()
                     .with_header(true)
                     .with_delimiter(delimiter)
@@ -546,7 +547,7 @@ fn csv_header(path: &str, delimiter: u8) -> Result<Vec<String>, SourceError> {
     let headers = rdr
         .headers()
         .map_err(|e| SourceError::bad(path, Some(1), format!("cannot read the CSV header: {e}")))?;
-    Ok(headers
+    let names: Vec<String> = headers
         .iter()
         .enumerate()
         .map(|(i, h)| {
@@ -557,7 +558,22 @@ fn csv_header(path: &str, delimiter: u8) -> Result<Vec<String>, SourceError> {
             };
             h.trim().to_string()
         })
-        .collect())
+        .collect();
+    // Two columns of one name: which value is meant cannot be told, so neither is taken.
+    for (i, name) in names.iter().enumerate() {
+        if let Some(j) = names[i + 1..].iter().position(|n| n == name) {
+            return Err(SourceError::bad(
+                path,
+                Some(1),
+                format!(
+                    "the header names column {name:?} twice (fields {} and {}): rename one",
+                    i + 1,
+                    i + j + 2
+                ),
+            ));
+        }
+    }
+    Ok(names)
 }
 
 fn read_csv(
