@@ -309,3 +309,70 @@ fn a_csv_header_naming_a_column_twice_is_refused() {
         "{err}"
     );
 }
+
+/// Log lines written to a pipe are plain text; on a terminal they are coloured unless
+/// `NO_COLOR` is set. `script` (util-linux) gives the command a pseudo-terminal.
+#[test]
+fn log_lines_are_coloured_only_on_a_terminal_without_no_color() {
+    let p = Project::csv(0, 0, 1, "30s");
+    p.write("p.yaml", &spec("in/*.csv", "{id: int64, name: string}"));
+    p.write("in/a.csv", "id,name\n1,a\ntwo,b\n");
+    let spec = p.spec().display().to_string();
+    let run = |store: &str| {
+        vec![
+            "run".to_string(),
+            spec.clone(),
+            "--store".into(),
+            p.dir.path().join(store).display().to_string(),
+            "--until-drained".into(),
+        ]
+    };
+    // stderr to a pipe, as `Command::output` sets it up.
+    let out = p.sluice(&[]).args(run("piped.db")).output().unwrap();
+    let err = stderr(&out);
+    assert!(
+        err.contains("quarantined"),
+        "no log line was written: {err}"
+    );
+    assert!(
+        !err.contains('\u{1b}'),
+        "colour codes in piped logs: {err:?}"
+    );
+
+    let on_terminal = |store: &str, no_color: bool| {
+        let line = std::iter::once(BIN.to_string())
+            .chain(run(store))
+            .map(|a| format!("'{a}'"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut c = std::process::Command::new("script");
+        c.args(["-qec", &line, "/dev/null"])
+            .current_dir(p.dir.path())
+            .env_remove("NO_COLOR");
+        if no_color {
+            c.env("NO_COLOR", "1");
+        }
+        let out = c.output().expect("script(1) from util-linux");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // On a terminal the progress bar redraws its line (`ESC [2K`); colours are `ESC [...m`.
+    let coloured = on_terminal("tty.db", false);
+    assert!(coloured.contains("quarantined"), "{coloured}");
+    assert!(
+        has_colour(&coloured),
+        "no colour on a terminal: {coloured:?}"
+    );
+    let plain = on_terminal("tty-no-color.db", true);
+    assert!(plain.contains("quarantined"), "{plain}");
+    assert!(!has_colour(&plain), "NO_COLOR ignored: {plain:?}");
+}
+
+/// Whether `s` holds an ANSI colour (SGR) sequence: ESC [ digits and `;` then `m`.
+fn has_colour(s: &str) -> bool {
+    s.split('\u{1b}').skip(1).any(|rest| {
+        rest.strip_prefix('[').is_some_and(|r| {
+            let params = r.trim_start_matches(|c: char| c.is_ascii_digit() || c == ';');
+            params.starts_with('m')
+        })
+    })
+}
