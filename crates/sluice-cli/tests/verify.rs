@@ -171,3 +171,33 @@ fn post_deploy_suite_judges_the_current_version_against_the_previous_one() {
         "unknown pipeline is an input error"
     );
 }
+
+/// A measurement that cannot be taken never passes: with the store's `batch_runs` table gone
+/// (a store that answers, but fails the status query), `verify pre` used to report a passing
+/// backlog of 0.
+#[test]
+fn a_backlog_the_store_cannot_count_fails_instead_of_passing() {
+    use sqlx::{Connection, Executor};
+    let p = Project::csv(1, 20, 10, "30s");
+    let spec = p.spec().display().to_string();
+    drain(&p, &spec);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", p.sqlite()))
+            .await
+            .unwrap();
+        conn.execute("DROP TABLE batch_runs").await.unwrap();
+    });
+    let (code, v) = verify(&p, &["pre", &spec]);
+    let backlog = item(&v, "backlog");
+    assert_eq!(backlog["status"], "FAIL", "{v:#}");
+    assert!(
+        backlog["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cannot count the batches waiting"),
+        "{v:#}"
+    );
+    assert_eq!(v["decision"], "ROLLBACK", "{v:#}");
+    assert_eq!(code, Some(1));
+}

@@ -183,21 +183,30 @@ async fn pre(
     };
     if let Some(store) = &store {
         dry_run(&mut suite, store, &candidate, sample).await;
-        let status = store.status().await.unwrap_or_default();
-        let backlog: i64 = status
-            .iter()
-            .filter(|s| s.pipeline == candidate.name())
-            .map(|s| s.pending + s.leased)
-            .sum();
-        suite.push(
-            "backlog",
-            if backlog > max_backlog {
-                Status::Warn
-            } else {
-                Status::Pass
-            },
-            format!("{backlog} batch(es) waiting (warn above {max_backlog})"),
-        );
+        // A backlog that cannot be counted is a failure, never a passing 0.
+        match store.status().await {
+            Ok(status) => {
+                let backlog: i64 = status
+                    .iter()
+                    .filter(|s| s.pipeline == candidate.name())
+                    .map(|s| s.pending + s.leased)
+                    .sum();
+                suite.push(
+                    "backlog",
+                    if backlog > max_backlog {
+                        Status::Warn
+                    } else {
+                        Status::Pass
+                    },
+                    format!("{backlog} batch(es) waiting (warn above {max_backlog})"),
+                );
+            }
+            Err(e) => suite.push(
+                "backlog",
+                Status::Fail,
+                format!("cannot count the batches waiting: {e}"),
+            ),
+        }
     }
     match info {
         Ok(Some(table)) => {
