@@ -183,3 +183,40 @@ fn unreadable_stored_schemas_are_reported_with_their_version() {
     .unwrap_err();
     assert!(err.to_string().contains("has no id"), "{err}");
 }
+
+/// Fields match by stable id, as in Iceberg, not by name as in Avro and Confluent's registry:
+/// a field dropped and later re-added under the same name is a new field (a new id), so
+/// BACKWARD_TRANSITIVE accepts `{id, x: string}`, `{id}`, `{id, x: int32}`: no reader of any
+/// version reads the old `x` as the new one. A registry matching by name refuses the third
+/// (reading v1's string `x` as int32). Changing `x` in place is refused.
+#[test]
+fn backward_transitive_matches_fields_by_id_so_a_re_added_name_is_a_new_field() {
+    let mut h = Vec::new();
+    let mode = CompatibilityMode::BackwardTransitive;
+    let id = "{name: id, type: int64, nullable: false}";
+    for fields in [
+        format!("[{id}, {{name: x, type: string}}]"),
+        format!("[{id}]"),
+        format!("[{id}, {{name: x, type: int32}}]"),
+    ] {
+        let d = register(&mut h, yaml(&fields), mode);
+        assert!(matches!(d, Decision::Register { .. }), "{fields}: {d:?}");
+    }
+    assert_eq!(h.len(), 3);
+    assert_eq!(h[0].schema.field("x").and_then(|f| f.id), Some(2));
+    assert_eq!(h[2].schema.field("x").and_then(|f| f.id), Some(3));
+
+    // The same field (same id) changing type is a violation under the same mode.
+    let mut h = Vec::new();
+    register(
+        &mut h,
+        yaml(&format!("[{id}, {{name: x, type: string}}]")),
+        mode,
+    );
+    let d = register(
+        &mut h,
+        yaml(&format!("[{id}, {{name: x, type: int32}}]")),
+        mode,
+    );
+    assert!(!matches!(d, Decision::Register { .. }), "{d:?}");
+}
