@@ -265,7 +265,7 @@ pub enum CheckSpec {
     Relationships(RelationshipsCheck),
 }
 
-/// The YAML shape of a check. serde_yaml reads externally tagged enums only from YAML tags, so
+/// The YAML shape of a check. yaml_serde reads externally tagged enums only from YAML tags, so
 /// the one-key mapping is a struct of optional kinds; unknown kinds are refused by name with
 /// the list of known ones, and nested errors keep their line and column.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

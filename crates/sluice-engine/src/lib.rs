@@ -346,7 +346,7 @@ impl Pipeline {
 
     /// The spec with everything resolved (inferred columns written out), as stored in the store.
     pub fn resolved_spec(&self) -> String {
-        serde_yaml::to_string(&self.spec).unwrap_or_default()
+        self.spec.to_yaml()
     }
 
     /// Content hash of the resolved spec: the identity of a pipeline version.

@@ -238,6 +238,14 @@ pub struct SpecFile {
     pub spec: PipelineSpec,
 }
 
+impl PipelineSpec {
+    /// The spec as YAML: what the store keeps for a pipeline version, and what its hash is
+    /// taken of.
+    pub fn to_yaml(&self) -> String {
+        yaml_serde::to_string(self).unwrap_or_default()
+    }
+}
+
 impl SpecFile {
     /// Reads and parses a spec file. Syntax, unknown fields and wrong types are refused here
     /// with the line and column; [`SpecFile::check`] does the semantic checks.
@@ -254,11 +262,17 @@ impl SpecFile {
     }
 
     pub fn parse(path: &Path, text: String) -> Result<SpecFile, SpecError> {
-        let spec: PipelineSpec = serde_yaml::from_str(&text).map_err(|e| {
-            let (line, column) = e
+        let spec: PipelineSpec = yaml_serde::from_str(&text).map_err(|e| {
+            let (mut line, mut column) = e
                 .location()
                 .map(|l| (l.line(), l.column()))
                 .unwrap_or((0, 0));
+            // A duplicate key is reported where its mapping starts: point at the duplicate.
+            if let Some(at) = duplicate_key(&e.to_string())
+                .and_then(|key| locate_duplicate(&text, line, column, key))
+            {
+                (line, column) = at;
+            }
             SpecError {
                 at: Located {
                     file: path.display().to_string(),
@@ -422,7 +436,67 @@ pub fn locate_list_item(text: &str, key: &str, index: usize) -> Option<(usize, u
     None
 }
 
-/// serde_yaml appends " at line L column C" to its messages; we print the location first.
+/// The key a "duplicate field `key`" error names.
+fn duplicate_key(message: &str) -> Option<&str> {
+    let rest = &message[message.find("duplicate field `")? + "duplicate field `".len()..];
+    Some(&rest[..rest.find('`')?])
+}
+
+/// The 1-based (line, column) of the second `key` of the mapping that starts at
+/// (`line`, `column`): a block mapping's keys sit at its first key's column; a flow mapping
+/// (`{a: 1, a: 2}`) is searched on its line.
+fn locate_duplicate(text: &str, line: usize, column: usize, key: &str) -> Option<(usize, usize)> {
+    let is_key = |s: &str| {
+        let s = s.trim_start_matches(['"', '\'']);
+        s.strip_prefix(key).is_some_and(|r| {
+            r.trim_start_matches(['"', '\''])
+                .trim_start()
+                .starts_with(':')
+        })
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let first = lines.get(line.checked_sub(1)?)?;
+    if first.get(column.checked_sub(1)?..)?.starts_with('{') {
+        let mut seen = 0;
+        for (i, _) in first.char_indices().skip(column) {
+            let before = first[..i].trim_end();
+            if (before.ends_with('{') || before.ends_with(',')) && is_key(&first[i..]) {
+                seen += 1;
+                if seen == 2 {
+                    return Some((line, i + 1));
+                }
+            }
+        }
+        return None;
+    }
+    let mut seen = 0;
+    for (n, l) in lines.iter().enumerate().skip(line - 1) {
+        let content = l.trim_start();
+        if content.is_empty() || content.starts_with('#') {
+            continue;
+        }
+        // The key's column, after any "- " of list items.
+        let mut at = l.len() - content.len();
+        let mut rest = content;
+        while let Some(r) = rest.strip_prefix("- ") {
+            let r2 = r.trim_start();
+            at += rest.len() - r2.len();
+            rest = r2;
+        }
+        if n + 1 > line && l.len() - content.len() < column - 1 {
+            break; // the mapping ended
+        }
+        if at + 1 == column && is_key(rest) {
+            seen += 1;
+            if seen == 2 {
+                return Some((n + 1, column));
+            }
+        }
+    }
+    None
+}
+
+/// yaml_serde appends " at line L column C" to its messages; we print the location first.
 fn strip_yaml_location(msg: &str) -> String {
     match msg.rfind(" at line ") {
         Some(i) => msg[..i].to_string(),
@@ -467,6 +541,65 @@ pub fn locate_key(text: &str, key_path: &[&str]) -> Option<(usize, usize)> {
 mod tests {
     use super::*;
 
+    /// A spec touching every kind of value the resolved spec holds: text blocks, quoting,
+    /// nested maps and lists, durations, thresholds, JSON values, dataset versions.
+    const RICH: &str = r#"pipeline: orders_clean
+source:
+  files: landing/*.csv
+  columns: {order_id: int64, email: string, amount: "decimal(12,2)", at: "timestamp(ms, UTC)"}
+  required: [order_id]
+  settle: 1500ms
+  csv: {delimiter: ";"}
+  unknown_columns: fail
+  versions:
+    - version: 1
+      schema:
+        dataset: orders_raw
+        fields:
+          - {id: 1, name: order_id, type: int64, nullable: false, doc: "the key: never null"}
+          - {id: 2, name: note, type: string, default: "n/a", aliases: [comment]}
+batch: {max_rows: 1000, max_attempts: 2, lease: 45s}
+transform: |
+  SELECT order_id, lower(email) AS email, amount, at
+  FROM input WHERE amount > 0 -- 'quoted' "too"
+sink:
+  delta: tables/orders_clean
+  key: [order_id]
+  quarantine: tables/held
+checks:
+  - not_null: {columns: [order_id, email]}
+  - unique: {columns: [order_id], scope: batch}
+  - accepted_values: {column: email, values: ["a@b", 3, 1.5, true, null]}
+  - range: {column: amount, min: 0, max: 1e6, inclusive: false, severity: warn, warn_if: "> 5%"}
+  - regex: {column: email, pattern: '^[^@]+@[^@]+$', action: drop}
+  - expression: {name: sane, expr: "amount < 1e6", error_if: "> 10", where: "email <> ''"}
+  - sql: {name: no_future, query: "SELECT * FROM output WHERE at > now()"}
+  - row_count: {min: 1, within_pct_of_median: 50, last: 5}
+  - schema: {required: {order_id: int64}, forbidden: [ssn]}
+  - freshness: {column: at, max_age: 30d}
+  - relationships: {column: order_id, to: {delta: tables/orders, column: id}}
+deploy: {max_warnings: 1}
+"#;
+
+    /// The resolved spec's text is the identity of a pipeline version (its SHA-256 is the
+    /// version's hash): a YAML library that wrote it differently would register a new version
+    /// of every unchanged pipeline in an existing store. The expected text was written by
+    /// serde_yaml 0.9.34, the library sluice used before.
+    #[test]
+    fn the_resolved_spec_is_written_as_before() {
+        use sha2::{Digest, Sha256};
+        let f = SpecFile::parse(Path::new("p.yaml"), RICH.into()).unwrap();
+        let text = f.spec.to_yaml();
+        assert_eq!(text, include_str!("../testdata/resolved-spec.yaml"));
+        assert_eq!(
+            hex::encode(Sha256::digest(text.as_bytes())),
+            "16e960d65e7a60082d86fee455a6af1f3f95a9d75a4d5920f8249371e3f99102"
+        );
+        // And it reads back as the same spec.
+        let back = SpecFile::parse(Path::new("p.yaml"), text).unwrap();
+        assert_eq!(back.spec, f.spec);
+    }
+
     const GOOD: &str = "pipeline: orders\nsource:\n  files: landing/*.csv\n  columns:\n    id: int64\n    amount: float64\ntransform: SELECT id FROM input\nsink:\n  delta: out\n";
 
     #[test]
@@ -484,6 +617,37 @@ mod tests {
         assert_eq!(e.at.line, 9, "{e}");
         assert!(e.message.contains("unknown field `dleta`"), "{e}");
         assert!(e.to_string().starts_with("p.yaml:9:"), "{e}");
+    }
+
+    #[test]
+    fn a_duplicate_key_is_reported_at_its_line() {
+        let text = GOOD.replace(
+            "transform: SELECT id FROM input\n",
+            "transform: SELECT id FROM input\npipeline: again\n",
+        );
+        let e = SpecFile::parse(Path::new("p.yaml"), text).unwrap_err();
+        assert!(e.message.contains("duplicate field `pipeline`"), "{e}");
+        assert_eq!((e.at.line, e.at.column), (8, 1), "{e}");
+        // nested, in a block mapping
+        let text = GOOD.replace(
+            "  delta: out\n",
+            "  delta: out\n  key: [id]\n  delta: again\n",
+        );
+        let e = SpecFile::parse(Path::new("p.yaml"), text).unwrap_err();
+        assert_eq!((e.at.line, e.at.column), (11, 3), "{e}");
+        // in a flow mapping
+        let text = GOOD.replace(
+            "sink:\n  delta: out\n",
+            "sink: {delta: out, key: [id], delta: x}\n",
+        );
+        let e = SpecFile::parse(Path::new("p.yaml"), text).unwrap_err();
+        assert_eq!((e.at.line, e.at.column), (8, 31), "{e}");
+        // a check's fields, under a list item
+        let text = format!(
+            "{GOOD}checks:\n  - not_null:\n      columns: [id]\n      name: a\n      name: b\n"
+        );
+        let e = SpecFile::parse(Path::new("p.yaml"), text).unwrap_err();
+        assert_eq!((e.at.line, e.at.column), (14, 7), "{e}");
     }
 
     #[test]

@@ -73,7 +73,7 @@ fn batch() -> RecordBatch {
 }
 
 async fn compile(yaml: &str) -> Result<Checks, (usize, String)> {
-    let specs: Vec<CheckSpec> = serde_yaml::from_str(yaml).expect("check YAML");
+    let specs: Vec<CheckSpec> = yaml_serde::from_str(yaml).expect("check YAML");
     Checks::compile(&specs, schema(), std::path::Path::new("/tmp")).await
 }
 
@@ -169,10 +169,10 @@ async fn thresholds_as_counts_and_percentages() {
         Level::Pass
     );
     let bad: Result<Vec<CheckSpec>, _> =
-        serde_yaml::from_str("- not_null: {columns: [a], error_if: 'lots'}");
+        yaml_serde::from_str("- not_null: {columns: [a], error_if: 'lots'}");
     assert!(bad.unwrap_err().to_string().contains("threshold"));
     let bad: Result<Vec<CheckSpec>, _> =
-        serde_yaml::from_str("- not_null: {columns: [a], error_if: '> 150%'}");
+        yaml_serde::from_str("- not_null: {columns: [a], error_if: '> 150%'}");
     assert!(bad.is_err());
 }
 
@@ -397,7 +397,7 @@ async fn spec_errors_are_found_when_compiling() {
             .unwrap();
     assert_eq!(index, 1, "the error names the failing check");
     let unknown: Result<Vec<CheckSpec>, _> =
-        serde_yaml::from_str("- not_null: {columns: [id], severty: warn}");
+        yaml_serde::from_str("- not_null: {columns: [id], severty: warn}");
     assert!(
         unknown
             .unwrap_err()

@@ -314,9 +314,9 @@ impl Schema {
     /// Parses and checks a schema file. `source_name` (usually the path) prefixes errors,
     /// which carry the YAML line and column.
     pub fn from_yaml(source_name: &str, text: &str) -> Result<Schema, SchemaError> {
-        let schema: Schema = serde_yaml::from_str(text).map_err(|e| match e.location() {
+        let schema: Schema = yaml_serde::from_str(text).map_err(|e| match e.location() {
             Some(at) => {
-                // serde_yaml appends "at line L column C"; the prefix already says where.
+                // yaml_serde appends "at line L column C"; the prefix already says where.
                 let mut message = e.to_string();
                 if let Some(cut) = message.rfind(" at line ") {
                     message.truncate(cut);
@@ -348,7 +348,7 @@ impl Schema {
     }
 
     pub fn to_yaml(&self) -> Result<String, SchemaError> {
-        serde_yaml::to_string(self).map_err(|e| SchemaError::Invalid {
+        yaml_serde::to_string(self).map_err(|e| SchemaError::Invalid {
             dataset: self.dataset.clone(),
             reason: format!("cannot be written as YAML: {e}"),
         })

@@ -1119,11 +1119,11 @@ mod tests {
 
     #[test]
     fn columns_from_yaml_mapping_and_list() {
-        let mapping: Columns = serde_yaml::from_str(
+        let mapping: Columns = yaml_serde::from_str(
             "order_id: int64 not null\namount: \"decimal(10,2)\"\nnote: {type: string, nullable: false}\n",
         )
         .unwrap();
-        let list: Columns = serde_yaml::from_str(
+        let list: Columns = yaml_serde::from_str(
             "- {name: order_id, type: int64, nullable: false}\n- {name: amount, type: \"decimal(10,2)\"}\n- {name: note, type: text, nullable: false}\n",
         )
         .unwrap();
@@ -1136,12 +1136,12 @@ mod tests {
         assert!(!arrow.field(0).is_nullable());
         assert_eq!(Columns::from_arrow_schema(&arrow).unwrap(), mapping);
 
-        let err = serde_yaml::from_str::<Columns>("a: int64\nb: strin\n")
+        let err = yaml_serde::from_str::<Columns>("a: int64\nb: strin\n")
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown type `strin`"), "{err}");
         assert!(err.contains("line 2"), "{err}");
-        let err = serde_yaml::from_str::<Columns>("- {name: a, type: int64, extra: 1}\n")
+        let err = yaml_serde::from_str::<Columns>("- {name: a, type: int64, extra: 1}\n")
             .unwrap_err()
             .to_string();
         assert!(err.contains("extra"), "{err}");

@@ -653,7 +653,7 @@ fn modes_parse_like_confluent_names() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("BACKWARD_TRANSITIVE"), "{err}");
-    let mode: CompatibilityMode = serde_yaml::from_str("FORWARD_TRANSITIVE").unwrap();
+    let mode: CompatibilityMode = yaml_serde::from_str("FORWARD_TRANSITIVE").unwrap();
     assert_eq!(mode, ForwardTransitive);
     assert_eq!(serde_json::to_string(&Full).unwrap(), "\"FULL\"");
 }

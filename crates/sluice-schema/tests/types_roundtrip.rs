@@ -29,8 +29,8 @@ proptest! {
         prop_assert_eq!(&json, &serde_json::to_string(&t.to_string()).unwrap_or_default());
         let back: FieldType = serde_json::from_str(&json).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(&back, &t);
-        let yaml = serde_yaml::to_string(&t).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        let back: FieldType = serde_yaml::from_str(&yaml).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let yaml = yaml_serde::to_string(&t).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let back: FieldType = yaml_serde::from_str(&yaml).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(back, t);
     }
 
