@@ -71,10 +71,14 @@ impl Case {
     }
 
     fn write_spec(&self, transform: &str, checks: &str) {
-        let text = std::fs::read_to_string(self.p.spec()).unwrap().replace(
-            "transform: SELECT id, customer, amount * 2 AS doubled FROM input",
-            &format!("transform: {}", yaml_quoted(&self.fill(transform))),
-        );
+        // No `key`: a transform like COPY then has nothing else to fail on, as in the report.
+        let text = std::fs::read_to_string(self.p.spec())
+            .unwrap()
+            .replace(
+                "transform: SELECT id, customer, amount * 2 AS doubled FROM input",
+                &format!("transform: {}", yaml_quoted(&self.fill(transform))),
+            )
+            .replace("  key: [id]\n", "");
         let text = if checks.is_empty() {
             text
         } else {
@@ -208,7 +212,7 @@ fn checks_that_are_not_read_only_queries_are_refused() {
             "SELECT id, customer, amount * 2 AS doubled FROM input",
             check,
         );
-        c.assert_refused("16:3", why);
+        c.assert_refused("15:3", why);
     }
 }
 
