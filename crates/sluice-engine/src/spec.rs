@@ -79,7 +79,7 @@ pub struct SourceSpec {
     pub format: Option<Format>,
     /// Column name -> type (`int64`, `float64`, `string`, `decimal(10,2)`, `timestamp`, ...).
     /// Declared columns are the input contract: a value that does not fit quarantines its batch.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_columns")]
     pub columns: Option<IndexMap<String, String>>,
     /// The registered dataset the files follow (`orders_raw` or `orders_raw@2`): its schema
     /// gives the columns. Resolved against the store, and pinned to a version, when the
@@ -200,6 +200,39 @@ pub struct SinkSpec {
     /// Delta table for rows held back by checks (default: the sink's location + `_quarantine`).
     #[serde(default)]
     pub quarantine: Option<String>,
+}
+
+/// `columns` as written, refusing a name given twice (a map alone keeps the last silently).
+fn unique_columns<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<IndexMap<String, String>>, D::Error> {
+    struct Unique(IndexMap<String, String>);
+    impl<'de> Deserialize<'de> for Unique {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Unique, D::Error> {
+            d.deserialize_map(Unique(IndexMap::new()))
+        }
+    }
+    impl<'de> serde::de::Visitor<'de> for Unique {
+        type Value = Unique;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a mapping of column name to type")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            mut self,
+            mut map: A,
+        ) -> Result<Unique, A::Error> {
+            while let Some((name, ty)) = map.next_entry::<String, String>()? {
+                if self.0.contains_key(&name) {
+                    return Err(serde::de::Error::custom(format!(
+                        "duplicate field `{name}`"
+                    )));
+                }
+                self.0.insert(name, ty);
+            }
+            Ok(self)
+        }
+    }
+    Ok(Option::<Unique>::deserialize(d)?.map(|u| u.0))
 }
 
 fn default_settle() -> Duration {
@@ -635,6 +668,14 @@ deploy: {max_warnings: 1}
         );
         let e = SpecFile::parse(Path::new("p.yaml"), text).unwrap_err();
         assert_eq!((e.at.line, e.at.column), (11, 3), "{e}");
+        // a column declared twice (a map would keep the last one silently)
+        let text = GOOD.replace(
+            "    amount: float64\n",
+            "    amount: float64\n    id: string\n",
+        );
+        let e = SpecFile::parse(Path::new("p.yaml"), text).unwrap_err();
+        assert!(e.message.contains("duplicate field `id`"), "{e}");
+        assert_eq!((e.at.line, e.at.column), (7, 5), "{e}");
         // in a flow mapping
         let text = GOOD.replace(
             "sink:\n  delta: out\n",
