@@ -34,6 +34,13 @@ fn main() -> ExitCode {
     unsafe {
         libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
+    // A reader that stops early (`sluice status | head`) closes the pipe: end quietly, as Unix
+    // tools do, instead of panicking in `println!` on EPIPE.
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of one signal before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let args = cli::Cli::parse();
     // The demo prints its own summary of everything worth a warning.
     let quiet = matches!(args.command, cli::Command::Demo(_));

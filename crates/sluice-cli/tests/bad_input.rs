@@ -376,3 +376,24 @@ fn has_colour(s: &str) -> bool {
         })
     })
 }
+
+#[test]
+fn a_reader_that_closes_the_pipe_early_gets_no_panic() {
+    let p = Project::csv(0, 0, 1, "30s");
+    p.write("p.yaml", &spec("in/*.csv", "{id: int64, name: string}"));
+    // The reader goes away before `validate` has planned the spec and printed a line, as
+    // `sluice validate p.yaml | head -0` does: every write then meets a closed pipe.
+    let mut child = p
+        .sluice(&["validate", &p.spec().display().to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "closing the pipe early made sluice complain: {err}"
+    );
+}
