@@ -65,6 +65,11 @@ pub enum Command {
         all: bool,
         #[arg(long, requires = "all")]
         pipeline: Option<String>,
+        /// Replay the rows `source.bad_rows: drop` left out (of BATCH, or with --all of every
+        /// batch) through the pipeline's current version, as a new batch per original batch
+        /// with its own stable id: queued once, published once.
+        #[arg(long)]
+        dropped: bool,
         #[command(flatten)]
         store: StoreArg,
     },

@@ -10,18 +10,7 @@ use sluice_engine::arrow::array::{Int64Array, RecordBatch, StringArray};
 use sluice_engine::arrow::datatypes::{DataType, Field, Schema};
 
 fn run_drained(p: &Project) {
-    let spec = p.spec().display().to_string();
-    let out = p.run(&[
-        "run",
-        &spec,
-        "--store",
-        &p.sqlite(),
-        "--workers",
-        "2",
-        "--until-drained",
-    ]);
-    assert!(out.status.success(), "run failed: {}", stderr(&out));
-    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    p.run_drained_spec(&p.spec());
 }
 
 fn spec(format_glob: &str, columns: &str) -> String {

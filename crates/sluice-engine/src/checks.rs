@@ -128,7 +128,7 @@ impl Threshold {
         percent: false,
     };
 
-    fn exceeded(&self, failing: u64, considered: u64) -> bool {
+    pub(crate) fn exceeded(&self, failing: u64, considered: u64) -> bool {
         if self.percent {
             considered > 0 && (failing as f64) * 100.0 / (considered as f64) > self.value
         } else {
@@ -1618,6 +1618,22 @@ fn regex_syntax_ok(pattern: &str) -> Result<(), String> {
         .map_err(|e| format!("pattern {pattern:?} is not a valid regular expression: {e}"))
 }
 
+/// The check name under which rows left out by `source.bad_rows: drop` are stored.
+pub const BAD_ROWS: &str = "bad_rows";
+
+/// One row of the quarantine table.
+struct QuarantineEntry {
+    check: String,
+    reason: String,
+    /// The row as JSON (checks) or as the file had it (bad rows).
+    row: String,
+    file: Option<String>,
+    line: Option<i64>,
+    column: Option<String>,
+    /// CSV bad rows: the file's header, as a JSON array of names, for replaying the row.
+    header: Option<String>,
+}
+
 /// Rows held back by checks, as one batch of the quarantine table: which batch, pipeline
 /// version, check and reason, and the row itself as JSON (so the table's schema stays the same
 /// whatever the pipeline's output columns are, across versions).
@@ -1627,24 +1643,68 @@ pub fn quarantine_records(
     batch_id: &str,
     rows: &[(String, String, RecordBatch)],
 ) -> Result<RecordBatch, String> {
-    use arrow::array::{Int64Array, StringArray, TimestampMicrosecondArray};
-    use arrow::datatypes::{Field, Schema, TimeUnit};
-    let mut checks = Vec::new();
-    let mut reasons = Vec::new();
-    let mut json_rows = Vec::new();
+    let mut entries = Vec::new();
     for (check, reason, batch) in rows {
         let mut writer = arrow_json::LineDelimitedWriter::new(Vec::new());
         writer.write(batch).map_err(|e| e.to_string())?;
         writer.finish().map_err(|e| e.to_string())?;
         let text = String::from_utf8(writer.into_inner()).map_err(|e| e.to_string())?;
         for line in text.lines().filter(|l| !l.is_empty()) {
-            checks.push(check.clone());
-            reasons.push(reason.clone());
-            json_rows.push(line.to_string());
+            entries.push(QuarantineEntry {
+                check: check.clone(),
+                reason: reason.clone(),
+                row: line.to_string(),
+                file: None,
+                line: None,
+                column: None,
+                header: None,
+            });
         }
     }
-    let n = json_rows.len();
+    quarantine_batch(pipeline, version, batch_id, entries)
+}
+
+/// Rows left out of a batch by `source.bad_rows: drop`, as one batch of the quarantine table:
+/// check `bad_rows`, the file, line and column, the reason, and in `row` the raw text.
+pub fn bad_row_records(
+    pipeline: &str,
+    version: i64,
+    batch_id: &str,
+    file: &str,
+    header: Option<&[String]>,
+    rows: &[crate::source::BadRow],
+) -> Result<RecordBatch, String> {
+    let header = header
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let entries = rows
+        .iter()
+        .map(|r| QuarantineEntry {
+            check: BAD_ROWS.to_string(),
+            reason: r.reason.clone(),
+            row: r.raw.clone(),
+            file: Some(file.to_string()),
+            line: Some(r.line as i64),
+            column: r.column.clone(),
+            header: header.clone(),
+        })
+        .collect();
+    quarantine_batch(pipeline, version, batch_id, entries)
+}
+
+fn quarantine_batch(
+    pipeline: &str,
+    version: i64,
+    batch_id: &str,
+    entries: Vec<QuarantineEntry>,
+) -> Result<RecordBatch, String> {
+    use arrow::array::{Int64Array, StringArray, TimestampMicrosecondArray};
+    use arrow::datatypes::{Field, Schema, TimeUnit};
+    let n = entries.len();
     let now = sluice_core::now_millis() * 1000;
+    // `file`, `line`, `column` and `header` came with bad rows; nullable, so tables written
+    // before them take them in by schema merge.
     let schema = Arc::new(Schema::new(vec![
         Field::new("batch_id", DataType::Utf8, false),
         Field::new("pipeline", DataType::Utf8, false),
@@ -1657,20 +1717,110 @@ pub fn quarantine_records(
             DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
             false,
         ),
+        Field::new("file", DataType::Utf8, true),
+        Field::new("line", DataType::Int64, true),
+        Field::new("column", DataType::Utf8, true),
+        Field::new("header", DataType::Utf8, true),
     ]));
+    let text = |f: fn(&QuarantineEntry) -> Option<&str>| -> Arc<StringArray> {
+        Arc::new(entries.iter().map(f).collect::<StringArray>())
+    };
     RecordBatch::try_new(
         schema,
         vec![
             Arc::new(StringArray::from(vec![batch_id; n])),
             Arc::new(StringArray::from(vec![pipeline; n])),
             Arc::new(Int64Array::from(vec![version; n])),
-            Arc::new(StringArray::from(checks)),
-            Arc::new(StringArray::from(reasons)),
-            Arc::new(StringArray::from(json_rows)),
+            text(|e| Some(e.check.as_str())),
+            text(|e| Some(e.reason.as_str())),
+            text(|e| Some(e.row.as_str())),
             Arc::new(TimestampMicrosecondArray::from(vec![now; n]).with_timezone("UTC")),
+            text(|e| e.file.as_deref()),
+            Arc::new(entries.iter().map(|e| e.line).collect::<Int64Array>()),
+            text(|e| e.column.as_deref()),
+            text(|e| e.header.as_deref()),
         ],
     )
     .map_err(|e| e.to_string())
+}
+
+/// A row of the quarantine table, as read back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QuarantinedRow {
+    pub batch_id: String,
+    pub version: i64,
+    pub check: String,
+    pub reason: String,
+    pub row: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    /// Bad rows: the text of the line as the file had it (the same as `row`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw: Option<String>,
+    #[serde(skip)]
+    pub header: Option<Vec<String>>,
+}
+
+/// Reads quarantine table batches back into rows (columns a table written by an older sluice
+/// lacks read as absent).
+pub fn read_quarantined(batches: &[RecordBatch]) -> Result<Vec<QuarantinedRow>, String> {
+    let mut out = Vec::new();
+    for b in batches {
+        let text = |name: &str| -> Result<Option<Vec<Option<String>>>, String> {
+            let Some(col) = b.column_by_name(name) else {
+                return Ok(None);
+            };
+            let col = arrow::compute::cast(col, &DataType::Utf8).map_err(|e| e.to_string())?;
+            let s = col.as_string::<i32>();
+            Ok(Some(
+                (0..s.len())
+                    .map(|i| s.is_valid(i).then(|| s.value(i).to_string()))
+                    .collect(),
+            ))
+        };
+        let needed = |name: &str| -> Result<Vec<Option<String>>, String> {
+            text(name)?.ok_or_else(|| format!("the quarantine table has no column {name:?}"))
+        };
+        let (ids, versions, checks, reasons, rows) = (
+            needed("batch_id")?,
+            needed("version")?,
+            needed("check")?,
+            needed("reason")?,
+            needed("row")?,
+        );
+        let n = ids.len();
+        let none = || vec![None; n];
+        let files = text("file")?.unwrap_or_else(none);
+        let lines = text("line")?.unwrap_or_else(none);
+        let columns = text("column")?.unwrap_or_else(none);
+        let headers = text("header")?.unwrap_or_else(none);
+        for i in 0..n {
+            let check = checks[i].clone().unwrap_or_default();
+            let row = rows[i].clone().unwrap_or_default();
+            out.push(QuarantinedRow {
+                batch_id: ids[i].clone().unwrap_or_default(),
+                version: versions[i]
+                    .as_deref()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+                raw: (check == BAD_ROWS).then(|| row.clone()),
+                check,
+                reason: reasons[i].clone().unwrap_or_default(),
+                row,
+                file: files[i].clone(),
+                line: lines[i].as_deref().and_then(|v| v.parse().ok()),
+                column: columns[i].clone(),
+                header: headers[i]
+                    .as_deref()
+                    .and_then(|h| serde_json::from_str(h).ok()),
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn median(v: &[u64]) -> Option<f64> {

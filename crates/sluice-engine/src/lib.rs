@@ -24,6 +24,7 @@ pub mod migrate;
 pub mod sink;
 pub mod source;
 pub mod spec;
+pub mod spool;
 pub mod transform;
 pub mod upgrade;
 
@@ -38,8 +39,8 @@ use sluice_core::{BatchId, BatchOutcome, BatchSlice, ErrorKind};
 
 use crate::checks::{CheckResult, Checks};
 use crate::sink::{CommitOutcome, DeltaSink, SinkError};
-use crate::source::{InputSchema, LandedFile, SourceError};
-use crate::spec::{Format, PipelineSpec, SpecError, SpecFile};
+use crate::source::{BadRow, InputSchema, LandedFile, SliceRead, SourceError, TextRecords};
+use crate::spec::{Compression, Format, PipelineSpec, SpecError, SpecFile};
 use crate::transform::SqlTransform;
 
 pub use arrow;
@@ -192,8 +193,48 @@ pub struct Pipeline {
     transform: SqlTransform,
     sink: Arc<DeltaSink>,
     checks: Checks,
-    /// Where rows held back by checks go; present when the pipeline has checks.
-    quarantine: Option<Arc<DeltaSink>>,
+    /// Where rows held back by checks and rows dropped as bad input go.
+    quarantine: Arc<DeltaSink>,
+    /// Whether this version writes to the quarantine table (it has checks, or drops bad rows).
+    quarantines_rows: bool,
+    /// `source.spool`, resolved: where compressed files are decompressed to.
+    spool_dir: Option<PathBuf>,
+}
+
+/// Slices of replayed dropped rows name the batch they were dropped from under this scheme.
+pub const DROPPED_SCHEME: &str = "sluice-dropped://";
+
+/// Rows dropped from one batch, to be stored in the quarantine table.
+#[derive(Debug, Clone)]
+struct DroppedRows {
+    file: String,
+    header: Option<Vec<String>>,
+    rows: Vec<BadRow>,
+}
+
+/// A batch whose rows were dropped as bad input, as the quarantine table holds them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DroppedBatch {
+    pub batch_id: String,
+    pub file: String,
+    pub rows: u64,
+}
+
+/// The batch that replays the rows dropped from `original`: its id depends only on the
+/// pipeline and the original batch, so it is queued once however often it is asked for, and
+/// replayed rows that a version publishes are published once.
+pub fn replay_batch(pipeline: &str, original: &str, rows: u64) -> (BatchId, BatchSlice) {
+    let mut slice = BatchSlice {
+        path: format!("{DROPPED_SCHEME}{original}"),
+        index: 0,
+        byte_start: 0,
+        byte_end: 0,
+        row_start: 0,
+        row_count: 0,
+    };
+    let id = BatchId::derive(pipeline, &slice.path, &slice);
+    slice.row_count = rows;
+    (id, slice)
 }
 
 impl Pipeline {
@@ -218,9 +259,11 @@ impl Pipeline {
                     )
                     .into());
             };
+            let first = first.display().to_string();
             let columns = InputSchema::infer(
-                &first.display().to_string(),
+                &first,
                 format,
+                Compression::of_file(spec.source.compression, &first),
                 spec.source.csv.delimiter as u8,
             )
             .map_err(|e| file.error_at(&["source", "files"], format!("inferring columns: {e}")))?;
@@ -300,20 +343,28 @@ impl Pipeline {
             })?;
         let sink = Arc::new(DeltaSink::new(url));
         let checks = checks.with_sink(sink.clone());
-        let quarantine = if checks.is_empty() {
-            None
-        } else {
-            let location =
-                spec.sink.quarantine.clone().unwrap_or_else(|| {
-                    format!("{}_quarantine", spec.sink.delta.trim_end_matches('/'))
-                });
-            let url = sink::table_url(&location, &base_dir)
-                .map_err(|e| file.error_at(&["sink", "quarantine"], e.to_string()))?;
-            Some(Arc::new(DeltaSink::new(url)))
-        };
+        let quarantines_rows = !checks.is_empty() || spec.source.bad_rows.drops();
+        let location = spec
+            .sink
+            .quarantine
+            .clone()
+            .unwrap_or_else(|| format!("{}_quarantine", spec.sink.delta.trim_end_matches('/')));
+        let url = sink::table_url(&location, &base_dir)
+            .map_err(|e| file.error_at(&["sink", "quarantine"], e.to_string()))?;
+        let quarantine = Arc::new(DeltaSink::new(url));
+        let spool_dir = spec.source.spool.as_ref().map(|d| {
+            let d = Path::new(d);
+            if d.is_absolute() {
+                d.to_path_buf()
+            } else {
+                base_dir.join(d)
+            }
+        });
         Ok(Pipeline {
             checks,
             quarantine,
+            quarantines_rows,
+            spool_dir,
             spec,
             version,
             base_dir,
@@ -377,12 +428,44 @@ impl Pipeline {
 
     /// Cuts a file into this pipeline's batches, with their stable ids.
     pub fn batches_of(&self, file: &LandedFile) -> Result<Vec<(BatchId, BatchSlice)>, SourceError> {
-        let slices = source::slice_file(&file.path, self.format, self.spec.batch.max_rows)?;
+        let max_rows = self.spec.batch.max_rows;
+        let slices = match self.compression_of(&file.path) {
+            Compression::None => source::slice_file(&file.path, self.format, max_rows)?,
+            c => match spool::ensure(&file.path, c, self.spool_dir.as_deref()) {
+                // Cut the decompressed text; the slices keep naming the compressed file.
+                Ok(spooled) => {
+                    source::slice_file(&spooled.display().to_string(), self.format, max_rows)
+                        .map_err(|e| e.in_file(&file.path))?
+                        .into_iter()
+                        .map(|s| BatchSlice {
+                            path: file.path.clone(),
+                            ..s
+                        })
+                        .collect()
+                }
+                // A broken stream is one batch that fails with the reason when it runs: held
+                // in quarantine where `sluice status` shows it, and nothing of it published.
+                Err(SourceError::BadData { .. }) => vec![BatchSlice {
+                    path: file.path.clone(),
+                    index: 0,
+                    byte_start: 0,
+                    byte_end: 0,
+                    row_start: 0,
+                    row_count: 0,
+                }],
+                Err(e) => return Err(e),
+            },
+        };
         let identity = format!("{}@{}", file.path, file.size);
         Ok(slices
             .into_iter()
             .map(|s| (BatchId::derive(self.name(), &identity, &s), s))
             .collect())
+    }
+
+    /// How a landing file is compressed, under this version's `source.compression`.
+    pub fn compression_of(&self, path: &str) -> Compression {
+        Compression::of_file(self.spec.source.compression, path)
     }
 
     /// Runs one batch: read the slice, transform, commit exactly once.
@@ -409,7 +492,7 @@ impl Pipeline {
         recent_rows: &[u64],
     ) -> Result<BatchResult, BatchError> {
         let started = Instant::now();
-        let (rows_in, audit) = self.audit_slice(slice, recent_rows).await?;
+        let (rows_in, audit, dropped) = self.audit_slice(slice, recent_rows).await?;
         let app_id = DeltaSink::app_id(self.name(), &batch_id.0);
         if (audit.hold.is_some() || !audit.failing_rows.is_empty())
             && self.sink.is_committed(&app_id).await.unwrap_or(false)
@@ -425,13 +508,17 @@ impl Pipeline {
                 checks: Vec::new(),
             });
         }
-        if !audit.failing_rows.is_empty() {
-            self.write_quarantine(batch_id, &audit.failing_rows)
+        if !audit.failing_rows.is_empty() || dropped.is_some() {
+            // Before the commit: a row left out of the table is in the quarantine table first.
+            self.write_quarantine(batch_id, &audit.failing_rows, dropped.as_ref())
                 .await
                 .map_err(|e| {
                     let mut err = BatchError::new(
                         ErrorKind::External,
-                        format!("{}: storing rows failing checks: {e}", slice_label(slice)),
+                        format!(
+                            "{}: storing rows failing checks or dropped as bad input: {e}",
+                            slice_label(slice)
+                        ),
                         rows_in,
                     )
                     .or_outage(&*e);
@@ -440,11 +527,7 @@ impl Pipeline {
                 })?;
         }
         if let Some(reason) = audit.hold {
-            let table = self
-                .quarantine
-                .as_ref()
-                .map(|q| q.url().to_string())
-                .unwrap_or_default();
+            let table = self.quarantine.url().to_string();
             let mut err = BatchError::new(
                 ErrorKind::User,
                 format!(
@@ -483,9 +566,11 @@ impl Pipeline {
         &self,
         slice: &BatchSlice,
         recent_rows: &[u64],
-    ) -> Result<(i64, checks::Audit), BatchError> {
-        let input = self.read(slice).await?;
-        let rows_in = input.num_rows() as i64;
+    ) -> Result<(i64, checks::Audit, Option<DroppedRows>), BatchError> {
+        let read = self.read_input(slice).await?;
+        let rows_in = read.records as i64;
+        let (bad_rows, dropped) = self.judge_bad_rows(slice, &read)?;
+        let input = read.batch;
         let output = self.transform.run(input).await.map_err(|e| {
             BatchError::new(
                 datafusion_error_kind(&e),
@@ -516,14 +601,78 @@ impl Pipeline {
                     rows_in,
                 )
             })?;
-        Ok((rows_in, audit))
+        let mut audit = audit;
+        audit.results.extend(bad_rows);
+        Ok((rows_in, audit, dropped))
+    }
+
+    /// Under `bad_rows: drop`: the batch's `bad_rows` measurement and the rows to store, or
+    /// the batch held when more rows failed than `error_if` allows.
+    fn judge_bad_rows(
+        &self,
+        slice: &BatchSlice,
+        read: &SliceRead,
+    ) -> Result<(Option<CheckResult>, Option<DroppedRows>), BatchError> {
+        let policy = self.spec.source.bad_rows;
+        if !policy.drops() {
+            return Ok((None, None));
+        }
+        let failing = read.dropped.len() as u64;
+        let limit = policy.limit();
+        let held = limit.exceeded(failing, read.records);
+        let file = read.file.clone();
+        let first = read
+            .dropped
+            .first()
+            .map(|b| format!("first {file}:{}: {}", b.line, b.reason))
+            .unwrap_or_default();
+        let result = CheckResult {
+            name: checks::BAD_ROWS.to_string(),
+            kind: checks::BAD_ROWS.to_string(),
+            level: match (held, failing) {
+                (true, _) => checks::Level::Error,
+                (false, 0) => checks::Level::Pass,
+                (false, _) => checks::Level::Warn,
+            },
+            considered: read.records,
+            failing,
+            dropped: if held { 0 } else { failing },
+            detail: if failing == 0 {
+                String::new()
+            } else {
+                format!(
+                    "{failing} of {} rows do not parse or fit ({first})",
+                    read.records
+                )
+            },
+        };
+        if held {
+            let mut err = BatchError::new(
+                ErrorKind::User,
+                format!(
+                    "{}: {failing} of {} rows do not parse or fit, more than source.bad_rows.error_if \"{}\" allows ({first}); the batch is held and nothing was published: fix the file or the spec, then `sluice retry` it",
+                    slice_label(slice),
+                    read.records,
+                    String::from(limit)
+                ),
+                read.records as i64,
+            );
+            err.checks = vec![result];
+            return Err(err);
+        }
+        let dropped = (failing > 0).then(|| DroppedRows {
+            file,
+            header: read.header.clone(),
+            rows: read.dropped.clone(),
+        });
+        Ok((Some(result), dropped))
     }
 
     /// Runs a batch through this version without publishing anything: what `verify pre` uses
     /// to try a candidate on recent data. `outcome` is `Quarantined` when a check would hold it.
     pub async fn dry_run(&self, slice: &BatchSlice) -> Result<BatchResult, BatchError> {
         let started = Instant::now();
-        let (rows_in, audit) = self.audit_slice(slice, &[]).await?;
+        let (rows_in, audit, _) = self.audit_slice(slice, &[]).await?;
         Ok(BatchResult {
             rows_in,
             rows_out: audit.publish.iter().map(|b| b.num_rows() as i64).sum(),
@@ -542,39 +691,169 @@ impl Pipeline {
         &self,
         batch_id: &BatchId,
         rows: &[(String, String, arrow::array::RecordBatch)],
+        dropped: Option<&DroppedRows>,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let Some(q) = &self.quarantine else {
-            return Ok(());
-        };
-        let record = checks::quarantine_records(self.name(), self.version, &batch_id.0, rows)?;
+        let q = &self.quarantine;
+        let mut records = Vec::new();
+        if !rows.is_empty() {
+            records.push(checks::quarantine_records(
+                self.name(),
+                self.version,
+                &batch_id.0,
+                rows,
+            )?);
+        }
+        if let Some(d) = dropped {
+            records.push(checks::bad_row_records(
+                self.name(),
+                self.version,
+                &batch_id.0,
+                &d.file,
+                d.header.as_deref(),
+                &d.rows,
+            )?);
+        }
         let app_id = format!(
             "sluice-quarantine/{}/{}/v{}",
             self.name(),
             batch_id.0,
             self.version
         );
-        q.commit(&app_id, vec![record]).await?;
+        q.commit(&app_id, records).await?;
         Ok(())
     }
 
-    /// The quarantine table of rows held back by checks, if the pipeline has checks.
+    /// The quarantine table of rows held back by checks or dropped as bad input, if this
+    /// version writes one.
     pub fn quarantine_table(&self) -> Option<&Arc<DeltaSink>> {
-        self.quarantine.as_ref()
+        self.quarantines_rows.then_some(&self.quarantine)
+    }
+
+    /// The rows dropped from `batch` as bad input, in file order: those the latest version
+    /// that dropped rows of it stored.
+    pub async fn dropped_rows(&self, batch: &str) -> Result<Vec<checks::QuarantinedRow>, String> {
+        let all = self
+            .quarantine
+            .read_all()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut rows: Vec<_> = checks::read_quarantined(&all)?
+            .into_iter()
+            .filter(|r| r.check == checks::BAD_ROWS && r.batch_id == batch)
+            .collect();
+        let latest = rows.iter().map(|r| r.version).max().unwrap_or(0);
+        rows.retain(|r| r.version == latest);
+        rows.sort_by_key(|r| r.line);
+        Ok(rows)
+    }
+
+    /// Every batch with rows dropped as bad input, with how many, from the quarantine table.
+    pub async fn dropped_batches(&self) -> Result<Vec<DroppedBatch>, String> {
+        let all = self
+            .quarantine
+            .read_all()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut by_batch: std::collections::BTreeMap<String, (i64, String, u64)> =
+            Default::default();
+        for r in checks::read_quarantined(&all)? {
+            if r.check != checks::BAD_ROWS {
+                continue;
+            }
+            let e = by_batch.entry(r.batch_id.clone()).or_insert((
+                r.version,
+                r.file.clone().unwrap_or_default(),
+                0,
+            ));
+            if r.version > e.0 {
+                *e = (r.version, r.file.clone().unwrap_or_default(), 0);
+            }
+            if r.version == e.0 {
+                e.2 += 1;
+            }
+        }
+        Ok(by_batch
+            .into_iter()
+            .map(|(batch_id, (_, file, rows))| DroppedBatch {
+                batch_id,
+                file,
+                rows,
+            })
+            .collect())
     }
 
     /// Reads a slice on the blocking pool (file I/O and parsing).
     pub async fn read(&self, slice: &BatchSlice) -> Result<arrow::array::RecordBatch, BatchError> {
-        let slice = slice.clone();
+        self.read_input(slice).await.map(|r| r.batch)
+    }
+
+    /// Reads a slice (of a plain file, a compressed file's spool, or replayed dropped rows),
+    /// leaving out bad rows under `bad_rows: drop`.
+    async fn read_input(&self, slice: &BatchSlice) -> Result<SliceRead, BatchError> {
         let format = self.format;
         let input = self.input.clone();
-        let versions = self.versions.clone();
         let delimiter = self.spec.source.csv.delimiter as u8;
-        let read = tokio::task::spawn_blocking(move || match versions {
-            Some(v) => v.read(&slice, format, delimiter).map(|(b, _)| b),
-            None => source::read_slice(&slice, format, &input, delimiter),
-        })
-        .await
-        .map_err(|e| BatchError::new(ErrorKind::Internal, format!("reader task failed: {e}"), 0))?;
+        let drop = self.spec.source.bad_rows.drops();
+        let read = if let Some(original) = slice.path.strip_prefix(DROPPED_SCHEME) {
+            let rows = self.dropped_rows(original).await.map_err(|e| {
+                BatchError::new(
+                    ErrorKind::External,
+                    format!("reading the rows dropped from {original}: {e}"),
+                    0,
+                )
+            })?;
+            let Some(first) = rows.first() else {
+                return Err(BatchError::new(
+                    ErrorKind::User,
+                    format!(
+                        "no rows dropped from batch {original} are in {}: nothing to replay",
+                        self.quarantine.url()
+                    ),
+                    0,
+                ));
+            };
+            let file = first.file.clone().unwrap_or_default();
+            let header = first.header.clone();
+            let listed: Vec<(u64, String)> = rows
+                .iter()
+                .map(|r| (r.line.unwrap_or(0).max(0) as u64, r.row.clone()))
+                .collect();
+            tokio::task::spawn_blocking(move || {
+                let rec = TextRecords::replay(&file, header, &listed);
+                source::read_records(&rec, format, &input, delimiter, drop, listed.len().max(1))
+            })
+            .await
+        } else {
+            let slice = slice.clone();
+            let versions = self.versions.clone();
+            let compression = self.compression_of(&slice.path);
+            let spool_dir = self.spool_dir.clone();
+            tokio::task::spawn_blocking(move || {
+                let original = slice.path.clone();
+                let data = match compression {
+                    Compression::None => slice,
+                    c => BatchSlice {
+                        path: spool::ensure(&original, c, spool_dir.as_deref())?
+                            .display()
+                            .to_string(),
+                        ..slice
+                    },
+                };
+                match versions {
+                    Some(v) => v.read(&data, format, delimiter, drop).map(|(r, _)| r),
+                    None => source::read_slice_with(&data, format, &input, delimiter, drop),
+                }
+                .map(|r| SliceRead {
+                    file: original.clone(),
+                    ..r
+                })
+                .map_err(|e| e.in_file(&original))
+            })
+            .await
+        };
+        let read = read.map_err(|e| {
+            BatchError::new(ErrorKind::Internal, format!("reader task failed: {e}"), 0)
+        })?;
         read.map_err(|e| {
             let message = e.to_string();
             let new_columns = match &e {

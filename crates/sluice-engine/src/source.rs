@@ -55,6 +55,25 @@ pub enum SourceError {
 }
 
 impl SourceError {
+    /// The same error, naming `file` (a compressed file read through its spool).
+    pub fn in_file(self, file: &str) -> SourceError {
+        match self {
+            SourceError::BadData { line, reason, .. } => SourceError::BadData {
+                file: file.to_string(),
+                line,
+                reason,
+            },
+            SourceError::NewColumns { columns, .. } => SourceError::NewColumns {
+                file: file.to_string(),
+                columns,
+            },
+            SourceError::Io { source, .. } => SourceError::Io {
+                file: file.to_string(),
+                source,
+            },
+        }
+    }
+
     pub(crate) fn bad(file: &str, line: Option<u64>, reason: impl Into<String>) -> SourceError {
         SourceError::BadData {
             file: file.to_string(),
@@ -62,7 +81,7 @@ impl SourceError {
             reason: reason.into(),
         }
     }
-    fn io(file: &str, source: std::io::Error) -> SourceError {
+    pub(crate) fn io(file: &str, source: std::io::Error) -> SourceError {
         SourceError::Io {
             file: file.to_string(),
             source,
@@ -360,10 +379,29 @@ impl InputSchema {
     pub fn infer(
         path: &str,
         format: Format,
+        compression: crate::spec::Compression,
         delimiter: u8,
     ) -> Result<indexmap::IndexMap<String, String>, SourceError> {
         let file = File::open(path).map_err(|e| SourceError::io(path, e))?;
         let schema = match format {
+            Format::Jsonl if compression != crate::spec::Compression::None => {
+                let text = crate::spool::open_text(path, compression)?;
+                arrow_json::reader::infer_json_schema(BufReader::new(text), Some(1000))
+                    .map_err(|e| {
+                        SourceError::bad(path, None, format!("cannot infer columns: {e}"))
+                    })?
+                    .0
+            }
+            Format::Csv if compression != crate::spec::Compression::None => {
+                arrow_csv::reader::Format::default()
+                    .with_header(true)
+                    .with_delimiter(delimiter)
+                    .infer_schema(crate::spool::open_text(path, compression)?, Some(1000))
+                    .map_err(|e| {
+                        SourceError::bad(path, None, format!("cannot infer columns: {e}"))
+                    })?
+                    .0
+            }
             Format::Csv => {
                 csv_header(path, delimiter)?; // refuses a header naming a column twice
                 arrow_csv::reader::Format::default()
@@ -401,6 +439,120 @@ impl InputSchema {
     }
 }
 
+/// A row left out of its batch under `source.bad_rows: drop`: where it was, why, and its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRow {
+    /// 1-based line in the file (in the decompressed text of a compressed file).
+    pub line: u64,
+    /// The column whose value does not parse or fit, when one is to blame.
+    pub column: Option<String>,
+    pub reason: String,
+    /// The record as it was in the file, without its line ending.
+    pub raw: String,
+}
+
+/// A slice as read: the batch, and what was left out of it.
+#[derive(Debug, Clone)]
+pub struct SliceRead {
+    /// The file the rows came from (a compressed file, not its spool).
+    pub file: String,
+    pub batch: RecordBatch,
+    /// Records in the slice, good and bad.
+    pub records: u64,
+    /// Rows left out under `bad_rows: drop`, in file order.
+    pub dropped: Vec<BadRow>,
+    /// The CSV header's column names, kept with dropped rows so they can be replayed.
+    pub header: Option<Vec<String>>,
+}
+
+/// Records of CSV or JSON Lines text to decode: a slice of a landed file, or dropped rows
+/// being replayed.
+#[derive(Debug, Clone)]
+pub struct TextRecords {
+    /// The file the records came from, for errors.
+    pub file: String,
+    /// CSV: the column names of the file's header.
+    pub header: Option<Vec<String>>,
+    bytes: Vec<u8>,
+    lines: Lines,
+}
+
+#[derive(Debug, Clone)]
+enum Lines {
+    /// The bytes start at this offset of this file: lines are counted from the file.
+    Offset { path: String, byte_start: u64 },
+    /// The file line of each record, in order (replayed rows).
+    Listed(Vec<u64>),
+}
+
+impl TextRecords {
+    /// A slice of a plain CSV or JSON Lines file.
+    pub fn of_slice(
+        slice: &BatchSlice,
+        format: Format,
+        delimiter: u8,
+    ) -> Result<TextRecords, SourceError> {
+        let header = match format {
+            Format::Csv => Some(csv_header(&slice.path, delimiter)?),
+            _ => None,
+        };
+        Ok(TextRecords {
+            file: slice.path.clone(),
+            header,
+            bytes: read_range(slice)?,
+            lines: Lines::Offset {
+                path: slice.path.clone(),
+                byte_start: slice.byte_start,
+            },
+        })
+    }
+
+    /// Rows stored earlier (their file line and raw text), to be read again.
+    pub fn replay(file: &str, header: Option<Vec<String>>, rows: &[(u64, String)]) -> TextRecords {
+        let mut bytes = Vec::new();
+        for (_, raw) in rows {
+            bytes.extend_from_slice(raw.as_bytes());
+            bytes.push(b'\n');
+        }
+        TextRecords {
+            file: file.to_string(),
+            header,
+            bytes,
+            lines: Lines::Listed(rows.iter().map(|(l, _)| *l).collect()),
+        }
+    }
+
+    /// The file line of each of `which` (ascending indexes into `records`). Error and drop
+    /// paths only: for a slice it reads the file up to the slice once.
+    fn lines_of(&self, records: &[(usize, usize)], which: &[usize]) -> Vec<u64> {
+        match &self.lines {
+            Lines::Listed(lines) => which
+                .iter()
+                .map(|&i| lines.get(i).copied().unwrap_or(0))
+                .collect(),
+            Lines::Offset { path, byte_start } => {
+                let mut line = line_of(path, *byte_start);
+                let mut at = 0usize;
+                which
+                    .iter()
+                    .map(|&i| {
+                        let start = records.get(i).map(|r| r.0).unwrap_or(at).max(at);
+                        line += memchr::memchr_iter(b'\n', &self.bytes[at..start]).count() as u64;
+                        at = start;
+                        line
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    fn raw(&self, record: (usize, usize)) -> String {
+        String::from_utf8_lossy(&self.bytes[record.0..record.1])
+            .trim_end_matches(['\n', '\r'])
+            .to_string()
+    }
+}
+
 /// Reads one slice with the input schema. Bad data gives [`SourceError::BadData`] naming the
 /// first offending line and column; nothing of the slice is returned in that case.
 pub fn read_slice(
@@ -409,10 +561,49 @@ pub fn read_slice(
     input: &InputSchema,
     delimiter: u8,
 ) -> Result<RecordBatch, SourceError> {
+    read_slice_with(slice, format, input, delimiter, false).map(|r| r.batch)
+}
+
+/// [`read_slice`], leaving out the rows that do not parse or fit when `drop` is set (CSV and
+/// JSON Lines; a Parquet file's values are typed, and one that does not fit holds the batch).
+pub fn read_slice_with(
+    slice: &BatchSlice,
+    format: Format,
+    input: &InputSchema,
+    delimiter: u8,
+    drop: bool,
+) -> Result<SliceRead, SourceError> {
     match format {
-        Format::Csv => read_csv(slice, input, delimiter),
-        Format::Jsonl => read_jsonl(slice, input),
-        Format::Parquet => read_parquet(slice, input),
+        Format::Parquet => read_parquet(slice, input).map(|batch| SliceRead {
+            file: slice.path.clone(),
+            records: batch.num_rows() as u64,
+            batch,
+            dropped: Vec::new(),
+            header: None,
+        }),
+        Format::Csv | Format::Jsonl => read_records(
+            &TextRecords::of_slice(slice, format, delimiter)?,
+            format,
+            input,
+            delimiter,
+            drop,
+            decode_batch_rows(slice),
+        ),
+    }
+}
+
+/// Reads CSV or JSON Lines records with the input schema (see [`read_slice_with`]).
+pub fn read_records(
+    rec: &TextRecords,
+    format: Format,
+    input: &InputSchema,
+    delimiter: u8,
+    drop: bool,
+    rows_hint: usize,
+) -> Result<SliceRead, SourceError> {
+    match format {
+        Format::Csv => read_csv(rec, input, delimiter, drop, rows_hint),
+        _ => read_jsonl(rec, input, drop, rows_hint),
     }
 }
 
@@ -576,13 +767,173 @@ fn csv_header(path: &str, delimiter: u8) -> Result<Vec<String>, SourceError> {
     Ok(names)
 }
 
+/// A decoded slice: the rows that decoded, which records they are, and the ones left out.
+struct Decoded {
+    parsed: RecordBatch,
+    /// Record indexes of `parsed`'s rows; `None` when every record decoded.
+    kept: Option<Vec<usize>>,
+    dropped: Vec<BadRow>,
+}
+
+impl Decoded {
+    fn record_of(&self, row: usize) -> usize {
+        self.kept.as_ref().map(|k| k[row]).unwrap_or(row)
+    }
+
+    /// Under `drop`, leaves out rows with no value in a required column.
+    fn drop_missing_required(
+        &mut self,
+        rec: &TextRecords,
+        csv: bool,
+        required: &[(usize, String)],
+    ) -> Result<(), SourceError> {
+        let rows = self.parsed.num_rows();
+        let mut missing: Vec<(usize, &str)> = Vec::new();
+        for row in 0..rows {
+            if let Some((_, name)) = required
+                .iter()
+                .find(|(i, _)| self.parsed.column(*i).is_null(row))
+            {
+                missing.push((row, name));
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let records = record_starts(&rec.bytes, csv);
+        let which: Vec<usize> = missing.iter().map(|(r, _)| self.record_of(*r)).collect();
+        let lines = rec.lines_of(&records, &which);
+        for (((_, name), idx), line) in missing.iter().zip(&which).zip(lines) {
+            self.dropped.push(BadRow {
+                line,
+                column: Some(name.to_string()),
+                reason: format!("column {name:?} is required but has no value"),
+                raw: records.get(*idx).map(|r| rec.raw(*r)).unwrap_or_default(),
+            });
+        }
+        self.dropped.sort_by_key(|b| b.line);
+        let mut keep = vec![true; rows];
+        for (r, _) in &missing {
+            keep[*r] = false;
+        }
+        let mask = arrow::array::BooleanArray::from(keep.clone());
+        self.parsed = arrow::compute::filter_record_batch(&self.parsed, &mask)
+            .map_err(|e| SourceError::bad(&rec.file, None, e.to_string()))?;
+        let kept: Vec<usize> = (0..rows)
+            .filter(|r| keep[*r])
+            .map(|r| self.record_of(r))
+            .collect();
+        self.kept = Some(kept);
+        Ok(())
+    }
+
+    fn records(&self) -> u64 {
+        (self.parsed.num_rows() + self.dropped.len()) as u64
+    }
+}
+
+/// Decodes all records at once (the fast path); when that fails, finds the bad records: the
+/// first one (hold), or all of them by bisection (drop), decoding only the failing halves.
+fn decode_records(
+    rec: &TextRecords,
+    csv: bool,
+    schema: &SchemaRef,
+    drop: bool,
+    rows_hint: usize,
+    decode: impl Fn(&[u8], usize) -> Result<RecordBatch, arrow::error::ArrowError>,
+) -> Result<Decoded, SourceError> {
+    let first = match decode(&rec.bytes, rows_hint) {
+        Ok(parsed) => {
+            return Ok(Decoded {
+                parsed,
+                kept: None,
+                dropped: Vec::new(),
+            });
+        }
+        Err(e) => e,
+    };
+    let records = record_starts(&rec.bytes, csv);
+    if !drop {
+        return Err(pinpoint(rec, &records, schema, first, |r| {
+            decode(r, 1).map(|_| ())
+        }));
+    }
+    let mut good: Vec<(usize, RecordBatch)> = Vec::new();
+    let mut bad: Vec<(usize, String)> = Vec::new();
+    bisect(
+        &rec.bytes,
+        &records,
+        0,
+        records.len(),
+        &decode,
+        &mut good,
+        &mut bad,
+    );
+    let kept: Vec<usize> = good
+        .iter()
+        .flat_map(|(start, b)| *start..*start + b.num_rows())
+        .collect();
+    let parsed = concat_batches(schema, good.iter().map(|(_, b)| b))
+        .map_err(|e| SourceError::bad(&rec.file, None, e.to_string()))?;
+    let which: Vec<usize> = bad.iter().map(|(i, _)| *i).collect();
+    let lines = rec.lines_of(&records, &which);
+    let dropped = bad
+        .into_iter()
+        .zip(lines)
+        .map(|((i, msg), line)| BadRow {
+            line,
+            column: error_column(&msg, schema),
+            reason: clean_arrow_message(&msg, schema),
+            raw: rec.raw(records[i]),
+        })
+        .collect();
+    Ok(Decoded {
+        parsed,
+        kept: Some(kept),
+        dropped,
+    })
+}
+
+/// Decodes records `lo..hi`; a failing range is split in two until the bad records stand
+/// alone. With k bad records of n this decodes about 2n·(log2 k + 2) records.
+fn bisect(
+    bytes: &[u8],
+    records: &[(usize, usize)],
+    lo: usize,
+    hi: usize,
+    decode: &impl Fn(&[u8], usize) -> Result<RecordBatch, arrow::error::ArrowError>,
+    good: &mut Vec<(usize, RecordBatch)>,
+    bad: &mut Vec<(usize, String)>,
+) {
+    if lo >= hi {
+        return;
+    }
+    let data = &bytes[records[lo].0..records[hi - 1].1];
+    let failure = match decode(data, hi - lo) {
+        Ok(b) if b.num_rows() == hi - lo => {
+            good.push((lo, b));
+            return;
+        }
+        Ok(b) => format!("the record decodes to {} rows", b.num_rows()),
+        Err(e) => e.to_string(),
+    };
+    if hi - lo == 1 {
+        bad.push((lo, failure));
+        return;
+    }
+    let mid = lo + (hi - lo) / 2;
+    bisect(bytes, records, lo, mid, decode, good, bad);
+    bisect(bytes, records, mid, hi, decode, good, bad);
+}
+
 fn read_csv(
-    slice: &BatchSlice,
+    rec: &TextRecords,
     input: &InputSchema,
     delimiter: u8,
-) -> Result<RecordBatch, SourceError> {
-    let path = &slice.path;
-    let header = csv_header(path, delimiter)?;
+    drop: bool,
+    rows_hint: usize,
+) -> Result<SliceRead, SourceError> {
+    let header = rec.header.clone().unwrap_or_default();
     // Parse every header column: declared ones with their type, others as text (ignored).
     let declared: HashMap<&str, &Field> = input
         .declared
@@ -599,7 +950,19 @@ fn read_csv(
             })
             .collect::<Vec<_>>(),
     ));
-    let bytes = read_range(slice)?;
+    for field in input.declared.fields() {
+        if !field.is_nullable() && reader_schema.index_of(field.name()).is_err() {
+            return Err(SourceError::bad(
+                &rec.file,
+                Some(1),
+                format!(
+                    "required column {:?} is missing from the header (header has: {})",
+                    field.name(),
+                    header.join(", ")
+                ),
+            ));
+        }
+    }
     let decode = |data: &[u8], rows: usize| -> Result<RecordBatch, arrow::error::ArrowError> {
         let reader = arrow_csv::ReaderBuilder::new(reader_schema.clone())
             .with_header(false)
@@ -609,44 +972,56 @@ fn read_csv(
         let batches = reader.collect::<Result<Vec<_>, _>>()?;
         one_batch(&reader_schema, batches)
     };
-    let parsed = match decode(&bytes, decode_batch_rows(slice)) {
-        Ok(b) => b,
-        Err(_) => {
-            return Err(pinpoint(slice, &bytes, true, &reader_schema, |rec| {
-                decode(rec, 1).map(|_| ())
-            }));
-        }
-    };
+    let mut decoded = decode_records(rec, true, &reader_schema, drop, rows_hint, decode)?;
+    if drop {
+        decoded.drop_missing_required(rec, true, &required_columns(input, &reader_schema))?;
+    }
+    let parsed = &decoded.parsed;
     let mut columns = Vec::with_capacity(input.declared.fields().len());
     for field in input.declared.fields() {
         match reader_schema.index_of(field.name()) {
             Ok(i) => columns.push(parsed.column(i).clone()),
-            Err(_) if field.is_nullable() => {
-                columns.push(new_null_array(field.data_type(), parsed.num_rows()))
-            }
-            Err(_) => {
-                return Err(SourceError::bad(
-                    path,
-                    Some(1),
-                    format!(
-                        "required column {:?} is missing from the header (header has: {})",
-                        field.name(),
-                        header.join(", ")
-                    ),
-                ));
-            }
+            Err(_) => columns.push(new_null_array(field.data_type(), parsed.num_rows())),
         }
     }
-    let extras = Extras::undeclared(&parsed, input);
-    finish(slice, input, columns, extras, |row| {
-        record_starts(&bytes, true)
-            .get(row)
-            .map(|(s, _)| line_of(path, slice.byte_start + *s as u64))
+    let extras = Extras::undeclared(parsed, input);
+    let batch = finish(&rec.file, input, columns, extras, |row| {
+        let records = record_starts(&rec.bytes, true);
+        rec.lines_of(&records, &[decoded.record_of(row)])
+            .first()
+            .copied()
+    })?;
+    Ok(SliceRead {
+        file: rec.file.clone(),
+        batch,
+        records: decoded.records(),
+        dropped: decoded.dropped,
+        header: Some(header),
     })
 }
 
-fn read_jsonl(slice: &BatchSlice, input: &InputSchema) -> Result<RecordBatch, SourceError> {
-    let path = &slice.path;
+/// Indexes (in `schema`) and names of the declared columns that must have a value.
+fn required_columns(input: &InputSchema, schema: &Schema) -> Vec<(usize, String)> {
+    input
+        .declared
+        .fields()
+        .iter()
+        .filter(|f| !f.is_nullable())
+        .filter_map(|f| {
+            schema
+                .index_of(f.name())
+                .ok()
+                .map(|i| (i, f.name().clone()))
+        })
+        .collect()
+}
+
+fn read_jsonl(
+    rec: &TextRecords,
+    input: &InputSchema,
+    drop: bool,
+    rows_hint: usize,
+) -> Result<SliceRead, SourceError> {
     let reader_schema = Arc::new(Schema::new(
         input
             .declared
@@ -655,7 +1030,6 @@ fn read_jsonl(slice: &BatchSlice, input: &InputSchema) -> Result<RecordBatch, So
             .map(|f| f.as_ref().clone().with_nullable(true))
             .collect::<Vec<_>>(),
     ));
-    let bytes = read_range(slice)?;
     let decode = |data: &[u8], rows: usize| -> Result<RecordBatch, arrow::error::ArrowError> {
         let reader = arrow_json::ReaderBuilder::new(reader_schema.clone())
             .with_batch_size(rows)
@@ -663,29 +1037,30 @@ fn read_jsonl(slice: &BatchSlice, input: &InputSchema) -> Result<RecordBatch, So
         let batches = reader.collect::<Result<Vec<_>, _>>()?;
         one_batch(&reader_schema, batches)
     };
-    let parsed = match decode(&bytes, decode_batch_rows(slice)) {
-        Ok(b) => b,
-        Err(_) => {
-            return Err(pinpoint(slice, &bytes, false, &reader_schema, |rec| {
-                decode(rec, 1).map(|_| ())
-            }));
-        }
-    };
-    let columns = parsed.columns().to_vec();
+    let mut decoded = decode_records(rec, false, &reader_schema, drop, rows_hint, decode)?;
+    if drop {
+        decoded.drop_missing_required(rec, false, &required_columns(input, &reader_schema))?;
+    }
+    let columns = decoded.parsed.columns().to_vec();
+    let records = record_starts(&rec.bytes, false);
     let line_of_row = |row: usize| {
-        record_starts(&bytes, false)
-            .get(row)
-            .map(|(s, _)| line_of(path, slice.byte_start + *s as u64))
+        rec.lines_of(&records, &[decoded.record_of(row)])
+            .first()
+            .copied()
     };
     // arrow-json skips keys it was not asked for: find them with a second, plain parse.
     let extras = if input.unknown == UnknownColumns::Ignore {
         Extras::None
     } else {
-        let mut rows = Vec::with_capacity(parsed.num_rows());
+        let mut rows = Vec::with_capacity(decoded.parsed.num_rows());
         let mut names = std::collections::BTreeSet::new();
-        for (start, end) in record_starts(&bytes, false) {
+        for row in 0..decoded.parsed.num_rows() {
+            let Some(&(start, end)) = records.get(decoded.record_of(row)) else {
+                rows.push(None);
+                continue;
+            };
             let value: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_slice(&bytes[start..end]).unwrap_or_default();
+                serde_json::from_slice(&rec.bytes[start..end]).unwrap_or_default();
             let extra: serde_json::Map<String, serde_json::Value> = value
                 .into_iter()
                 .filter(|(k, v)| input.declared.index_of(k).is_err() && !v.is_null())
@@ -698,7 +1073,14 @@ fn read_jsonl(slice: &BatchSlice, input: &InputSchema) -> Result<RecordBatch, So
             rows,
         }
     };
-    finish(slice, input, columns, extras, line_of_row)
+    let batch = finish(&rec.file, input, columns, extras, line_of_row)?;
+    Ok(SliceRead {
+        file: rec.file.clone(),
+        batch,
+        records: decoded.records(),
+        dropped: decoded.dropped,
+        header: None,
+    })
 }
 
 fn read_parquet(slice: &BatchSlice, input: &InputSchema) -> Result<RecordBatch, SourceError> {
@@ -765,7 +1147,7 @@ fn read_parquet(slice: &BatchSlice, input: &InputSchema) -> Result<RecordBatch, 
         }
     }
     let extras = Extras::undeclared(&parsed, input);
-    finish(slice, input, columns, extras, |row| {
+    finish(&slice.path, input, columns, extras, |row| {
         Some(slice.row_start + row as u64 + 1)
     })
 }
@@ -881,7 +1263,7 @@ impl Extras {
 /// Checks required columns, applies the unknown-columns policy and assembles the batch in the
 /// input schema's order.
 fn finish(
-    slice: &BatchSlice,
+    file: &str,
     input: &InputSchema,
     mut columns: Vec<ArrayRef>,
     extras: Extras,
@@ -891,7 +1273,7 @@ fn finish(
         if !field.is_nullable() && col.null_count() > 0 {
             let row = (0..col.len()).find(|&r| col.is_null(r)).unwrap_or(0);
             return Err(SourceError::bad(
-                &slice.path,
+                file,
                 line_of_row(row),
                 format!("column {:?} is required but has no value", field.name()),
             ));
@@ -904,7 +1286,7 @@ fn finish(
             let names = extras.names();
             if !names.is_empty() {
                 return Err(SourceError::bad(
-                    &slice.path,
+                    file,
                     None,
                     format!(
                         "the file has columns the input does not declare: {}; declare them, or set source.unknown_columns to rescue or ignore",
@@ -917,7 +1299,7 @@ fn finish(
             let found = extras.typed();
             if !found.is_empty() {
                 return Err(SourceError::NewColumns {
-                    file: slice.path.clone(),
+                    file: file.to_string(),
                     columns: found,
                 });
             }
@@ -925,36 +1307,69 @@ fn finish(
         UnknownColumns::Rescue => columns.push(
             extras
                 .rescued(rows)
-                .map_err(|e| SourceError::bad(&slice.path, None, e))?,
+                .map_err(|e| SourceError::bad(file, None, e))?,
         ),
     }
     RecordBatch::try_new(input.schema.clone(), columns)
-        .map_err(|e| SourceError::bad(&slice.path, None, e.to_string()))
+        .map_err(|e| SourceError::bad(file, None, e.to_string()))
 }
 
 /// Decoding a slice failed: decode record by record to name the first bad one. Error path only.
 fn pinpoint(
-    slice: &BatchSlice,
-    bytes: &[u8],
-    csv: bool,
+    rec: &TextRecords,
+    records: &[(usize, usize)],
     columns: &Schema,
+    whole: arrow::error::ArrowError,
     decode_one: impl Fn(&[u8]) -> Result<(), arrow::error::ArrowError>,
 ) -> SourceError {
-    for (start, end) in record_starts(bytes, csv) {
-        if let Err(e) = decode_one(&bytes[start..end]) {
-            let line = line_of(&slice.path, slice.byte_start + start as u64);
+    for (i, &(start, end)) in records.iter().enumerate() {
+        if let Err(e) = decode_one(&rec.bytes[start..end]) {
+            let line = rec.lines_of(records, &[i]).first().copied();
             return SourceError::bad(
-                &slice.path,
-                Some(line),
+                &rec.file,
+                line,
                 clean_arrow_message(&e.to_string(), columns),
             );
         }
     }
     SourceError::bad(
-        &slice.path,
+        &rec.file,
         None,
-        "the slice does not decode, but no single record fails alone",
+        format!(
+            "the slice does not decode, but no single record fails alone: {}",
+            clean_arrow_message(&whole.to_string(), columns)
+        ),
     )
+}
+
+/// The column an Arrow decoding error blames: CSV's "for column 3", JSON's "field 'amount'".
+fn error_column(msg: &str, columns: &Schema) -> Option<String> {
+    if let Some(i) = msg.rfind("for column ") {
+        let digits: String = msg[i + 11..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        if let Some(f) = digits
+            .parse::<usize>()
+            .ok()
+            .and_then(|n| columns.fields().get(n))
+        {
+            return Some(f.name().clone());
+        }
+    }
+    for marker in ["field '", "field \""] {
+        if let Some(i) = msg.find(marker) {
+            let rest = &msg[i + marker.len()..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| *c != '\'' && *c != '"')
+                .collect();
+            if columns.index_of(&name).is_ok() {
+                return Some(name);
+            }
+        }
+    }
+    None
 }
 
 /// Arrow's messages carry a line relative to the decoder, a column index and the whole row; we
@@ -1215,6 +1630,82 @@ mod tests {
             .into_iter()
             .collect();
         assert!(InputSchema::with_policy(&map, &[], UnknownColumns::Rescue).is_err());
+    }
+
+    #[test]
+    fn bad_rows_are_dropped_with_line_column_and_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "r.csv",
+            "id,name\n1,a\n2,b\nsix,c\n4,d\n5\n6,\"multi\nline\"\n,g\n8,h\n",
+        );
+        let input = schema(&[("id", "int64"), ("name", "string")], &["id"]);
+        let s = &slice_file(&p, Format::Csv, 100).unwrap()[0];
+        // Holding is the default: the first bad line is named.
+        let err = read_slice(s, Format::Csv, &input, b',').unwrap_err();
+        assert!(err.to_string().contains("r.csv:4"), "{err}");
+        let r = read_slice_with(s, Format::Csv, &input, b',', true).unwrap();
+        let ids = r
+            .batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap();
+        assert_eq!(ids.values().to_vec(), vec![1, 2, 4, 6, 8]);
+        assert_eq!(r.records, 8);
+        let lines: Vec<_> = r.dropped.iter().map(|b| b.line).collect();
+        assert_eq!(lines, vec![4, 6, 9], "{:?}", r.dropped);
+        assert_eq!(r.dropped[0].column.as_deref(), Some("id"));
+        assert_eq!(r.dropped[0].raw, "six,c");
+        assert!(r.dropped[1].reason.contains("fields"), "{:?}", r.dropped[1]);
+        assert_eq!(r.dropped[2].column.as_deref(), Some("id"));
+        assert!(
+            r.dropped[2].reason.contains("required"),
+            "{:?}",
+            r.dropped[2]
+        );
+        assert_eq!(r.header, Some(vec!["id".to_string(), "name".to_string()]));
+        // Replayed, the stored rows keep their lines; still bad, they are dropped again.
+        let rows: Vec<(u64, String)> = r.dropped.iter().map(|b| (b.line, b.raw.clone())).collect();
+        let rec = TextRecords::replay("r.csv", r.header.clone(), &rows);
+        let again = read_records(&rec, Format::Csv, &input, b',', true, 3).unwrap();
+        assert_eq!(again.batch.num_rows(), 0);
+        assert_eq!(
+            again.dropped.iter().map(|b| b.line).collect::<Vec<_>>(),
+            vec![4, 6, 9]
+        );
+        // Read as text, the same rows pass.
+        let text = schema(&[("id", "string"), ("name", "string")], &[]);
+        let fixed = read_records(&rec, Format::Csv, &text, b',', true, 3).unwrap();
+        assert_eq!(
+            fixed.batch.num_rows(),
+            2,
+            "the short row still has too few fields"
+        );
+    }
+
+    #[test]
+    fn bad_json_lines_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "r.jsonl",
+            "{\"id\": 1}\n{\"id\": \"x\"}\n{\"id\": \n{\"id\": 4, \"extra\": 1}\n",
+        );
+        let input = with_policy(&[("id", "int64")], UnknownColumns::Rescue);
+        let s = &slice_file(&p, Format::Jsonl, 100).unwrap()[0];
+        let r = read_slice_with(s, Format::Jsonl, &input, b',', true).unwrap();
+        assert_eq!(r.batch.num_rows(), 2);
+        assert_eq!(
+            rescued(&r.batch),
+            vec![None, Some(r#"{"extra":1}"#.to_string())]
+        );
+        assert_eq!(
+            r.dropped.iter().map(|b| b.line).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        assert_eq!(r.dropped[0].raw, "{\"id\": \"x\"}");
     }
 
     #[test]

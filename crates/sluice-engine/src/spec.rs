@@ -102,6 +102,21 @@ pub struct SourceSpec {
     /// [`crate::source::UnknownColumns::Evolve`]).
     #[serde(default)]
     pub unknown_columns: crate::source::UnknownColumns,
+    /// How the files are compressed: `gzip`, `zstd` or `none`; by default from each file's
+    /// last extension (`.gz`, `.zst`). A compressed file is decompressed once, when it is
+    /// sliced, into the spool (see `spool`); its batches are read from there and its errors
+    /// name the compressed file and the line in the decompressed text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<Compression>,
+    /// Folder for the decompressed copies of compressed files (relative to the spec's folder
+    /// unless absolute; default: a `_sluice_spool` folder beside each compressed file). Every
+    /// machine running workers must see it, as it sees the landing files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool: Option<String>,
+    /// What a row that does not parse or fit its column does: `hold` (default) holds its whole
+    /// batch; `drop` publishes the batch without it and stores it in the quarantine table.
+    #[serde(default, skip_serializing_if = "BadRows::is_default")]
+    pub bad_rows: BadRows,
     /// Filled in by sluice when it resolves `dataset`: the dataset's registered versions up to
     /// the pinned one, oldest first. A landed file written under an older version (named by a
     /// `schema_version` column, or recognised by its columns) is read with that version's
@@ -116,6 +131,96 @@ pub struct SourceSpec {
 pub struct SourceVersion {
     pub version: i64,
     pub schema: sluice_schema::Schema,
+}
+
+/// `source.bad_rows`: what a row that does not parse or fit does to its batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BadRows {
+    #[serde(default)]
+    pub action: BadRowAction,
+    /// Under `drop`: more bad rows than this (`"> 10"` rows or `"> 1%"` of the batch's rows)
+    /// hold the batch as `hold` does. Default `"> 10%"`: a file that mostly fails is more likely
+    /// the wrong format or delimiter than a few bad rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_if: Option<crate::checks::Threshold>,
+}
+
+impl BadRows {
+    fn is_default(&self) -> bool {
+        *self == BadRows::default()
+    }
+
+    /// The share of bad rows above which a `drop` batch is held.
+    pub fn limit(&self) -> crate::checks::Threshold {
+        self.error_if.unwrap_or(crate::checks::Threshold {
+            value: 10.0,
+            percent: true,
+        })
+    }
+
+    pub fn drops(&self) -> bool {
+        self.action == BadRowAction::Drop
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BadRowAction {
+    /// The batch is quarantined whole, naming the first bad row.
+    #[default]
+    Hold,
+    /// Bad rows are left out and stored, with file, line, column, reason and raw text, in the
+    /// quarantine table; `sluice retry --dropped` replays them.
+    Drop,
+}
+
+/// How landing files are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[serde(alias = "gz")]
+    Gzip,
+    #[serde(alias = "zst")]
+    Zstd,
+    None,
+}
+
+impl Compression {
+    /// The compression a file's last extension names (`.gz`, `.gzip`, `.zst`, `.zstd`).
+    pub fn from_path(path: &str) -> Option<Compression> {
+        let lower = path.to_ascii_lowercase();
+        if lower.ends_with(".gz") || lower.ends_with(".gzip") {
+            Some(Compression::Gzip)
+        } else if lower.ends_with(".zst") || lower.ends_with(".zstd") {
+            Some(Compression::Zstd)
+        } else {
+            None
+        }
+    }
+
+    /// `path` without its compression extension.
+    pub fn strip(path: &str) -> &str {
+        match Compression::from_path(path) {
+            Some(_) => path.rsplit_once('.').map(|(a, _)| a).unwrap_or(path),
+            None => path,
+        }
+    }
+
+    /// The compression of one file under the spec's setting (`None`: by its extension).
+    pub fn of_file(setting: Option<Compression>, path: &str) -> Compression {
+        setting
+            .or_else(|| Compression::from_path(path))
+            .unwrap_or(Compression::None)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+            Compression::None => "none",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -144,8 +249,10 @@ pub enum Format {
 }
 
 impl Format {
+    /// The format a path's extension names, under any compression extension
+    /// (`orders.csv.gz` is CSV).
     pub fn from_path(path: &str) -> Option<Format> {
-        let lower = path.to_ascii_lowercase();
+        let lower = Compression::strip(path).to_ascii_lowercase();
         if lower.ends_with(".csv") {
             Some(Format::Csv)
         } else if lower.ends_with(".jsonl")
@@ -363,6 +470,14 @@ impl SpecFile {
                     "cannot tell the format of {:?} from its extension: add `format: csv | jsonl | parquet`",
                     s.source.files
                 ),
+            ));
+        }
+        let compressed = s.source.compression.unwrap_or(Compression::None) != Compression::None
+            || Compression::from_path(&s.source.files).is_some();
+        if self.format() == Format::Parquet && compressed {
+            return Err(self.error_at(
+                &["source", "files"],
+                "Parquet files are compressed inside already and are read as they are: land `.parquet` files, without `.gz`/`.zst` or `compression`".into(),
             ));
         }
         if !s.source.csv.delimiter.is_ascii() {

@@ -100,6 +100,7 @@ impl SourceVersions {
         slice: &BatchSlice,
         format: Format,
         delimiter: u8,
+        drop: bool,
     ) -> Result<i64, SourceError> {
         let columns = source::slice_columns(slice, format, delimiter)?;
         if columns.iter().any(|c| c == VERSION_COLUMN) {
@@ -107,7 +108,7 @@ impl SourceVersions {
             only.insert(VERSION_COLUMN.to_string(), "int64".to_string());
             let probe = InputSchema::with_policy(&only, &[], UnknownColumns::Ignore)
                 .map_err(|e| SourceError::bad(&slice.path, None, e))?;
-            let batch = source::read_slice(slice, format, &probe, delimiter)?;
+            let batch = source::read_slice_with(slice, format, &probe, delimiter, drop)?.batch;
             let values = batch.column(0).as_primitive::<Int64Type>();
             let seen: Vec<i64> = values
                 .iter()
@@ -170,46 +171,45 @@ impl SourceVersions {
             .join(", ")
     }
 
-    /// Reads a slice, whichever version wrote it, as the pipeline's input. Returns the batch
-    /// and the version it was written under.
+    /// Reads a slice, whichever version wrote it, as the pipeline's input (leaving out bad rows
+    /// when `drop`). Returns what was read and the version it was written under.
     pub fn read(
         &self,
         slice: &BatchSlice,
         format: Format,
         delimiter: u8,
-    ) -> Result<(RecordBatch, i64), SourceError> {
-        let version = self.version_of(slice, format, delimiter)?;
+        drop: bool,
+    ) -> Result<(source::SliceRead, i64), SourceError> {
+        let version = self.version_of(slice, format, delimiter, drop)?;
         let reader = self
             .versions
             .iter()
             .find(|r| r.version == version)
             .unwrap_or_else(|| self.current());
-        let read = source::read_slice(slice, format, &reader.input, delimiter)?;
+        let slice_read = source::read_slice_with(slice, format, &reader.input, delimiter, drop)?;
+        let read = &slice_read.batch;
         let batch = if reader.version == self.current().version {
-            self.assemble(&read, |name| read.column_by_name(name).cloned())
+            self.assemble(read, |name| read.column_by_name(name).cloned())
         } else {
-            let converted = sluice_schema::convert::convert_batch(
-                &read,
-                &reader.schema,
-                &self.current().schema,
-            )
-            .map_err(|e| {
-                let at = e
-                    .row()
-                    .map(|r| format!(" (data row {})", slice.row_start + r as u64 + 1))
-                    .unwrap_or_default();
-                SourceError::bad(
-                    &slice.path,
-                    None,
-                    format!(
-                        "upgrading from {ds}@{from} to {ds}@{to}{at}: {e}",
-                        ds = self.dataset,
-                        from = reader.version,
-                        to = self.current().version
-                    ),
-                )
-            })?;
-            self.assemble(&read, |name| {
+            let converted =
+                sluice_schema::convert::convert_batch(read, &reader.schema, &self.current().schema)
+                    .map_err(|e| {
+                        let at = e
+                            .row()
+                            .map(|r| format!(" (data row {})", slice.row_start + r as u64 + 1))
+                            .unwrap_or_default();
+                        SourceError::bad(
+                            &slice.path,
+                            None,
+                            format!(
+                                "upgrading from {ds}@{from} to {ds}@{to}{at}: {e}",
+                                ds = self.dataset,
+                                from = reader.version,
+                                to = self.current().version
+                            ),
+                        )
+                    })?;
+            self.assemble(read, |name| {
                 if name == RESCUED {
                     read.column_by_name(name).cloned()
                 } else {
@@ -217,9 +217,14 @@ impl SourceVersions {
                 }
             })
         };
-        batch
-            .map(|b| (b, version))
-            .map_err(|e| SourceError::bad(&slice.path, None, e))
+        let batch = batch.map_err(|e| SourceError::bad(&slice.path, None, e))?;
+        Ok((
+            source::SliceRead {
+                batch,
+                ..slice_read
+            },
+            version,
+        ))
     }
 
     /// The batch in the pipeline's input shape, taking each column from `column`.

@@ -269,6 +269,10 @@ pub struct PipelineStatus {
     /// First start and last finish of successful runs: the window throughput is measured over.
     pub first_started_at: Option<i64>,
     pub last_finished_at: Option<i64>,
+    /// Rows left out of published batches as bad input (`source.bad_rows: drop`); they wait
+    /// in the quarantine table for `sluice retry --dropped`.
+    #[serde(default)]
+    pub dropped_rows: i64,
 }
 
 /// A dataset of the schema registry: a named table contract with a history of schema versions.

@@ -746,8 +746,12 @@ impl Store for PostgresStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(StoreError::postgres)?;
+        let dropped: Vec<rows::DroppedCountRow> = sqlx::query_as(rows::STATUS_DROPPED_SQL)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(StoreError::postgres)?;
         tx.commit().await.map_err(StoreError::postgres)?;
-        rows::assemble_status(pipelines, states, files, runs)
+        rows::assemble_status(pipelines, states, files, runs, dropped)
     }
 
     async fn register_schema_version(

@@ -393,11 +393,25 @@ pub(crate) const STATUS_RUNS_SQL: &str = "SELECT pipeline, \
     MIN(started_at) AS first_started_at, MAX(finished_at) AS last_finished_at \
     FROM batch_runs WHERE outcome IN ('committed', 'already_committed') GROUP BY pipeline";
 
+/// Rows dropped as bad input (`source.bad_rows: drop`), counted once per batch however often
+/// its measurement was recorded (a re-run that finds the batch committed records it again).
+pub(crate) const STATUS_DROPPED_SQL: &str = "SELECT pipeline, \
+    CAST(COALESCE(SUM(d), 0) AS BIGINT) AS dropped FROM \
+    (SELECT pipeline, batch_id, MAX(dropped) AS d FROM check_results \
+    WHERE kind = 'bad_rows' GROUP BY pipeline, batch_id) AS per_batch GROUP BY pipeline";
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct DroppedCountRow {
+    pipeline: String,
+    dropped: i64,
+}
+
 pub(crate) fn assemble_status(
     pipelines: Vec<PipelineRow>,
     states: Vec<StateCountRow>,
     files: Vec<FileCountRow>,
     runs: Vec<RunWindowRow>,
+    dropped: Vec<DroppedCountRow>,
 ) -> Result<Vec<PipelineStatus>> {
     let mut out: Vec<PipelineStatus> = pipelines
         .into_iter()
@@ -440,6 +454,11 @@ pub(crate) fn assemble_status(
         if let Some(i) = index(&out, &row.pipeline) {
             out[i].first_started_at = row.first_started_at;
             out[i].last_finished_at = row.last_finished_at;
+        }
+    }
+    for row in dropped {
+        if let Some(i) = index(&out, &row.pipeline) {
+            out[i].dropped_rows = row.dropped;
         }
     }
     Ok(out)

@@ -708,8 +708,12 @@ impl Store for SqliteStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(StoreError::sqlite)?;
+        let dropped: Vec<rows::DroppedCountRow> = sqlx::query_as(rows::STATUS_DROPPED_SQL)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(StoreError::sqlite)?;
         tx.commit().await.map_err(StoreError::sqlite)?;
-        rows::assemble_status(pipelines, states, files, runs)
+        rows::assemble_status(pipelines, states, files, runs, dropped)
     }
 
     async fn register_schema_version(

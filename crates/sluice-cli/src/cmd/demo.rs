@@ -27,6 +27,9 @@ source:
     created_at: timestamp
   required: [order_id]
   settle: 0s
+  # A row that does not parse is left out and kept in the quarantine table (replay it with
+  # `sluice retry --dropped`); more than 1% of a batch holds the whole batch instead.
+  bad_rows: { action: drop, error_if: "> 1%" }
 batch:
   max_rows: 5000
 transform: |
@@ -49,6 +52,8 @@ checks:
 struct Order {
     id: i64,
     cancelled: bool,
+    /// A planted row that does not parse: dropped (or held with its batch), never published.
+    malformed: bool,
 }
 
 /// The generated sample: each file's orders in row order, and the bad rows planted.
@@ -98,6 +103,7 @@ fn generate(dir: &Path, rows: u64, files: u64) -> anyhow::Result<Sample> {
             );
             // A few realistic defects, in three files: a typo'd amount, a short row, a bad id.
             let line = 2 + r; // header is line 1, no quoted newlines in this data
+            let malformed = (f == 2 && r == n / 2) || (f == 5 && r == 17) || (f == 6 && r == n - 3);
             if f == 2 && r == n / 2 {
                 writeln!(out, "{id},{customer},{email},12.3.4,{status},{created}")?;
                 planted.push(format!("orders_{f:03}.csv:{line}: amount \"12.3.4\""));
@@ -126,6 +132,7 @@ fn generate(dir: &Path, rows: u64, files: u64) -> anyhow::Result<Sample> {
             list.push(Order {
                 id,
                 cancelled: status == "cancelled",
+                malformed,
             });
         }
         out.flush()?;
@@ -203,6 +210,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     // The proof: read the table back and compare its keys with what should be there.
     let mut expected: HashSet<i64> = HashSet::new();
     let mut held: HashSet<i64> = HashSet::new();
+    let mut dropped: HashSet<i64> = HashSet::new();
     for (path, list) in &orders {
         for (row, o) in list.iter().enumerate() {
             let in_quarantine = quarantined.iter().any(|t| {
@@ -212,6 +220,8 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             });
             if in_quarantine {
                 held.insert(o.id);
+            } else if o.malformed {
+                dropped.insert(o.id);
             } else if !o.cancelled {
                 expected.insert(o.id);
             }
@@ -234,7 +244,16 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let duplicates = seen.values().filter(|&&n| n > 1).count();
     let missing = expected.iter().filter(|k| !seen.contains_key(k)).count();
     let unexpected = seen.keys().filter(|k| !expected.contains(k)).count();
-    let leaked = seen.keys().filter(|k| held.contains(k)).count();
+    let leaked = seen
+        .keys()
+        .filter(|k| held.contains(k) || dropped.contains(k))
+        .count();
+    let planted_bad = orders.values().flatten().filter(|o| o.malformed).count();
+    let held_bad = orders
+        .values()
+        .flatten()
+        .filter(|o| o.malformed && held.contains(&o.id))
+        .count();
     let ok = duplicates == 0 && missing == 0 && unexpected == 0 && table_rows == expected.len();
     let throughput = status.rows_in as f64 / wall.max(0.001);
     let mut checks = store.check_results(pipeline.name(), None, 100_000).await?;
@@ -253,6 +272,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
                          "pending": status.pending, "leased": status.leased },
             "rows_in": status.rows_in,
             "rows_out": status.rows_out,
+            "bad_rows": { "planted": planted_bad, "dropped": status.dropped_rows, "held_in_quarantined_batches": held_bad },
             "rows_per_second": throughput,
             "seconds": wall,
             "this_run": report,
@@ -283,6 +303,10 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         for w in &warned {
             println!("    warn {} on {}: {}", w.check, w.batch_id, w.detail);
         }
+        println!(
+            "  bad rows: {planted_bad} planted, {} dropped (their batches published without them; the rows wait in the quarantine table for `sluice retry --dropped`), {held_bad} held with their batch",
+            status.dropped_rows
+        );
         if !quarantined.is_empty() {
             println!(
                 "  quarantined batches (nothing of them was published; `sluice retry` replays them):"

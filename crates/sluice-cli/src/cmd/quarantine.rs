@@ -4,9 +4,6 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use sluice_core::TaskState;
-use sluice_engine::arrow::array::{Array, AsArray};
-use sluice_engine::arrow::compute::cast;
-use sluice_engine::arrow::datatypes::DataType;
 
 use super::InputError;
 use crate::cli::StoreArg;
@@ -37,15 +34,7 @@ pub enum QuarantineCommand {
     },
 }
 
-/// A row from a quarantine table.
-#[derive(Debug, serde::Serialize)]
-struct HeldRow {
-    batch_id: String,
-    version: i64,
-    check: String,
-    reason: String,
-    row: String,
-}
+use sluice_engine::checks::QuarantinedRow as HeldRow;
 
 pub async fn quarantine(args: QuarantineArgs) -> anyhow::Result<ExitCode> {
     let QuarantineCommand::Show {
@@ -98,10 +87,34 @@ pub async fn quarantine(args: QuarantineArgs) -> anyhow::Result<ExitCode> {
                 t.last_error.as_deref().unwrap_or("")
             );
         }
-        if !rows.is_empty() {
-            println!("  rows held back by checks (first {}):", rows.len());
-            for r in rows {
+        let (bad, held): (Vec<&HeldRow>, Vec<&HeldRow>) = rows
+            .iter()
+            .partition(|r| r.check == sluice_engine::checks::BAD_ROWS);
+        if !held.is_empty() {
+            println!("  rows held back by checks (first {}):", held.len());
+            for r in held {
                 println!("    {}  v{}  {}  {}", r.batch_id, r.version, r.check, r.row);
+            }
+        }
+        if !bad.is_empty() {
+            println!(
+                "  rows dropped as bad input (first {}; replay with `sluice retry --dropped BATCH|--all`):",
+                bad.len()
+            );
+            for r in bad {
+                println!(
+                    "    {}  v{}  {}:{}{}  {}\n        {}",
+                    r.batch_id,
+                    r.version,
+                    r.file.as_deref().unwrap_or("?"),
+                    r.line.unwrap_or(0),
+                    r.column
+                        .as_deref()
+                        .map(|c| format!(" column {c:?}"))
+                        .unwrap_or_default(),
+                    r.reason,
+                    r.row
+                );
             }
         }
     }
@@ -126,38 +139,9 @@ async fn held_rows(
     let Some(table) = compiled.quarantine_table() else {
         return Ok(vec![]);
     };
-    let mut out = Vec::new();
-    for b in table.read_all().await? {
-        let text = |name: &str| -> anyhow::Result<Vec<String>> {
-            let col = b
-                .column_by_name(name)
-                .ok_or_else(|| anyhow::anyhow!("quarantine table has no column {name:?}"))?;
-            let col = cast(col, &DataType::Utf8)?;
-            let s = col.as_string::<i32>();
-            Ok((0..s.len()).map(|i| s.value(i).to_string()).collect())
-        };
-        let (ids, versions, checks, reasons, rows) = (
-            text("batch_id")?,
-            text("version")?,
-            text("check")?,
-            text("reason")?,
-            text("row")?,
-        );
-        for i in 0..ids.len() {
-            if batch.is_some_and(|b| b != ids[i]) {
-                continue;
-            }
-            out.push(HeldRow {
-                batch_id: ids[i].clone(),
-                version: versions[i].parse().unwrap_or(0),
-                check: checks[i].clone(),
-                reason: reasons[i].clone(),
-                row: rows[i].clone(),
-            });
-            if out.len() >= limit {
-                return Ok(out);
-            }
-        }
-    }
+    let all = table.read_all().await?;
+    let mut out = sluice_engine::checks::read_quarantined(&all).map_err(|e| anyhow::anyhow!(e))?;
+    out.retain(|r| batch.is_none_or(|b| b == r.batch_id));
+    out.truncate(limit);
     Ok(out)
 }

@@ -64,7 +64,7 @@ pub async fn status(store_url: &str, json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<20} {:>4} {:>6} {:>8} {:>7} {:>8} {:>11} {:>10} {:>10} {:>10}",
+        "{:<20} {:>4} {:>6} {:>8} {:>7} {:>8} {:>11} {:>10} {:>10} {:>8} {:>10}",
         "PIPELINE",
         "VER",
         "FILES",
@@ -74,11 +74,12 @@ pub async fn status(store_url: &str, json: bool) -> anyhow::Result<ExitCode> {
         "QUARANTINED",
         "ROWS IN",
         "ROWS OUT",
+        "DROPPED",
         "ROWS/S"
     );
     for p in &pipelines {
         println!(
-            "{:<20} {:>4} {:>6} {:>8} {:>7} {:>8} {:>11} {:>10} {:>10} {:>10}",
+            "{:<20} {:>4} {:>6} {:>8} {:>7} {:>8} {:>11} {:>10} {:>10} {:>8} {:>10}",
             p.pipeline,
             p.current_version,
             p.files,
@@ -88,12 +89,19 @@ pub async fn status(store_url: &str, json: bool) -> anyhow::Result<ExitCode> {
             p.quarantined,
             p.rows_in,
             p.rows_out,
+            p.dropped_rows,
             throughput(p)
                 .map(|t| format!("{t:.0}"))
                 .unwrap_or_else(|| "-".into())
         );
     }
     print_workers(&workers);
+    let dropped: i64 = pipelines.iter().map(|p| p.dropped_rows).sum();
+    if dropped > 0 {
+        println!(
+            "\n{dropped} row(s) dropped as bad input are in the quarantine tables: see them with `sluice quarantine show`, replay them after a fix with `sluice retry --dropped --all`"
+        );
+    }
     if !quarantined.is_empty() {
         println!(
             "\nquarantined batches (replay with `sluice retry BATCH` or `sluice retry --all`):"
@@ -169,6 +177,100 @@ pub async fn retry(
     }
     let n = store.retry(&target).await?;
     println!("{n} batch(es) queued again; a running `sluice run` or `sluice worker` picks them up");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sluice retry --dropped`: queues, for each batch with dropped rows, one replay batch pinned
+/// to the pipeline's current version. The store takes each replay in once (by its
+/// `sluice-dropped://BATCH` source), so asking again queues nothing.
+pub async fn retry_dropped(
+    store_url: &str,
+    batch: Option<String>,
+    all: bool,
+    pipeline: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    if batch.is_none() && !all {
+        return Err(InputError(
+            "say whose dropped rows to replay: a batch id, or --all (see `sluice quarantine show`)"
+                .into(),
+        )
+        .into());
+    }
+    let store = super::open_store(store_url).await?;
+    let mut pipelines = store.pipelines().await?;
+    if let Some(b) = &batch {
+        let Some(t) = store.task(&BatchId(b.clone())).await? else {
+            return Err(InputError(format!(
+                "no batch {b} in the store: see `sluice quarantine show` for batches with dropped rows"
+            ))
+            .into());
+        };
+        pipelines.retain(|p| p.name == t.pipeline);
+    } else if let Some(p) = &pipeline {
+        pipelines.retain(|r| &r.name == p);
+        if pipelines.is_empty() {
+            return Err(InputError(format!(
+                "no pipeline {p:?} in the store: see `sluice status`"
+            ))
+            .into());
+        }
+    }
+    let (mut queued, mut before) = (0u64, 0u64);
+    for p in &pipelines {
+        let Some(v) = store.pipeline_version(&p.name, p.current_version).await? else {
+            continue;
+        };
+        let compiled =
+            sluice_engine::Pipeline::from_stored(&v.spec, &v.base_dir, p.current_version).await?;
+        let mut batches = compiled
+            .dropped_batches()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the quarantine table of {}: {e}", p.name))?;
+        if let Some(b) = &batch {
+            batches.retain(|d| &d.batch_id == b);
+            if batches.is_empty() {
+                return Err(InputError(format!(
+                    "batch {b} has no dropped rows in the quarantine table: see `sluice quarantine show --batch {b}`"
+                ))
+                .into());
+            }
+        }
+        for d in batches {
+            let (batch_id, slice) = sluice_engine::replay_batch(&p.name, &d.batch_id, d.rows);
+            let file = sluice_store::NewFile {
+                pipeline: p.name.clone(),
+                path: slice.path.clone(),
+                size: d.rows as i64,
+                modified_ms: now_millis(),
+            };
+            let added = store
+                .register_file(
+                    &file,
+                    p.current_version,
+                    compiled.spec.batch.max_attempts,
+                    &[sluice_store::NewTask {
+                        batch_id: batch_id.clone(),
+                        slice,
+                    }],
+                )
+                .await?;
+            if added {
+                queued += 1;
+                println!(
+                    "{}: {} row(s) dropped from {} ({}) queued as batch {batch_id} under v{}",
+                    p.name, d.rows, d.batch_id, d.file, p.current_version
+                );
+            } else {
+                before += 1;
+            }
+        }
+    }
+    if before > 0 {
+        println!("{before} batch(es) had their dropped rows queued before: each is replayed once");
+    }
+    println!(
+        "{queued} replay batch(es) queued; a running `sluice run` or `sluice worker` picks them up"
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -95,6 +95,24 @@ impl Project {
         self.sluice(args).output().unwrap()
     }
 
+    /// `sluice run SPEC --until-drained` with two workers on the project's SQLite store; fails
+    /// the test on an error or a panic. Returns stderr (the log).
+    pub fn run_drained_spec(&self, spec: &Path) -> String {
+        let spec = spec.display().to_string();
+        let out = self.run(&[
+            "run",
+            &spec,
+            "--store",
+            &self.sqlite(),
+            "--workers",
+            "2",
+            "--until-drained",
+        ]);
+        assert!(out.status.success(), "run failed: {}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+        stderr(&out)
+    }
+
     /// `sluice status --json` of the state store at `store`.
     pub fn status(&self, store: &str) -> serde_json::Value {
         let out = self.run(&["status", "--store", store, "--json"]);
