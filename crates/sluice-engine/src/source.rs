@@ -1042,8 +1042,9 @@ fn read_jsonl(
         decoded.drop_missing_required(rec, false, &required_columns(input, &reader_schema))?;
     }
     let columns = decoded.parsed.columns().to_vec();
-    let records = record_starts(&rec.bytes, false);
+    // Error path only: where a row is in the file.
     let line_of_row = |row: usize| {
+        let records = record_starts(&rec.bytes, false);
         rec.lines_of(&records, &[decoded.record_of(row)])
             .first()
             .copied()
@@ -1052,6 +1053,7 @@ fn read_jsonl(
     let extras = if input.unknown == UnknownColumns::Ignore {
         Extras::None
     } else {
+        let records = record_starts(&rec.bytes, false);
         let mut rows = Vec::with_capacity(decoded.parsed.num_rows());
         let mut names = std::collections::BTreeSet::new();
         for row in 0..decoded.parsed.num_rows() {
