@@ -96,6 +96,7 @@ async fn measure(
         path: path.clone(),
         size: tasks as i64 * 1000,
         modified_ms: 0,
+        ..NewFile::default()
     };
     let queued = tasks_for(pipeline, &path, tasks);
     let t0 = Instant::now();

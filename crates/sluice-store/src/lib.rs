@@ -33,7 +33,7 @@
 //!                          byte_end: 120, row_start: 0, row_count: 3 };
 //! let task = NewTask { batch_id: BatchId::derive("orders", "a.csv@1", &slice), slice };
 //! let file = NewFile { pipeline: "orders".into(), path: "/landing/a.csv".into(), size: 120,
-//!                      modified_ms: 0 };
+//!                      modified_ms: 0, taken_bytes: 120, taken_rows: 3, checksum: None };
 //! assert!(store.register_file(&file, v.version, 3, &[task.clone()]).await?);
 //!
 //! let leases = store
@@ -52,6 +52,7 @@
 //! clock (PostgreSQL's `clock_timestamp()`; the local clock for SQLite, which is one machine), so
 //! clock skew between worker machines cannot make a live lease look expired.
 
+mod changes;
 mod error;
 mod measurements;
 mod postgres;
@@ -120,13 +121,74 @@ pub struct PipelineRecord {
     pub created_at: i64,
 }
 
-/// A file a source has taken in. A (pipeline, path) pair is taken in once.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+/// A file a source has taken in. A (pipeline, path) pair is taken in once; content it gets
+/// later is taken in with [`Store::take_in_change`].
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NewFile {
     pub pipeline: String,
     pub path: String,
     pub size: i64,
     pub modified_ms: i64,
+    /// Bytes `[0, taken_bytes)` were sliced and queued (less than `size` when a last line
+    /// without its newline waits).
+    pub taken_bytes: i64,
+    /// Records in those bytes: where the rows of content appended later are numbered from.
+    pub taken_rows: i64,
+    /// Hex checksum of bytes `[0, taken_bytes)`; `None` when not computed.
+    pub checksum: Option<String>,
+}
+
+/// What the store remembers of a file taken in, for discovery to tell whether it changed.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TakenFile {
+    pub path: String,
+    pub size: i64,
+    pub modified_ms: i64,
+    /// See [`NewFile::taken_bytes`]; `size` for files taken in before it was kept.
+    pub taken_bytes: i64,
+    pub taken_rows: i64,
+    /// `None` for files taken in before checksums were kept: a change cannot be shown to be
+    /// an append, so it counts as a replacement.
+    pub checksum: Option<String>,
+    /// How often the file was replaced and its new content taken in (0: the first content).
+    pub generation: i64,
+    /// The last change discovery noticed and did not take in.
+    pub change: Option<FileChange>,
+}
+
+/// A change of a file taken in that discovery noticed: the size and modification time it saw,
+/// what changed (`grew from 10 to 25 bytes`), and what it did (`warned`, `failed`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FileChange {
+    pub size: i64,
+    pub modified_ms: i64,
+    pub detail: String,
+    pub action: String,
+    /// Set by the store.
+    pub noticed_at: i64,
+}
+
+/// A file's changed content, taken in (`on_change: reprocess`). Applies only while the store
+/// still holds the take it builds on, so two discoverers take a change in once.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FileUpdate {
+    /// The file as it is now: size, modification time, and what of it is taken in.
+    pub file: NewFile,
+    /// The take this builds on: its `taken_bytes`, `checksum` and `generation`.
+    pub based_on: (i64, Option<String>, i64),
+    /// The generation of the queued content: `based_on`'s for an append, one more for a
+    /// replacement (whose batches' commits remove the rows of lower generations).
+    pub generation: i64,
+}
+
+/// A data file a batch's Delta commit added.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BatchFile {
+    pub pipeline: String,
+    pub batch_id: BatchId,
+    pub table_version: i64,
+    /// Path relative to the table root, as in the Delta log.
+    pub data_file: String,
 }
 
 /// A batch to queue.
@@ -394,6 +456,43 @@ pub trait Store: Send + Sync + 'static {
         max_attempts: i32,
         tasks: &[NewTask],
     ) -> Result<bool>;
+
+    /// What the pipeline took in of each of its files, by path.
+    async fn taken_files(&self, pipeline: &str) -> Result<Vec<TakenFile>>;
+
+    /// Takes a file's changed content in and queues its batches, atomically: the file's take
+    /// becomes `update.file` (and any noticed change is cleared), and each task is recorded as
+    /// holding `update.generation`. Returns false (and changes nothing) unless the store still
+    /// holds `update.based_on`.
+    async fn take_in_change(
+        &self,
+        update: &FileUpdate,
+        version: i64,
+        max_attempts: i32,
+        tasks: &[NewTask],
+    ) -> Result<bool>;
+
+    /// Records a change noticed on a file taken in. True if it is news: the file had no
+    /// noticed change with this size, modification time and action (so it is reported once,
+    /// whoever notices it). `None` clears it (the file is back as it was taken in).
+    async fn notice_file_change(
+        &self,
+        pipeline: &str,
+        path: &str,
+        change: Option<&FileChange>,
+    ) -> Result<bool>;
+
+    /// Records the data files a batch's Delta commit (table version `table_version`) added.
+    /// Recording the same batch again adds nothing.
+    async fn record_batch_files(&self, files: &[BatchFile]) -> Result<()>;
+
+    /// The data files recorded for these batches.
+    async fn batch_files(&self, batches: &[BatchId]) -> Result<Vec<BatchFile>>;
+
+    /// The data files to remove when `batch` commits: those recorded for batches holding an
+    /// earlier generation of the same file (the content a replacement supersedes). Empty for a
+    /// batch of a file's first content or of an append.
+    async fn superseded_files(&self, batch: &BatchId) -> Result<Vec<String>>;
 
     /// Leases up to `limit` pending tasks whose back-off has passed, oldest first. Each lease
     /// increments the task's attempt count and carries a fresh token.

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use sluice_core::{BatchId, ErrorKind, LeaseToken, TaskState};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 
+use crate::changes::{self, BatchFileRow, TakenFileRow};
 use crate::measurements;
 use crate::registry::{self, DatasetRow, SchemaVersionRow};
 use crate::rows::{
@@ -20,10 +21,10 @@ use crate::rows::{
     version_columns,
 };
 use crate::{
-    BatchRun, CheckRecord, DatasetRecord, FailDisposition, Lease, LeaseRequest, NewFile,
-    NewSchemaVersion, NewTask, PipelineRecord, PipelineStatus, PipelineVersion, Result,
-    RetryTarget, RunReport, SchemaRegistration, SchemaVersionRecord, Store, StoreError, TaskRecord,
-    WorkerBeat, WorkerRecord,
+    BatchFile, BatchRun, CheckRecord, DatasetRecord, FailDisposition, FileChange, FileUpdate,
+    Lease, LeaseRequest, NewFile, NewSchemaVersion, NewTask, PipelineRecord, PipelineStatus,
+    PipelineVersion, Result, RetryTarget, RunReport, SchemaRegistration, SchemaVersionRecord,
+    Store, StoreError, TakenFile, TaskRecord, WorkerBeat, WorkerRecord,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -338,8 +339,8 @@ impl Store for PostgresStore {
         // Two processes discovering the same file: the second waits on the first's row here and
         // then finds it taken in.
         let taken_in = sqlx::query(concat!(
-            "INSERT INTO files (pipeline, path, size, modified_ms, registered_at) \
-             VALUES ($1, $2, $3, $4, ",
+            "INSERT INTO files (pipeline, path, size, modified_ms, taken_bytes, taken_rows, \
+             checksum, registered_at) VALUES ($1, $2, $3, $4, $5, $6, $7, ",
             db_now!(),
             ") ON CONFLICT (pipeline, path) DO NOTHING"
         ))
@@ -347,6 +348,9 @@ impl Store for PostgresStore {
         .bind(&file.path)
         .bind(file.size)
         .bind(file.modified_ms)
+        .bind(file.taken_bytes)
+        .bind(file.taken_rows)
+        .bind(&file.checksum)
         .execute(&mut *tx)
         .await
         .map_err(StoreError::postgres)?
@@ -354,45 +358,139 @@ impl Store for PostgresStore {
         if taken_in == 0 {
             return Ok(false);
         }
-        let queued = if !tasks.is_empty() {
-            // One statement for all slices of the file (arrays, not one round trip per slice);
-            // ordered by position so the queue keeps the file's order. A batch id already queued
-            // stays where it is: its rows must enter the queue once.
-            sqlx::query(concat!(
-                "INSERT INTO tasks (batch_id, pipeline, version, path, slice_index, byte_start, \
-                 byte_end, row_start, row_count, state, attempts, max_attempts, run_after, \
-                 created_at, updated_at) \
-                 SELECT t.batch_id, $1, $2, t.path, t.slice_index, t.byte_start, t.byte_end, \
-                 t.row_start, t.row_count, 'pending', 0, $3, c.now, c.now, c.now \
-                 FROM UNNEST($4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[], \
-                 $9::bigint[], $10::bigint[]) WITH ORDINALITY \
-                 AS t(batch_id, path, slice_index, byte_start, byte_end, row_start, row_count, ord), \
-                 (SELECT ",
-                db_now!(),
-                " AS now) c \
-                 ORDER BY t.ord \
-                 ON CONFLICT (batch_id) DO NOTHING"
-            ))
-            .bind(&file.pipeline)
-            .bind(version)
-            .bind(max_attempts)
-            .bind(tasks.iter().map(|t| t.batch_id.0.as_str()).collect::<Vec<_>>())
-            .bind(tasks.iter().map(|t| t.slice.path.as_str()).collect::<Vec<_>>())
-            .bind(slices.iter().map(|s| s.index).collect::<Vec<_>>())
-            .bind(slices.iter().map(|s| s.byte_start).collect::<Vec<_>>())
-            .bind(slices.iter().map(|s| s.byte_end).collect::<Vec<_>>())
-            .bind(slices.iter().map(|s| s.row_start).collect::<Vec<_>>())
-            .bind(slices.iter().map(|s| s.row_count).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::postgres)?
-            .rows_affected()
-        } else {
-            0
+        let queue = Queue {
+            pipeline: &file.pipeline,
+            path: &file.path,
+            version,
+            max_attempts,
+            generation: 0,
         };
+        let queued = queue_tasks(&mut tx, &queue, tasks, &slices).await?;
         tx.commit().await.map_err(StoreError::postgres)?;
         self.queued(queued).await;
         Ok(true)
+    }
+
+    async fn taken_files(&self, pipeline: &str) -> Result<Vec<TakenFile>> {
+        let rows: Vec<TakenFileRow> = sqlx::query_as(changes::TAKEN_FILES_SQL)
+            .bind(pipeline)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::postgres)?;
+        Ok(rows.into_iter().map(TakenFile::from).collect())
+    }
+
+    async fn take_in_change(
+        &self,
+        update: &FileUpdate,
+        version: i64,
+        max_attempts: i32,
+        tasks: &[NewTask],
+    ) -> Result<bool> {
+        let slices = tasks
+            .iter()
+            .map(|t| SliceColumns::of(&t.batch_id, &t.slice))
+            .collect::<Result<Vec<_>>>()?;
+        let file = &update.file;
+        let mut tx = self.pool.begin().await.map_err(StoreError::postgres)?;
+        ensure_version(&mut tx, &file.pipeline, version, &file.path).await?;
+        let (bytes, checksum, generation) = &update.based_on;
+        // A second discoverer waits on the first's row lock here, then finds the take changed.
+        let updated = sqlx::query(changes::TAKE_IN_CHANGE_SQL)
+            .bind(&file.pipeline)
+            .bind(&file.path)
+            .bind(file.size)
+            .bind(file.modified_ms)
+            .bind(file.taken_bytes)
+            .bind(file.taken_rows)
+            .bind(&file.checksum)
+            .bind(update.generation)
+            .bind(bytes)
+            .bind(checksum)
+            .bind(generation)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::postgres)?
+            .rows_affected();
+        if updated == 0 {
+            return Ok(false);
+        }
+        let queue = Queue {
+            pipeline: &file.pipeline,
+            path: &file.path,
+            version,
+            max_attempts,
+            generation: update.generation,
+        };
+        let queued = queue_tasks(&mut tx, &queue, tasks, &slices).await?;
+        tx.commit().await.map_err(StoreError::postgres)?;
+        self.queued(queued).await;
+        Ok(true)
+    }
+
+    async fn notice_file_change(
+        &self,
+        pipeline: &str,
+        path: &str,
+        change: Option<&FileChange>,
+    ) -> Result<bool> {
+        let query = match change {
+            Some(c) => sqlx::query(changes::NOTICE_CHANGE_SQL)
+                .bind(pipeline)
+                .bind(path)
+                .bind(c.size)
+                .bind(c.modified_ms)
+                .bind(&c.detail)
+                .bind(&c.action)
+                .bind(sluice_core::now_millis()),
+            None => sqlx::query(changes::CLEAR_CHANGE_SQL)
+                .bind(pipeline)
+                .bind(path),
+        };
+        let changed = query
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::postgres)?
+            .rows_affected();
+        Ok(changed > 0)
+    }
+
+    async fn record_batch_files(&self, files: &[BatchFile]) -> Result<()> {
+        let now = sluice_core::now_millis();
+        let mut tx = self.pool.begin().await.map_err(StoreError::postgres)?;
+        for f in files {
+            sqlx::query(changes::INSERT_BATCH_FILE_SQL)
+                .bind(&f.pipeline)
+                .bind(&f.batch_id.0)
+                .bind(f.table_version)
+                .bind(&f.data_file)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::postgres)?;
+        }
+        tx.commit().await.map_err(StoreError::postgres)
+    }
+
+    async fn batch_files(&self, batches: &[BatchId]) -> Result<Vec<BatchFile>> {
+        let mut out = Vec::new();
+        for b in batches {
+            let rows: Vec<BatchFileRow> = sqlx::query_as(changes::BATCH_FILES_SQL)
+                .bind(&b.0)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(StoreError::postgres)?;
+            out.extend(rows.into_iter().map(BatchFile::from));
+        }
+        Ok(out)
+    }
+
+    async fn superseded_files(&self, batch: &BatchId) -> Result<Vec<String>> {
+        sqlx::query_scalar(changes::SUPERSEDED_FILES_SQL)
+            .bind(&batch.0)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::postgres)
     }
 
     async fn lease(&self, req: &LeaseRequest) -> Result<Vec<Lease>> {
@@ -887,4 +985,74 @@ impl Store for PostgresStore {
             .map_err(StoreError::postgres)?;
         registry::compatibility_or_corrupt(mode)
     }
+}
+
+/// Where queued tasks go: their pipeline, file, pinned version and content generation.
+struct Queue<'a> {
+    pipeline: &'a str,
+    path: &'a str,
+    version: i64,
+    max_attempts: i32,
+    generation: i64,
+}
+
+/// Queues a file's tasks and records which content each holds; returns how many were queued.
+async fn queue_tasks(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    q: &Queue<'_>,
+    tasks: &[NewTask],
+    slices: &[SliceColumns],
+) -> Result<u64> {
+    if tasks.is_empty() {
+        return Ok(0);
+    }
+    // One statement for all slices of the file (arrays, not one round trip per slice);
+    // ordered by position so the queue keeps the file's order. A batch id already queued
+    // stays where it is: its rows must enter the queue once.
+    let queued = sqlx::query(concat!(
+                "INSERT INTO tasks (batch_id, pipeline, version, path, slice_index, byte_start, \
+                 byte_end, row_start, row_count, state, attempts, max_attempts, run_after, \
+                 created_at, updated_at) \
+                 SELECT t.batch_id, $1, $2, t.path, t.slice_index, t.byte_start, t.byte_end, \
+                 t.row_start, t.row_count, 'pending', 0, $3, c.now, c.now, c.now \
+                 FROM UNNEST($4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[], \
+                 $9::bigint[], $10::bigint[]) WITH ORDINALITY \
+                 AS t(batch_id, path, slice_index, byte_start, byte_end, row_start, row_count, ord), \
+                 (SELECT ",
+                db_now!(),
+                " AS now) c \
+                 ORDER BY t.ord \
+                 ON CONFLICT (batch_id) DO NOTHING"
+            ))
+            .bind(q.pipeline)
+            .bind(q.version)
+            .bind(q.max_attempts)
+            .bind(tasks.iter().map(|t| t.batch_id.0.as_str()).collect::<Vec<_>>())
+            .bind(tasks.iter().map(|t| t.slice.path.as_str()).collect::<Vec<_>>())
+            .bind(slices.iter().map(|s| s.index).collect::<Vec<_>>())
+            .bind(slices.iter().map(|s| s.byte_start).collect::<Vec<_>>())
+            .bind(slices.iter().map(|s| s.byte_end).collect::<Vec<_>>())
+            .bind(slices.iter().map(|s| s.row_start).collect::<Vec<_>>())
+            .bind(slices.iter().map(|s| s.row_count).collect::<Vec<_>>())
+            .execute(&mut **tx)
+            .await
+            .map_err(StoreError::postgres)?
+            .rows_affected();
+    sqlx::query(
+        "INSERT INTO batch_inputs (batch_id, pipeline, path, generation) \
+         SELECT b, $1, $2, $3 FROM UNNEST($4::text[]) AS t(b) ON CONFLICT (batch_id) DO NOTHING",
+    )
+    .bind(q.pipeline)
+    .bind(q.path)
+    .bind(q.generation)
+    .bind(
+        tasks
+            .iter()
+            .map(|t| t.batch_id.0.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut **tx)
+    .await
+    .map_err(StoreError::postgres)?;
+    Ok(queued)
 }

@@ -16,6 +16,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Connection, Sqlite, Transaction};
 
+use crate::changes::{self, BatchFileRow, TakenFileRow};
 use crate::measurements;
 use crate::registry::{self, DatasetRow, SchemaVersionRow};
 use crate::rows::{
@@ -24,10 +25,10 @@ use crate::rows::{
     version_columns,
 };
 use crate::{
-    BatchRun, CheckRecord, DatasetRecord, FailDisposition, Lease, LeaseRequest, NewFile,
-    NewSchemaVersion, NewTask, PipelineRecord, PipelineStatus, PipelineVersion, Result,
-    RetryTarget, RunReport, SchemaRegistration, SchemaVersionRecord, Store, StoreError, TaskRecord,
-    WorkerBeat, WorkerRecord,
+    BatchFile, BatchRun, CheckRecord, DatasetRecord, FailDisposition, FileChange, FileUpdate,
+    Lease, LeaseRequest, NewFile, NewSchemaVersion, NewTask, PipelineRecord, PipelineStatus,
+    PipelineVersion, Result, RetryTarget, RunReport, SchemaRegistration, SchemaVersionRecord,
+    Store, StoreError, TakenFile, TaskRecord, WorkerBeat, WorkerRecord,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -323,14 +324,18 @@ impl Store for SqliteStore {
         let mut tx = self.write_tx().await?;
         ensure_version(&mut tx, &file.pipeline, version, &file.path).await?;
         let taken_in = sqlx::query(
-            "INSERT INTO files (pipeline, path, size, modified_ms, registered_at) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (pipeline, path) DO NOTHING",
+            "INSERT INTO files (pipeline, path, size, modified_ms, registered_at, taken_bytes, \
+             taken_rows, checksum) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (pipeline, path) DO NOTHING",
         )
         .bind(&file.pipeline)
         .bind(&file.path)
         .bind(file.size)
         .bind(file.modified_ms)
         .bind(now)
+        .bind(file.taken_bytes)
+        .bind(file.taken_rows)
+        .bind(&file.checksum)
         .execute(&mut *tx)
         .await
         .map_err(StoreError::sqlite)?
@@ -338,33 +343,139 @@ impl Store for SqliteStore {
         if taken_in == 0 {
             return Ok(false);
         }
-        for (task, slice) in tasks.iter().zip(&slices) {
-            // A batch id already queued (the same slice reached through another file name)
-            // stays where it is: its rows must enter the queue once.
-            sqlx::query(
-                "INSERT INTO tasks (batch_id, pipeline, version, path, slice_index, byte_start, \
-                 byte_end, row_start, row_count, state, attempts, max_attempts, run_after, \
-                 created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 0, $10, $11, $11, $11) \
-                 ON CONFLICT (batch_id) DO NOTHING",
-            )
-            .bind(&task.batch_id.0)
-            .bind(&file.pipeline)
-            .bind(version)
-            .bind(&task.slice.path)
-            .bind(slice.index)
-            .bind(slice.byte_start)
-            .bind(slice.byte_end)
-            .bind(slice.row_start)
-            .bind(slice.row_count)
-            .bind(max_attempts)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::sqlite)?;
-        }
+        let queue = Queue {
+            pipeline: &file.pipeline,
+            path: &file.path,
+            version,
+            max_attempts,
+            generation: 0,
+            now,
+        };
+        queue_tasks(&mut tx, &queue, tasks, &slices).await?;
         tx.commit().await.map_err(StoreError::sqlite)?;
         Ok(true)
+    }
+
+    async fn taken_files(&self, pipeline: &str) -> Result<Vec<TakenFile>> {
+        let rows: Vec<TakenFileRow> = sqlx::query_as(changes::TAKEN_FILES_SQL)
+            .bind(pipeline)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::sqlite)?;
+        Ok(rows.into_iter().map(TakenFile::from).collect())
+    }
+
+    async fn take_in_change(
+        &self,
+        update: &FileUpdate,
+        version: i64,
+        max_attempts: i32,
+        tasks: &[NewTask],
+    ) -> Result<bool> {
+        let slices = tasks
+            .iter()
+            .map(|t| SliceColumns::of(&t.batch_id, &t.slice))
+            .collect::<Result<Vec<_>>>()?;
+        let file = &update.file;
+        let now = now_millis();
+        let mut tx = self.write_tx().await?;
+        ensure_version(&mut tx, &file.pipeline, version, &file.path).await?;
+        let (bytes, checksum, generation) = &update.based_on;
+        let updated = sqlx::query(changes::TAKE_IN_CHANGE_SQL)
+            .bind(&file.pipeline)
+            .bind(&file.path)
+            .bind(file.size)
+            .bind(file.modified_ms)
+            .bind(file.taken_bytes)
+            .bind(file.taken_rows)
+            .bind(&file.checksum)
+            .bind(update.generation)
+            .bind(bytes)
+            .bind(checksum)
+            .bind(generation)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::sqlite)?
+            .rows_affected();
+        if updated == 0 {
+            return Ok(false);
+        }
+        let queue = Queue {
+            pipeline: &file.pipeline,
+            path: &file.path,
+            version,
+            max_attempts,
+            generation: update.generation,
+            now,
+        };
+        queue_tasks(&mut tx, &queue, tasks, &slices).await?;
+        tx.commit().await.map_err(StoreError::sqlite)?;
+        Ok(true)
+    }
+
+    async fn notice_file_change(
+        &self,
+        pipeline: &str,
+        path: &str,
+        change: Option<&FileChange>,
+    ) -> Result<bool> {
+        let query = match change {
+            Some(c) => sqlx::query(changes::NOTICE_CHANGE_SQL)
+                .bind(pipeline)
+                .bind(path)
+                .bind(c.size)
+                .bind(c.modified_ms)
+                .bind(&c.detail)
+                .bind(&c.action)
+                .bind(now_millis()),
+            None => sqlx::query(changes::CLEAR_CHANGE_SQL)
+                .bind(pipeline)
+                .bind(path),
+        };
+        let changed = query
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::sqlite)?
+            .rows_affected();
+        Ok(changed > 0)
+    }
+
+    async fn record_batch_files(&self, files: &[BatchFile]) -> Result<()> {
+        let now = now_millis();
+        let mut tx = self.write_tx().await?;
+        for f in files {
+            sqlx::query(changes::INSERT_BATCH_FILE_SQL)
+                .bind(&f.pipeline)
+                .bind(&f.batch_id.0)
+                .bind(f.table_version)
+                .bind(&f.data_file)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::sqlite)?;
+        }
+        tx.commit().await.map_err(StoreError::sqlite)
+    }
+
+    async fn batch_files(&self, batches: &[BatchId]) -> Result<Vec<BatchFile>> {
+        let mut out = Vec::new();
+        for b in batches {
+            let rows: Vec<BatchFileRow> = sqlx::query_as(changes::BATCH_FILES_SQL)
+                .bind(&b.0)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(StoreError::sqlite)?;
+            out.extend(rows.into_iter().map(BatchFile::from));
+        }
+        Ok(out)
+    }
+
+    async fn superseded_files(&self, batch: &BatchId) -> Result<Vec<String>> {
+        sqlx::query_scalar(changes::SUPERSEDED_FILES_SQL)
+            .bind(&batch.0)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::sqlite)
     }
 
     async fn lease(&self, req: &LeaseRequest) -> Result<Vec<Lease>> {
@@ -872,4 +983,57 @@ async fn ensure_version(
         Some(_) => Ok(()),
         None => Err(rows::cannot_queue(pipeline, version, path)),
     }
+}
+
+/// Where queued tasks go: their pipeline, file, pinned version and content generation.
+struct Queue<'a> {
+    pipeline: &'a str,
+    path: &'a str,
+    version: i64,
+    max_attempts: i32,
+    generation: i64,
+    now: i64,
+}
+
+/// Queues a file's tasks and records which content each holds.
+async fn queue_tasks(
+    conn: &mut SqliteConnection,
+    q: &Queue<'_>,
+    tasks: &[NewTask],
+    slices: &[SliceColumns],
+) -> Result<()> {
+    for (task, slice) in tasks.iter().zip(slices) {
+        // A batch id already queued (the same slice reached through another file name)
+        // stays where it is: its rows must enter the queue once.
+        sqlx::query(
+            "INSERT INTO tasks (batch_id, pipeline, version, path, slice_index, byte_start, \
+             byte_end, row_start, row_count, state, attempts, max_attempts, run_after, \
+             created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 0, $10, $11, $11, $11) \
+             ON CONFLICT (batch_id) DO NOTHING",
+        )
+        .bind(&task.batch_id.0)
+        .bind(q.pipeline)
+        .bind(q.version)
+        .bind(&task.slice.path)
+        .bind(slice.index)
+        .bind(slice.byte_start)
+        .bind(slice.byte_end)
+        .bind(slice.row_start)
+        .bind(slice.row_count)
+        .bind(q.max_attempts)
+        .bind(q.now)
+        .execute(&mut *conn)
+        .await
+        .map_err(StoreError::sqlite)?;
+        sqlx::query(changes::INSERT_INPUT_SQL)
+            .bind(&task.batch_id.0)
+            .bind(q.pipeline)
+            .bind(q.path)
+            .bind(q.generation)
+            .execute(&mut *conn)
+            .await
+            .map_err(StoreError::sqlite)?;
+    }
+    Ok(())
 }

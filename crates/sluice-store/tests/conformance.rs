@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use sluice_core::{BatchId, BatchOutcome, BatchSlice, ErrorKind, LeaseToken, TaskState, WorkerId};
 use sluice_store::{
-    CheckRecord, FailDisposition, Lease, LeaseRequest, NewFile, NewSchemaVersion, NewTask,
-    RetryTarget, RunReport, SchemaRegistration, SchemaVersionRecord, Store, StoreError, WorkerBeat,
-    testing,
+    BatchFile, CheckRecord, FailDisposition, FileChange, FileUpdate, Lease, LeaseRequest, NewFile,
+    NewSchemaVersion, NewTask, RetryTarget, RunReport, SchemaRegistration, SchemaVersionRecord,
+    Store, StoreError, WorkerBeat, testing,
 };
 use sqlx::Connection;
 
@@ -110,6 +110,10 @@ conformance!(
     concurrent_registration_agrees,
     register_file_is_atomic_and_idempotent,
     register_file_refuses_unknown_version,
+    taken_files_keep_the_take_and_its_checksum,
+    a_change_is_taken_in_once,
+    a_noticed_change_is_news_once,
+    replacements_supersede_the_files_of_earlier_content,
     lease_is_fifo_and_limited,
     lease_filters_by_pipeline,
     lease_respects_backoff,
@@ -132,6 +136,265 @@ conformance!(
     datasets_list_versions_and_modes,
     concurrent_schema_registration_agrees,
 );
+
+// ---- files that change after they were taken in ----
+
+fn tasks_of(pipeline: &str, identity: &str, path: &str, n: u32) -> Vec<NewTask> {
+    (0..n)
+        .map(|i| {
+            let slice = slice(path, i);
+            NewTask {
+                batch_id: BatchId::derive(pipeline, identity, &slice),
+                slice,
+            }
+        })
+        .collect()
+}
+
+fn taken(path: &str, size: i64, taken_bytes: i64, checksum: &str) -> NewFile {
+    NewFile {
+        pipeline: "logs".into(),
+        path: path.into(),
+        size,
+        modified_ms: size,
+        taken_bytes,
+        taken_rows: taken_bytes / 10,
+        checksum: Some(checksum.into()),
+    }
+}
+
+async fn taken_files_keep_the_take_and_its_checksum(
+    _h: &Harness,
+    store: Arc<dyn Store>,
+) -> TestResult {
+    let v = pipeline(&store, "logs").await?;
+    let file = taken("/in/a.jsonl", 105, 100, "c100");
+    let tasks = tasks_of("logs", "a", "/in/a.jsonl", 1);
+    assert!(store.register_file(&file, v, 3, &tasks).await?);
+    let files = store.taken_files("logs").await?;
+    assert_eq!(files.len(), 1);
+    let f = &files[0];
+    assert_eq!(
+        (f.path.as_str(), f.size, f.modified_ms),
+        ("/in/a.jsonl", 105, 105)
+    );
+    assert_eq!((f.taken_bytes, f.taken_rows), (100, 10));
+    assert_eq!(f.checksum.as_deref(), Some("c100"));
+    assert_eq!((f.generation, &f.change), (0, &None));
+    // A file's first content supersedes nothing.
+    assert!(store.superseded_files(&tasks[0].batch_id).await?.is_empty());
+    assert!(store.taken_files("other").await?.is_empty());
+    Ok(())
+}
+
+async fn a_change_is_taken_in_once(h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let v = pipeline(&store, "logs").await?;
+    let path = "/in/a.jsonl";
+    store
+        .register_file(
+            &taken(path, 100, 100, "c100"),
+            v,
+            3,
+            &tasks_of("logs", "a", path, 1),
+        )
+        .await?;
+    let grown = FileUpdate {
+        file: taken(path, 250, 240, "c240"),
+        based_on: (100, Some("c100".into()), 0),
+        generation: 0,
+    };
+    let more = tasks_of("logs", "a@100", path, 2);
+    // Two discoverers (processes) race to take the append in: one does.
+    let other = h.open_again().await;
+    let (a, b) = tokio::join!(
+        store.take_in_change(&grown, v, 3, &more),
+        other.take_in_change(&grown, v, 3, &more)
+    );
+    assert_eq!([a?, b?].iter().filter(|x| **x).count(), 1);
+    assert_eq!(store.tasks("logs", None).await?.len(), 3);
+    let f = &store.taken_files("logs").await?[0];
+    assert_eq!((f.size, f.taken_bytes, f.taken_rows), (250, 240, 24));
+    assert_eq!(f.checksum.as_deref(), Some("c240"));
+    // A take built on a stale base changes nothing and queues nothing.
+    let stale = FileUpdate {
+        file: taken(path, 300, 300, "c300"),
+        based_on: (100, Some("c100".into()), 0),
+        generation: 0,
+    };
+    let late = tasks_of("logs", "a@100-late", path, 1);
+    assert!(!store.take_in_change(&stale, v, 3, &late).await?);
+    assert_eq!(store.tasks("logs", None).await?.len(), 3);
+    assert!(store.task(&late[0].batch_id).await?.is_none());
+    // An unknown pipeline version is refused before anything changes.
+    let next = FileUpdate {
+        file: taken(path, 300, 300, "c300"),
+        based_on: (240, Some("c240".into()), 0),
+        generation: 0,
+    };
+    assert!(store.take_in_change(&next, v + 7, 3, &late).await.is_err());
+    assert_eq!(store.taken_files("logs").await?[0].taken_bytes, 240);
+    Ok(())
+}
+
+async fn a_noticed_change_is_news_once(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let v = pipeline(&store, "logs").await?;
+    let path = "/in/a.csv";
+    store
+        .register_file(
+            &taken(path, 100, 100, "c"),
+            v,
+            3,
+            &tasks_of("logs", "a", path, 1),
+        )
+        .await?;
+    let change = FileChange {
+        size: 150,
+        modified_ms: 7,
+        detail: "grew from 100 to 150 bytes".into(),
+        action: "warned".into(),
+        noticed_at: 0,
+    };
+    assert!(
+        store
+            .notice_file_change("logs", path, Some(&change))
+            .await?
+    );
+    assert!(
+        !store
+            .notice_file_change("logs", path, Some(&change))
+            .await?,
+        "once per change"
+    );
+    let f = &store.taken_files("logs").await?[0];
+    let seen = f.change.clone().ok_or("no change recorded")?;
+    assert_eq!(
+        (seen.size, seen.modified_ms, seen.detail.as_str()),
+        (150, 7, "grew from 100 to 150 bytes")
+    );
+    assert_eq!(seen.action, "warned");
+    assert!(seen.noticed_at > 0);
+    // The same change under another action (the spec moved to `fail`) is news again.
+    let failed = FileChange {
+        action: "failed".into(),
+        ..change.clone()
+    };
+    assert!(
+        store
+            .notice_file_change("logs", path, Some(&failed))
+            .await?
+    );
+    // Back as taken in: cleared, once.
+    assert!(store.notice_file_change("logs", path, None).await?);
+    assert!(!store.notice_file_change("logs", path, None).await?);
+    assert_eq!(store.taken_files("logs").await?[0].change, None);
+    // Taking a change in clears the noticed one.
+    store
+        .notice_file_change("logs", path, Some(&change))
+        .await?;
+    let update = FileUpdate {
+        file: taken(path, 150, 150, "c150"),
+        based_on: (100, Some("c".into()), 0),
+        generation: 0,
+    };
+    assert!(store.take_in_change(&update, v, 3, &[]).await?);
+    assert_eq!(store.taken_files("logs").await?[0].change, None);
+    Ok(())
+}
+
+async fn replacements_supersede_the_files_of_earlier_content(
+    _h: &Harness,
+    store: Arc<dyn Store>,
+) -> TestResult {
+    let v = pipeline(&store, "logs").await?;
+    let path = "/in/a.csv";
+    let first = tasks_of("logs", "gen0", path, 2);
+    store
+        .register_file(&taken(path, 200, 200, "c0"), v, 3, &first)
+        .await?;
+    let appended = tasks_of("logs", "gen0+200", path, 1);
+    let grown = FileUpdate {
+        file: taken(path, 300, 300, "c0b"),
+        based_on: (200, Some("c0".into()), 0),
+        generation: 0,
+    };
+    assert!(store.take_in_change(&grown, v, 3, &appended).await?);
+    let record = |batch: &BatchId, version: i64, files: &[&str]| -> Vec<BatchFile> {
+        files
+            .iter()
+            .map(|f| BatchFile {
+                pipeline: "logs".into(),
+                batch_id: batch.clone(),
+                table_version: version,
+                data_file: f.to_string(),
+            })
+            .collect()
+    };
+    store
+        .record_batch_files(&record(&first[0].batch_id, 1, &["part-a.parquet"]))
+        .await?;
+    store
+        .record_batch_files(&record(
+            &first[1].batch_id,
+            2,
+            &["part-b.parquet", "part-c.parquet"],
+        ))
+        .await?;
+    store
+        .record_batch_files(&record(&appended[0].batch_id, 3, &["part-d.parquet"]))
+        .await?;
+    // Recording a batch again (a re-run that found its commit) adds nothing.
+    store
+        .record_batch_files(&record(&first[0].batch_id, 1, &["part-a.parquet"]))
+        .await?;
+    let recorded = store.batch_files(&[first[1].batch_id.clone()]).await?;
+    assert_eq!(
+        recorded,
+        record(&first[1].batch_id, 2, &["part-b.parquet", "part-c.parquet"])
+    );
+    assert_eq!(
+        store.batch_files(&[first[0].batch_id.clone()]).await?.len(),
+        1
+    );
+    // Appends supersede nothing: all of it is the same content.
+    assert!(
+        store
+            .superseded_files(&appended[0].batch_id)
+            .await?
+            .is_empty()
+    );
+
+    // Replaced: the new content's batches (generation 1) supersede every file of generation 0.
+    let replaced = tasks_of("logs", "gen1", path, 2);
+    let update = FileUpdate {
+        file: taken(path, 120, 120, "c1"),
+        based_on: (300, Some("c0b".into()), 0),
+        generation: 1,
+    };
+    assert!(store.take_in_change(&update, v, 3, &replaced).await?);
+    assert_eq!(store.taken_files("logs").await?[0].generation, 1);
+    let all = [
+        "part-a.parquet",
+        "part-b.parquet",
+        "part-c.parquet",
+        "part-d.parquet",
+    ];
+    for t in &replaced {
+        assert_eq!(store.superseded_files(&t.batch_id).await?, all);
+    }
+    // Another pipeline's files of the same path are not touched.
+    let w = pipeline(&store, "other").await?;
+    let theirs = tasks_of("other", "gen0", path, 1);
+    let mut file = taken(path, 200, 200, "c0");
+    file.pipeline = "other".into();
+    store.register_file(&file, w, 3, &theirs).await?;
+    assert!(
+        store
+            .superseded_files(&theirs[0].batch_id)
+            .await?
+            .is_empty()
+    );
+    Ok(())
+}
 
 // ---- fixtures ----
 
@@ -178,6 +441,7 @@ async fn queue(
         path: path.to_string(),
         size: i64::from(n) * 100,
         modified_ms: 1_700_000_000_000,
+        ..NewFile::default()
     };
     assert!(
         store
@@ -437,6 +701,7 @@ async fn register_file_is_atomic_and_idempotent(_h: &Harness, store: Arc<dyn Sto
         path: "/in/a.csv".into(),
         size: 1,
         modified_ms: 2,
+        ..NewFile::default()
     };
     let extra = NewTask {
         batch_id: BatchId("b-extra".into()),
@@ -456,6 +721,7 @@ async fn register_file_is_atomic_and_idempotent(_h: &Harness, store: Arc<dyn Sto
         path: "/in/b.csv".into(),
         size: 1,
         modified_ms: 2,
+        ..NewFile::default()
     };
     let dup = NewTask {
         batch_id: ids_a[0].clone(),
@@ -476,6 +742,7 @@ async fn register_file_is_atomic_and_idempotent(_h: &Harness, store: Arc<dyn Sto
         path: "/in/c.csv".into(),
         size: 1,
         modified_ms: 2,
+        ..NewFile::default()
     };
     let good = NewTask {
         batch_id: BatchId("b-good".into()),
@@ -516,6 +783,7 @@ async fn register_file_refuses_unknown_version(_h: &Harness, store: Arc<dyn Stor
         path: "/in/a.csv".into(),
         size: 1,
         modified_ms: 1,
+        ..NewFile::default()
     };
     let task = NewTask {
         batch_id: BatchId("b-1".into()),
