@@ -38,14 +38,19 @@ use sha2::{Digest, Sha256};
 use sluice_core::{BatchId, BatchOutcome, BatchSlice, ErrorKind};
 
 use crate::checks::{CheckResult, Checks};
-use crate::sink::{CommitOutcome, DeltaSink, SinkError};
-use crate::source::{BadRow, InputSchema, LandedFile, SliceRead, SourceError, TextRecords};
+use crate::sink::{CommitExtras, CommitOutcome, DeltaSink, MissingRemoves, SinkError};
+use crate::source::{
+    BadRow, Cut, CutFrom, InputSchema, LandedFile, SliceRead, SourceError, TextRecords,
+};
 use crate::spec::{Compression, Format, PipelineSpec, SpecError, SpecFile};
 use crate::transform::SqlTransform;
 
 pub use arrow;
 pub use datafusion;
 pub use deltalake;
+
+/// How many of the table's newest commits are searched for a batch committed by an earlier run.
+const ADDED_LOOKBACK: u64 = 200;
 
 /// Errors of compiling or running a pipeline.
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +182,13 @@ pub struct BatchResult {
     pub outcome: BatchOutcome,
     pub duration_ms: i64,
     pub checks: Vec<CheckResult>,
+    /// The table version this run committed (`None`: already committed, or nothing to do).
+    pub table_version: Option<i64>,
+    /// Data files the batch's commit added (also found for a batch an earlier run committed,
+    /// when its commit is among the table's recent ones), for the store to record.
+    pub added: Vec<String>,
+    /// Data files its commit removed (the superseded content of a replaced file).
+    pub removed: Vec<String>,
 }
 
 /// A compiled pipeline version.
@@ -428,24 +440,56 @@ impl Pipeline {
 
     /// Cuts a file into this pipeline's batches, with their stable ids.
     pub fn batches_of(&self, file: &LandedFile) -> Result<Vec<(BatchId, BatchSlice)>, SourceError> {
+        let identity = format!("{}@{}", file.path, file.size);
+        let cut = self.cut(file, &CutFrom::default())?;
+        Ok(cut
+            .slices
+            .into_iter()
+            .map(|s| (self.batch_id(&identity, &s), s))
+            .collect())
+    }
+
+    /// How a landing file is compressed, under this version's `source.compression`.
+    pub fn compression_of(&self, path: &str) -> Compression {
+        Compression::of_file(self.spec.source.compression, path)
+    }
+
+    /// Cuts a file's content from `from` into this pipeline's slices. A compressed file is
+    /// cut in its decompressed spool (one pass, see [`spool`]); its slices keep naming the
+    /// compressed file, and its `end` is the compressed file's size (a compressed file that
+    /// changes counts as replaced: its appended bytes are not text to cut on their own).
+    pub fn cut(&self, file: &LandedFile, from: &CutFrom) -> Result<Cut, SourceError> {
         let max_rows = self.spec.batch.max_rows;
-        let slices = match self.compression_of(&file.path) {
-            Compression::None => source::slice_file(&file.path, self.format, max_rows)?,
-            c => match spool::ensure(&file.path, c, self.spool_dir.as_deref()) {
-                // Cut the decompressed text; the slices keep naming the compressed file.
-                Ok(spooled) => {
-                    source::slice_file(&spooled.display().to_string(), self.format, max_rows)
-                        .map_err(|e| e.in_file(&file.path))?
+        let compression = self.compression_of(&file.path);
+        if compression == Compression::None {
+            return source::slice_file_from(&file.path, self.format, max_rows, from);
+        }
+        match spool::ensure(&file.path, compression, self.spool_dir.as_deref()) {
+            Ok(spooled) => {
+                let cut = source::slice_file_from(
+                    &spooled.display().to_string(),
+                    self.format,
+                    max_rows,
+                    from,
+                )
+                .map_err(|e| e.in_file(&file.path))?;
+                Ok(Cut {
+                    slices: cut
+                        .slices
                         .into_iter()
                         .map(|s| BatchSlice {
                             path: file.path.clone(),
                             ..s
                         })
-                        .collect()
-                }
-                // A broken stream is one batch that fails with the reason when it runs: held
-                // in quarantine where `sluice status` shows it, and nothing of it published.
-                Err(SourceError::BadData { .. }) => vec![BatchSlice {
+                        .collect(),
+                    end: file.size,
+                    rows: cut.rows,
+                })
+            }
+            // A broken stream is one batch that fails with the reason when it runs: held in
+            // quarantine where `sluice status` shows it, and nothing of it published.
+            Err(SourceError::BadData { .. }) => Ok(Cut {
+                slices: vec![BatchSlice {
                     path: file.path.clone(),
                     index: 0,
                     byte_start: 0,
@@ -453,19 +497,24 @@ impl Pipeline {
                     row_start: 0,
                     row_count: 0,
                 }],
-                Err(e) => return Err(e),
-            },
-        };
-        let identity = format!("{}@{}", file.path, file.size);
-        Ok(slices
-            .into_iter()
-            .map(|s| (BatchId::derive(self.name(), &identity, &s), s))
-            .collect())
+                end: file.size,
+                rows: 0,
+            }),
+            Err(e) => Err(e),
+        }
     }
 
-    /// How a landing file is compressed, under this version's `source.compression`.
-    pub fn compression_of(&self, path: &str) -> Compression {
-        Compression::of_file(self.spec.source.compression, path)
+    /// A batch's stable id: from the pipeline, `identity` (what names this content of the
+    /// file: its path and size, plus for an appended part the offset it starts at and the
+    /// checksum of the bytes before it, or for a replacement the checksum of the new content)
+    /// and the slice, so every discoverer, after any restart, cuts the same batches.
+    pub fn batch_id(&self, identity: &str, slice: &BatchSlice) -> BatchId {
+        BatchId::derive(self.name(), identity, slice)
+    }
+
+    /// What the source does with a file that changed after it was taken in.
+    pub fn on_change(&self) -> source::OnChange {
+        self.spec.source.on_change
     }
 
     /// Runs one batch: read the slice, transform, commit exactly once.
@@ -491,6 +540,19 @@ impl Pipeline {
         slice: &BatchSlice,
         recent_rows: &[u64],
     ) -> Result<BatchResult, BatchError> {
+        self.run_batch_superseding(batch_id, slice, recent_rows, Vec::new())
+            .await
+    }
+
+    /// [`Pipeline::run_batch_with_history`], removing the data files `superseded` (a replaced
+    /// file's earlier rows, as the store recorded them) in the commit that publishes the batch.
+    pub async fn run_batch_superseding(
+        &self,
+        batch_id: &BatchId,
+        slice: &BatchSlice,
+        recent_rows: &[u64],
+        superseded: Vec<String>,
+    ) -> Result<BatchResult, BatchError> {
         let started = Instant::now();
         let (rows_in, audit, dropped) = self.audit_slice(slice, recent_rows).await?;
         let app_id = DeltaSink::app_id(self.name(), &batch_id.0);
@@ -506,6 +568,9 @@ impl Pipeline {
                 outcome: BatchOutcome::AlreadyCommitted,
                 duration_ms: started.elapsed().as_millis() as i64,
                 checks: Vec::new(),
+                table_version: None,
+                added: self.added_earlier(&app_id).await,
+                removed: Vec::new(),
             });
         }
         if !audit.failing_rows.is_empty() || dropped.is_some() {
@@ -540,25 +605,68 @@ impl Pipeline {
             return Err(err);
         }
         let rows_out: i64 = audit.publish.iter().map(|b| b.num_rows() as i64).sum();
-        let outcome = self
+        let extras = CommitExtras {
+            metadata: vec![(
+                "sluice".to_string(),
+                serde_json::json!({
+                    "pipeline": self.name(),
+                    "version": self.version,
+                    "batch": batch_id.0,
+                    "removes": superseded.len(),
+                }),
+            )],
+            removes: superseded,
+            missing: MissingRemoves::Skip,
+        };
+        let commit = self
             .sink
-            .commit(&app_id, audit.publish)
+            .commit_with(&app_id, audit.publish, extras)
             .await
             .map_err(|e| {
                 let message = format!("{}: {e}", slice_label(slice));
                 let e = EngineError::Sink(e);
                 BatchError::new(e.kind(), message, rows_in).or_outage(&e)
             })?;
+        let (outcome, table_version, added) = match commit.outcome {
+            CommitOutcome::Committed { version } => {
+                (BatchOutcome::Committed, Some(version), commit.added)
+            }
+            CommitOutcome::AlreadyCommitted => (
+                BatchOutcome::AlreadyCommitted,
+                None,
+                self.added_earlier(&app_id).await,
+            ),
+        };
         Ok(BatchResult {
             rows_in,
             rows_out,
-            outcome: match outcome {
-                CommitOutcome::Committed { .. } => BatchOutcome::Committed,
-                CommitOutcome::AlreadyCommitted => BatchOutcome::AlreadyCommitted,
-            },
+            outcome,
             duration_ms: started.elapsed().as_millis() as i64,
             checks: audit.results.into_iter().chain(audit.profile).collect(),
+            table_version,
+            added,
+            removed: commit.removed,
         })
+    }
+
+    /// What an earlier run's commit of this batch added, when it is among the table's newest
+    /// commits (a re-run comes within minutes). Best effort: without it, a later replacement of
+    /// the batch's file cannot remove those rows, so say so.
+    async fn added_earlier(&self, app_id: &str) -> Vec<String> {
+        match self.sink.added_by(app_id, ADDED_LOOKBACK).await {
+            Ok(files) if !files.is_empty() => files,
+            Ok(_) => {
+                tracing::warn!(
+                    app_id,
+                    "the earlier commit of this batch is not among the table's last {ADDED_LOOKBACK} commits: its data files are not recorded"
+                );
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::warn!(app_id, error = %e, "looking up the data files of this batch's earlier commit failed");
+                Vec::new()
+            }
+        }
     }
 
     /// Reads, transforms and checks a slice: everything before publishing.
@@ -674,6 +782,9 @@ impl Pipeline {
         let started = Instant::now();
         let (rows_in, audit, _) = self.audit_slice(slice, &[]).await?;
         Ok(BatchResult {
+            table_version: None,
+            added: Vec::new(),
+            removed: Vec::new(),
             rows_in,
             rows_out: audit.publish.iter().map(|b| b.num_rows() as i64).sum(),
             outcome: if audit.hold.is_some() {

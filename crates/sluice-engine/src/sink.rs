@@ -30,9 +30,10 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use deltalake::kernel::Transaction;
-use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Transaction};
 use deltalake::operations::write::SchemaMode;
+use deltalake::protocol::DeltaOperation;
 use deltalake::protocol::SaveMode;
 use deltalake::table::config::TablePropertiesExt;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
@@ -61,6 +62,49 @@ pub struct TableInfo {
     pub last_commit_ms: Option<i64>,
 }
 
+/// What a commit carries besides the batch's rows and its txn marker.
+#[derive(Debug, Clone, Default)]
+pub struct CommitExtras {
+    /// Data files (paths relative to the table root, as the Delta log names them) to remove in
+    /// the same commit.
+    pub removes: Vec<String>,
+    pub missing: MissingRemoves,
+    /// Entries for the commit's `commitInfo` (who committed what: pipeline, batch, version).
+    pub metadata: Vec<(String, serde_json::Value)>,
+}
+
+/// What to do when a file to remove is no longer in the table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MissingRemoves {
+    /// Remove the others: another commit removed it already (the batches of one replaced file
+    /// each remove what of its old rows is left; the first to commit removes them all).
+    #[default]
+    Skip,
+    /// Refuse the commit: the file was rewritten (compacted) since it was recorded, so its rows
+    /// cannot be told apart any more (a rollback's repair).
+    Refuse,
+}
+
+/// What [`DeltaSink::commit_with`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit {
+    pub outcome: CommitOutcome,
+    /// Data files this commit added (empty when the batch was already committed).
+    pub added: Vec<String>,
+    /// Data files this commit removed.
+    pub removed: Vec<String>,
+}
+
+impl Commit {
+    fn already() -> Commit {
+        Commit {
+            outcome: CommitOutcome::AlreadyCommitted,
+            added: Vec::new(),
+            removed: Vec::new(),
+        }
+    }
+}
+
 /// What a commit did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommitOutcome {
@@ -80,6 +124,10 @@ pub enum SinkError {
     },
     #[error("Delta table location {location:?} is not valid: {reason}")]
     Location { location: String, reason: String },
+    #[error(
+        "Delta table {url}: files to remove are no longer in the table (rewritten since they were recorded?): {files}"
+    )]
+    Missing { url: String, files: String },
     #[error("output does not fit the Delta table {url}: {reason}")]
     Schema { url: String, reason: String },
 }
@@ -376,6 +424,21 @@ impl DeltaSink {
         app_id: &str,
         batches: Vec<RecordBatch>,
     ) -> Result<CommitOutcome, SinkError> {
+        Ok(self
+            .commit_with(app_id, batches, CommitExtras::default())
+            .await?
+            .outcome)
+    }
+
+    /// Commits `batches` once under `app_id`, together with `extras`: data files to remove in
+    /// the same atomic commit (a replaced source file's old rows; a rolled-back version's) and
+    /// metadata for the commit's `commitInfo`. Returns the data files the commit added.
+    pub async fn commit_with(
+        &self,
+        app_id: &str,
+        batches: Vec<RecordBatch>,
+        extras: CommitExtras,
+    ) -> Result<Commit, SinkError> {
         let batches = batches
             .into_iter()
             .map(|b| delta_compatible(&b))
@@ -385,43 +448,34 @@ impl DeltaSink {
                 reason,
             })?;
         // Conflicts with other writers' appends are resolved inside delta-rs; what reaches us is
-        // a real conflict (our app id, or the table being created concurrently): refresh, look
-        // again, retry a few times.
+        // a real conflict (our app id, a file we remove removed by another commit, or the table
+        // being created concurrently): refresh, look again, retry a few times.
         let mut last_error = None;
         for _ in 0..5 {
             let (table, marker) = self.marker(app_id).await?;
             if marker.is_some() {
-                return Ok(CommitOutcome::AlreadyCommitted);
+                return Ok(Commit::already());
             }
+            let removes = self.removes_in(&table, &extras)?;
             let props = CommitProperties::default()
                 .with_application_transaction(Transaction::new_with_last_update(
                     app_id,
                     1,
                     Some(sluice_core::now_millis()),
                 ))
+                .with_metadata(extras.metadata.clone())
                 .with_max_retries(50)
                 // Not after every commit: the cleanup lists the whole log (see `adopt`).
                 .with_cleanup_expired_logs(Some(false));
-            let write = table
-                .write(batches.clone())
-                .with_save_mode(SaveMode::Append)
-                // New output columns (a pipeline version that adds a field) are added to the
-                // table in place; old rows read them as null. Batches of the previous version,
-                // still in flight, write without them. Narrowing or retyping a column is not
-                // merged: delta-rs refuses it and the batch fails (see `schema plan`).
-                .with_schema_mode(SchemaMode::Merge)
-                .with_configuration([(
-                    "delta.setTransactionRetentionDuration",
-                    Some(TXN_RETENTION),
-                )])
-                .with_commit_properties(props)
-                .with_writer_properties(writer_properties())
-                .await;
-            match write {
-                Ok(t) => {
-                    let version = t.version().unwrap_or(0) as i64;
+            let attempt = if removes.is_empty() {
+                self.append(&table, batches.clone(), props).await
+            } else {
+                self.replace(&table, batches.clone(), removes, props).await
+            };
+            match attempt {
+                Ok((t, commit)) => {
                     self.adopt(app_id, t).await;
-                    return Ok(CommitOutcome::Committed { version });
+                    return Ok(commit);
                 }
                 // A full or read-only disk will not clear up in a retry; the worker waits for it.
                 Err(e) if crate::storage_outage(&e).is_some() => return Err(self.err(e)),
@@ -432,10 +486,180 @@ impl DeltaSink {
             }
         }
         if self.marker(app_id).await?.1.is_some() {
-            return Ok(CommitOutcome::AlreadyCommitted);
+            return Ok(Commit::already());
         }
         Err(self
             .err(last_error.unwrap_or_else(|| DeltaTableError::Generic("commit failed".into()))))
+    }
+
+    /// The remove actions for `extras.removes` that are still in `table`. A file no longer in
+    /// the table was removed by another commit (a sibling batch of the same replacement) or
+    /// rewritten (compaction): skipped, or refused under [`MissingRemoves::Refuse`].
+    fn removes_in(
+        &self,
+        table: &DeltaTable,
+        extras: &CommitExtras,
+    ) -> Result<Vec<deltalake::kernel::Remove>, SinkError> {
+        if extras.removes.is_empty() || table.version().is_none() {
+            return Ok(Vec::new());
+        }
+        let wanted: std::collections::HashSet<&str> =
+            extras.removes.iter().map(String::as_str).collect();
+        let snapshot = table.snapshot().map_err(|e| self.err(e))?;
+        let live: Vec<_> = snapshot
+            .log_data()
+            .iter()
+            .filter(|f| wanted.contains(f.path().as_ref()))
+            .collect();
+        if extras.missing == MissingRemoves::Refuse && live.len() < wanted.len() {
+            let present: std::collections::HashSet<String> =
+                live.iter().map(|f| f.path().to_string()).collect();
+            let gone: Vec<&str> = extras
+                .removes
+                .iter()
+                .filter(|p| !present.contains(p.as_str()))
+                .map(String::as_str)
+                .collect();
+            return Err(SinkError::Missing {
+                url: self.url.to_string(),
+                files: gone.join(", "),
+            });
+        }
+        Ok(live.iter().map(|f| f.remove_action(true)).collect())
+    }
+
+    /// An append (creating the table on the first commit; new columns merged in place).
+    async fn append(
+        &self,
+        table: &DeltaTable,
+        batches: Vec<RecordBatch>,
+        props: CommitProperties,
+    ) -> Result<(DeltaTable, Commit), DeltaTableError> {
+        let t = table
+            .clone()
+            .write(batches)
+            .with_save_mode(SaveMode::Append)
+            // New output columns (a pipeline version that adds a field) are added to the
+            // table in place; old rows read them as null. Batches of the previous version,
+            // still in flight, write without them. Narrowing or retyping a column is not
+            // merged: delta-rs refuses it and the batch fails (see `schema plan`).
+            .with_schema_mode(SchemaMode::Merge)
+            .with_configuration([("delta.setTransactionRetentionDuration", Some(TXN_RETENTION))])
+            .with_commit_properties(props)
+            .with_writer_properties(writer_properties())
+            .await?;
+        let version = t.version().unwrap_or(0);
+        // The writer does not hand its add actions back: read them from the commit it made.
+        let added = match t.log_store().read_commit_entry(version).await? {
+            Some(bytes) => deltalake::logstore::get_actions(version, &bytes)?
+                .into_iter()
+                .filter_map(|a| match a {
+                    Action::Add(add) => Some(add.path),
+                    _ => None,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let commit = Commit {
+            outcome: CommitOutcome::Committed {
+                version: version as i64,
+            },
+            added,
+            removed: Vec::new(),
+        };
+        Ok((t, commit))
+    }
+
+    /// Adds and removes in one commit: the data files are written first, then one commit
+    /// carries their adds, the removes, the txn marker and (when the batch brings new columns)
+    /// the merged schema, so readers see the old rows or the new ones, never both or neither.
+    async fn replace(
+        &self,
+        table: &DeltaTable,
+        batches: Vec<RecordBatch>,
+        removes: Vec<deltalake::kernel::Remove>,
+        props: CommitProperties,
+    ) -> Result<(DeltaTable, Commit), DeltaTableError> {
+        use deltalake::kernel::MetadataExt as _;
+        use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
+        use deltalake::writer::{DeltaWriter as _, RecordBatchWriter, WriteMode};
+        let snapshot = table.snapshot()?;
+        let mut writer =
+            RecordBatchWriter::for_table(table)?.with_writer_properties(writer_properties());
+        let before = writer.arrow_schema();
+        for batch in batches {
+            writer
+                .write_with_mode(batch, WriteMode::MergeSchema)
+                .await?;
+        }
+        let after = writer.arrow_schema();
+        let adds = writer.flush().await?;
+        let added: Vec<String> = adds.iter().map(|a| a.path.clone()).collect();
+        let removed: Vec<String> = removes.iter().map(|r| r.path.clone()).collect();
+        let mut actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
+        actions.extend(removes.into_iter().map(Action::Remove));
+        if after != before {
+            let schema: deltalake::kernel::StructType = after.as_ref().try_into_kernel()?;
+            actions.push(Action::Metadata(
+                snapshot.metadata().clone().with_schema(&schema)?,
+            ));
+        }
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: None,
+            predicate: None,
+        };
+        let finalized = CommitBuilder::from(props)
+            .with_actions(actions)
+            .build(Some(snapshot), table.log_store(), operation)
+            .await?;
+        let version = finalized.version();
+        // Rare (a replaced file's first batch): reading the log once more is cheap enough.
+        let mut t = table.clone();
+        t.update_incremental(Some(version)).await?;
+        let commit = Commit {
+            outcome: CommitOutcome::Committed {
+                version: version as i64,
+            },
+            added,
+            removed,
+        };
+        Ok((t, commit))
+    }
+
+    /// The data files the commit carrying `app_id` added, looked up in the newest
+    /// `within` commits of the log: for a batch whose commit an earlier run made (and died
+    /// before recording what it added). Empty when not found there.
+    pub async fn added_by(&self, app_id: &str, within: u64) -> Result<Vec<String>, SinkError> {
+        let table = self.refreshed().await?;
+        let Some(latest) = table.version() else {
+            return Ok(Vec::new());
+        };
+        let store = table.log_store();
+        for version in (latest.saturating_sub(within)..=latest).rev() {
+            let Some(bytes) = store
+                .read_commit_entry(version)
+                .await
+                .map_err(|e| self.err(e))?
+            else {
+                continue;
+            };
+            let actions =
+                deltalake::logstore::get_actions(version, &bytes).map_err(|e| self.err(e))?;
+            let ours = actions
+                .iter()
+                .any(|a| matches!(a, Action::Txn(t) if t.app_id == app_id));
+            if ours {
+                return Ok(actions
+                    .into_iter()
+                    .filter_map(|a| match a {
+                        Action::Add(add) => Some(add.path),
+                        _ => None,
+                    })
+                    .collect());
+            }
+        }
+        Ok(Vec::new())
     }
 
     /// The table's latest version, schema and last commit time; `None` if not created yet.

@@ -5,8 +5,11 @@
 //! `settle` old (default 2 s): a writer still appending keeps touching it and is never read
 //! half-way. Names starting with `.` or `_`, and names ending in `.tmp`, `.part`, `.crc`,
 //! `.inprogress` or `.partial` are never read, so write-then-rename writers are safe with any
-//! settle time. A file is taken in once per pipeline, by path; a file changed after it was taken
-//! in is not read again (logged as a warning), as with Auto Loader's default.
+//! settle time. A file is taken in once per pipeline, by path. A file whose size or modification
+//! time changes afterwards is handled by `source.on_change` ([`OnChange`]): reported (the
+//! default, as Auto Loader ignores it), a pipeline error, or its new content taken in — only
+//! the appended complete lines when a checksum of the bytes taken in still matches, so growing
+//! logs are tailed exactly once.
 //!
 //! **Slices.** CSV and JSON Lines files are cut by a single scan that finds record boundaries
 //! (quote-aware for CSV), so a slice is a byte range a worker can read without parsing the rows
@@ -149,28 +152,85 @@ pub fn slice_file(
     format: Format,
     max_rows: u64,
 ) -> Result<Vec<BatchSlice>, SourceError> {
+    Ok(slice_file_from(path, format, max_rows, &CutFrom::default())?.slices)
+}
+
+/// Where to start cutting a file, and whether its end must be a complete line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CutFrom {
+    /// A record boundary: 0, or the end of what was taken in before (an appended part; the
+    /// CSV header stays the file's first line).
+    pub byte: u64,
+    /// The index of the first record from there (rows are numbered across the whole file).
+    pub row: u64,
+    /// Leave a last record without its newline for later (it may still be being written), as
+    /// Vector and Filebeat do when they tail a file.
+    pub complete_lines: bool,
+}
+
+/// The slices cut, and how far they reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cut {
+    pub slices: Vec<BatchSlice>,
+    /// The byte after the last record cut: where the next part starts.
+    pub end: u64,
+    /// Records cut: `from.row` plus these is where the next part's rows are numbered from.
+    pub rows: u64,
+}
+
+/// Cuts a file (from `from`) into slices of at most `max_rows` records. Parquet files are
+/// always cut whole.
+pub fn slice_file_from(
+    path: &str,
+    format: Format,
+    max_rows: u64,
+    from: &CutFrom,
+) -> Result<Cut, SourceError> {
     match format {
-        Format::Csv => slice_text(path, max_rows, true),
-        Format::Jsonl => slice_text(path, max_rows, false),
-        Format::Parquet => slice_parquet(path, max_rows),
+        Format::Csv => slice_text(path, max_rows, true, from),
+        Format::Jsonl => slice_text(path, max_rows, false, from),
+        Format::Parquet => {
+            let slices = slice_parquet(path, max_rows)?;
+            let end = std::fs::metadata(path)
+                .map_err(|e| SourceError::io(path, e))?
+                .len();
+            let rows = slices.iter().map(|s| s.row_count).sum();
+            Ok(Cut { slices, end, rows })
+        }
     }
+}
+
+/// Hex BLAKE3 of bytes `[0, len)` of a file, read in a stream (never the whole file in
+/// memory): what a source keeps of the bytes it took in, to tell later whether a changed file
+/// only grew. `None` when the file is shorter than `len`.
+pub fn checksum(path: &str, len: u64) -> Result<Option<String>, SourceError> {
+    let file = File::open(path).map_err(|e| SourceError::io(path, e))?;
+    let mut hasher = blake3::Hasher::new();
+    let hashed = std::io::copy(
+        &mut BufReader::with_capacity(1 << 20, file).take(len),
+        &mut hasher,
+    )
+    .map_err(|e| SourceError::io(path, e))?;
+    Ok((hashed == len).then(|| hasher.finalize().to_hex().to_string()))
 }
 
 /// Finds record boundaries in a text file. For CSV the first record is the header and a newline
 /// inside double quotes does not end a record (RFC 4180: `""` toggles twice, staying inside).
-fn slice_text(path: &str, max_rows: u64, csv: bool) -> Result<Vec<BatchSlice>, SourceError> {
-    let file = File::open(path).map_err(|e| SourceError::io(path, e))?;
+fn slice_text(path: &str, max_rows: u64, csv: bool, from: &CutFrom) -> Result<Cut, SourceError> {
+    let mut file = File::open(path).map_err(|e| SourceError::io(path, e))?;
+    file.seek(SeekFrom::Start(from.byte))
+        .map_err(|e| SourceError::io(path, e))?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut buf = vec![0u8; 1 << 20];
-    let mut offset: u64 = 0;
+    let mut offset: u64 = from.byte;
     let mut in_quotes = false;
-    let mut record_start: u64 = 0;
+    let mut record_start: u64 = from.byte;
     let mut record_blank = true;
-    let mut header_pending = csv;
+    let mut header_pending = csv && from.byte == 0;
     let mut slices = Vec::new();
-    let mut slice_start: u64 = 0;
+    let mut slice_start: u64 = from.byte;
     let mut rows_in_slice: u64 = 0;
-    let mut row_index: u64 = 0;
+    let mut row_index: u64 = from.row;
 
     let mut end_record = |end: u64,
                           start: u64,
@@ -242,28 +302,35 @@ fn slice_text(path: &str, max_rows: u64, csv: bool) -> Result<Vec<BatchSlice>, S
         }
         offset += n as u64;
     }
-    if record_start < offset {
-        end_record(
-            offset,
-            record_start,
-            record_blank,
-            &mut header_pending,
-            &mut slice_start,
-            &mut rows_in_slice,
-            &mut slices,
-        );
-    }
+    let end = if from.complete_lines {
+        record_start
+    } else {
+        if record_start < offset {
+            end_record(
+                offset,
+                record_start,
+                record_blank,
+                &mut header_pending,
+                &mut slice_start,
+                &mut rows_in_slice,
+                &mut slices,
+            );
+        }
+        offset
+    };
+    let full: u64 = slices.iter().map(|s| s.row_count).sum();
     if rows_in_slice > 0 {
         slices.push(BatchSlice {
             path: path.to_string(),
             index: slices.len() as u32,
             byte_start: slice_start,
-            byte_end: offset,
-            row_start: row_index,
+            byte_end: end,
+            row_start: from.row + full,
             row_count: rows_in_slice,
         });
     }
-    Ok(slices)
+    let rows = full + rows_in_slice;
+    Ok(Cut { slices, end, rows })
 }
 
 fn slice_parquet(path: &str, max_rows: u64) -> Result<Vec<BatchSlice>, SourceError> {
@@ -322,6 +389,37 @@ pub enum UnknownColumns {
     /// `addNewColumns` stops the stream), and `sluice retry` replays the held batches. Needs
     /// `source.dataset`.
     Evolve,
+}
+
+/// What to do with a file whose size or modification time changed after it was taken in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnChange {
+    /// Say so, once per change, in the logs and `sluice status`; the new content is not read.
+    #[default]
+    Warn,
+    /// The pipeline reports the error and queues nothing more until the file is restored or
+    /// the policy changed.
+    Fail,
+    /// Take the new content in. A file that only grew (the checksum of the bytes taken in
+    /// still matches) has its new complete lines queued; a replaced one has all its content
+    /// queued again and its earlier rows removed in the commit that publishes the new ones.
+    Reprocess,
+}
+
+impl OnChange {
+    pub fn is_default(&self) -> bool {
+        *self == OnChange::Warn
+    }
+
+    /// The store's name for what discovery did about a change under this policy.
+    pub fn action(self) -> &'static str {
+        match self {
+            OnChange::Warn => "warned",
+            OnChange::Fail => "failed",
+            OnChange::Reprocess => "reprocessed",
+        }
+    }
 }
 
 /// The columns a source promises: name, Arrow type, whether nulls are allowed.

@@ -117,6 +117,12 @@ pub struct SourceSpec {
     /// batch; `drop` publishes the batch without it and stores it in the quarantine table.
     #[serde(default, skip_serializing_if = "BadRows::is_default")]
     pub bad_rows: BadRows,
+    /// A file whose size or modification time changed after it was taken in: `warn` (default:
+    /// say so in the logs and `sluice status`; the new content is not read), `fail` (the
+    /// pipeline stops queueing and reports the error) or `reprocess` (take the new content in;
+    /// see [`crate::source::OnChange`]).
+    #[serde(default, skip_serializing_if = "crate::source::OnChange::is_default")]
+    pub on_change: crate::source::OnChange,
     /// Filled in by sluice when it resolves `dataset`: the dataset's registered versions up to
     /// the pinned one, oldest first. A landed file written under an older version (named by a
     /// `schema_version` column, or recognised by its columns) is read with that version's

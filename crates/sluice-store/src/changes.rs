@@ -12,6 +12,12 @@ pub(crate) const TAKEN_FILES_SQL: &str = "SELECT path, size, modified_ms, \
     generation, change_size, change_modified_ms, change_detail, change_action, change_noticed_at \
     FROM files WHERE pipeline = $1 ORDER BY path";
 
+/// `$1` pipeline: only files with a noticed change.
+pub(crate) const CHANGED_FILES_SQL: &str = "SELECT path, size, modified_ms, \
+    COALESCE(taken_bytes, size) AS taken_bytes, COALESCE(taken_rows, 0) AS taken_rows, checksum, \
+    generation, change_size, change_modified_ms, change_detail, change_action, change_noticed_at \
+    FROM files WHERE pipeline = $1 AND change_action IS NOT NULL ORDER BY path";
+
 /// `$1` pipeline, `$2` path, `$3..$7` the new take (size, modified_ms, taken_bytes, taken_rows,
 /// checksum), `$8` its generation, `$9..$11` the take it builds on (taken_bytes, checksum,
 /// generation). Clears any noticed change.

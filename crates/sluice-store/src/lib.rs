@@ -460,6 +460,9 @@ pub trait Store: Send + Sync + 'static {
     /// What the pipeline took in of each of its files, by path.
     async fn taken_files(&self, pipeline: &str) -> Result<Vec<TakenFile>>;
 
+    /// The files of a pipeline with a change noticed and not taken in, by path (for status).
+    async fn changed_files(&self, pipeline: &str) -> Result<Vec<TakenFile>>;
+
     /// Takes a file's changed content in and queues its batches, atomically: the file's take
     /// becomes `update.file` (and any noticed change is cleared), and each task is recorded as
     /// holding `update.generation`. Returns false (and changes nothing) unless the store still

@@ -365,6 +365,15 @@ impl Store for SqliteStore {
         Ok(rows.into_iter().map(TakenFile::from).collect())
     }
 
+    async fn changed_files(&self, pipeline: &str) -> Result<Vec<TakenFile>> {
+        let rows: Vec<TakenFileRow> = sqlx::query_as(changes::CHANGED_FILES_SQL)
+            .bind(pipeline)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::sqlite)?;
+        Ok(rows.into_iter().map(TakenFile::from).collect())
+    }
+
     async fn take_in_change(
         &self,
         update: &FileUpdate,

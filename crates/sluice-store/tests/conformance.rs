@@ -273,6 +273,11 @@ async fn a_noticed_change_is_news_once(_h: &Harness, store: Arc<dyn Store>) -> T
     );
     assert_eq!(seen.action, "warned");
     assert!(seen.noticed_at > 0);
+    let changed = store.changed_files("logs").await?;
+    assert_eq!(
+        changed.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(),
+        [path]
+    );
     // The same change under another action (the spec moved to `fail`) is news again.
     let failed = FileChange {
         action: "failed".into(),
@@ -287,6 +292,7 @@ async fn a_noticed_change_is_news_once(_h: &Harness, store: Arc<dyn Store>) -> T
     assert!(store.notice_file_change("logs", path, None).await?);
     assert!(!store.notice_file_change("logs", path, None).await?);
     assert_eq!(store.taken_files("logs").await?[0].change, None);
+    assert!(store.changed_files("logs").await?.is_empty());
     // Taking a change in clears the noticed one.
     store
         .notice_file_change("logs", path, Some(&change))

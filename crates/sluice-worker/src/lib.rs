@@ -35,7 +35,8 @@ use sluice_core::{BatchOutcome, ErrorKind, WorkerId, now_millis};
 use sluice_engine::checks::{CheckResult, Level};
 use sluice_engine::{BatchError, Pipeline};
 use sluice_store::{
-    CheckRecord, FailDisposition, Lease, LeaseRequest, RunReport, Store, StoreError, WorkerBeat,
+    BatchFile, CheckRecord, FailDisposition, Lease, LeaseRequest, RunReport, Store, StoreError,
+    WorkerBeat,
 };
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -401,8 +402,29 @@ impl WorkerPool {
                     }
                 })?;
             let recent = self.recent_rows(&pipeline).await;
+            // A replaced file's new batches remove its earlier rows in their commit.
+            let superseded = self
+                .store
+                .superseded_files(&lease.batch_id)
+                .await
+                .map_err(|e| {
+                    let outage = e.is_outage().then(|| {
+                        self.watch
+                            .failed("looking up the rows this batch replaces", &e);
+                        "waiting: state store unreachable".to_string()
+                    });
+                    BatchError {
+                        kind: ErrorKind::External,
+                        quarantine: false,
+                        message: format!("looking up the rows this batch replaces: {e}"),
+                        rows_in: 0,
+                        checks: Vec::new(),
+                        new_columns: Vec::new(),
+                        outage,
+                    }
+                })?;
             let result = pipeline
-                .run_batch_with_history(&lease.batch_id, &lease.slice, &recent)
+                .run_batch_superseding(&lease.batch_id, &lease.slice, &recent, superseded)
                 .await;
             match result {
                 Err(mut e) if !e.new_columns.is_empty() => {
@@ -434,6 +456,7 @@ impl WorkerPool {
         self.record_checks(lease, checks).await;
         match result {
             Ok(r) => {
+                self.record_files(lease, &r).await;
                 let report = RunReport {
                     started_at,
                     finished_at,
@@ -539,6 +562,28 @@ impl WorkerPool {
         let mut outage = self.sink_outage.lock().unwrap_or_else(|p| p.into_inner());
         if outage.take().is_some() {
             tracing::warn!("the sink table takes commits again; resuming");
+        }
+    }
+
+    /// Records the data files a batch's commit added, so a later commit can remove exactly
+    /// them (a replaced file's old rows). Before completing: a worker that dies in between
+    /// leaves the batch to a re-run, which finds its commit and records them then.
+    async fn record_files(&self, lease: &Lease, r: &sluice_engine::BatchResult) {
+        if r.added.is_empty() {
+            return;
+        }
+        let files: Vec<BatchFile> = r
+            .added
+            .iter()
+            .map(|f| BatchFile {
+                pipeline: lease.pipeline.clone(),
+                batch_id: lease.batch_id.clone(),
+                table_version: r.table_version.unwrap_or(-1),
+                data_file: f.clone(),
+            })
+            .collect();
+        if let Err(e) = self.store.record_batch_files(&files).await {
+            tracing::warn!(batch = %lease.batch_id, error = %e, "recording the batch's data files failed; a later replacement of its file cannot remove its rows");
         }
     }
 

@@ -196,6 +196,11 @@ pub async fn drive(
                 }
                 Err(e) => return Err(anyhow::anyhow!("discovering files: {e}")),
             };
+            // `on_change: fail`: a running pipeline queues nothing while the change stands
+            // (the discoverer logged it once); one that was to drain stops with the error.
+            if let (Some(reason), true) = (&found.failed, until_drained) {
+                anyhow::bail!("pipeline {} failed: {reason}", pipeline.name());
+            }
             let status = status_of(&store, pipeline.name()).await;
             let what = "reading the queue's status";
             let Some(status) = ride_out(&watch, &mut backoff, &stop, what, status).await? else {

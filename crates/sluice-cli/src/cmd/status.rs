@@ -43,15 +43,44 @@ pub async fn status(store_url: &str, json: bool) -> anyhow::Result<ExitCode> {
                 .await?,
         );
     }
+    let mut changed = Vec::new();
+    for p in &pipelines {
+        for f in store.changed_files(&p.pipeline).await? {
+            if let Some(c) = f.change {
+                changed.push(ChangedFile {
+                    pipeline: p.pipeline.clone(),
+                    path: f.path,
+                    taken_size: f.size,
+                    size: c.size,
+                    change: c.detail,
+                    action: c.action,
+                    noticed_at: c.noticed_at,
+                });
+            }
+        }
+    }
+    let failed_reason = |name: &str| {
+        changed
+            .iter()
+            .find(|c| c.pipeline == name && c.action == "failed")
+            .map(|c| {
+                format!(
+                    "{} since it was taken in (source.on_change: fail)",
+                    c.change
+                )
+            })
+    };
     if json {
         let out = serde_json::json!({
             "pipelines": pipelines.iter().map(|p| {
                 let mut v = serde_json::to_value(p).unwrap_or_default();
                 v["rows_per_second"] = serde_json::json!(throughput(p));
+                v["failed"] = serde_json::json!(failed_reason(&p.pipeline));
                 v
             }).collect::<Vec<_>>(),
             "workers": workers,
             "quarantined": quarantined,
+            "changed_files": changed,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
@@ -94,6 +123,22 @@ pub async fn status(store_url: &str, json: bool) -> anyhow::Result<ExitCode> {
                 .map(|t| format!("{t:.0}"))
                 .unwrap_or_else(|| "-".into())
         );
+    }
+    for p in &pipelines {
+        if let Some(reason) = failed_reason(&p.pipeline) {
+            println!("\npipeline {} FAILED: {reason}", p.pipeline);
+        }
+    }
+    if !changed.is_empty() {
+        println!("\nfiles changed after they were taken in (see source.on_change):");
+        for c in &changed {
+            let what = if c.action == "failed" {
+                "the pipeline failed; the new content was not read"
+            } else {
+                "the new content was not read"
+            };
+            println!("  {}  {}\n      {what}", c.pipeline, c.change);
+        }
     }
     print_workers(&workers);
     let dropped: i64 = pipelines.iter().map(|p| p.dropped_rows).sum();
@@ -138,6 +183,22 @@ fn print_workers(workers: &[WorkerRecord]) {
             w.state
         );
     }
+}
+
+/// A file whose change discovery noticed and did not take in, as status shows it.
+#[derive(Debug, serde::Serialize)]
+struct ChangedFile {
+    pipeline: String,
+    path: String,
+    /// Size when it was taken in.
+    taken_size: i64,
+    /// Size when the change was noticed.
+    size: i64,
+    /// What changed (`... grew from 10 to 25 bytes`).
+    change: String,
+    /// `warned` or `failed`.
+    action: String,
+    noticed_at: i64,
 }
 
 pub async fn retry(
@@ -242,6 +303,7 @@ pub async fn retry_dropped(
                 path: slice.path.clone(),
                 size: d.rows as i64,
                 modified_ms: now_millis(),
+                ..sluice_store::NewFile::default()
             };
             let added = store
                 .register_file(
