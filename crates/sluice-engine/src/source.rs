@@ -1537,6 +1537,54 @@ mod tests {
     }
 
     #[test]
+    fn appended_parts_are_cut_from_where_the_take_ended_complete_lines_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "a.csv", "id,note\n1,\"x\ny\"\n2,b\n3,c");
+        let whole = CutFrom {
+            complete_lines: true,
+            ..CutFrom::default()
+        };
+        // The last line has no newline yet: it waits.
+        let first = slice_file_from(&path, Format::Csv, 10, &whole).unwrap();
+        assert_eq!((first.end, first.rows), (20, 2));
+        assert_eq!(first.slices[0].byte_end, 20);
+        // The writer finishes the line and appends two more: only they are cut, numbered on.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"\n4,d\n5,\"e\n")
+            .unwrap();
+        let from = CutFrom {
+            byte: first.end,
+            row: first.rows,
+            complete_lines: true,
+        };
+        let next = slice_file_from(&path, Format::Csv, 1, &from).unwrap();
+        assert_eq!(next.rows, 2, "3 and 4; 5 has an open quote");
+        let starts: Vec<_> = next
+            .slices
+            .iter()
+            .map(|s| (s.byte_start, s.row_start))
+            .collect();
+        assert_eq!(starts, [(20, 2), (24, 3)]);
+        assert_eq!(next.end, 28);
+        // Without complete_lines a last line is read as it is (what warn and fail do).
+        let all = slice_file_from(&path, Format::Csv, 10, &CutFrom::default()).unwrap();
+        assert_eq!(all.rows, 5);
+    }
+
+    #[test]
+    fn checksums_cover_exactly_the_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "a.jsonl", "{\"a\":1}\n{\"a\":2}\n");
+        let prefix = checksum(&path, 8).unwrap().unwrap();
+        assert_eq!(prefix, blake3::hash(b"{\"a\":1}\n").to_hex().to_string());
+        assert_ne!(checksum(&path, 16).unwrap().unwrap(), prefix);
+        assert_eq!(checksum(&path, 17).unwrap(), None, "the file is shorter");
+    }
+
+    #[test]
     fn csv_slices_respect_quotes_headers_and_blank_lines() {
         let dir = tempfile::tempdir().unwrap();
         let p = write(
