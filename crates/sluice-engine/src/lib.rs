@@ -191,6 +191,17 @@ pub struct BatchResult {
     pub removed: Vec<String>,
 }
 
+impl BatchResult {
+    /// With what an earlier run's commit of the batch added, when it was found.
+    fn found_earlier(mut self, earlier: Option<(Option<i64>, Vec<String>)>) -> BatchResult {
+        if let Some((version, added)) = earlier {
+            self.table_version = version;
+            self.added = added;
+        }
+        self
+    }
+}
+
 /// A compiled pipeline version.
 pub struct Pipeline {
     pub spec: PipelineSpec,
@@ -569,9 +580,10 @@ impl Pipeline {
                 duration_ms: started.elapsed().as_millis() as i64,
                 checks: Vec::new(),
                 table_version: None,
-                added: self.added_earlier(&app_id).await,
+                added: Vec::new(),
                 removed: Vec::new(),
-            });
+            }
+            .found_earlier(self.added_earlier(&app_id).await));
         }
         if !audit.failing_rows.is_empty() || dropped.is_some() {
             // Before the commit: a row left out of the table is in the quarantine table first.
@@ -631,11 +643,10 @@ impl Pipeline {
             CommitOutcome::Committed { version } => {
                 (BatchOutcome::Committed, Some(version), commit.added)
             }
-            CommitOutcome::AlreadyCommitted => (
-                BatchOutcome::AlreadyCommitted,
-                None,
-                self.added_earlier(&app_id).await,
-            ),
+            CommitOutcome::AlreadyCommitted => {
+                let (version, added) = self.added_earlier(&app_id).await.unwrap_or_default();
+                (BatchOutcome::AlreadyCommitted, version, added)
+            }
         };
         Ok(BatchResult {
             rows_in,
@@ -652,19 +663,19 @@ impl Pipeline {
     /// What an earlier run's commit of this batch added, when it is among the table's newest
     /// commits (a re-run comes within minutes). Best effort: without it, a later replacement of
     /// the batch's file cannot remove those rows, so say so.
-    async fn added_earlier(&self, app_id: &str) -> Vec<String> {
+    async fn added_earlier(&self, app_id: &str) -> Option<(Option<i64>, Vec<String>)> {
         match self.sink.added_by(app_id, ADDED_LOOKBACK).await {
-            Ok(files) if !files.is_empty() => files,
-            Ok(_) => {
+            Ok(Some((version, files))) => Some((Some(version), files)),
+            Ok(None) => {
                 tracing::warn!(
                     app_id,
                     "the earlier commit of this batch is not among the table's last {ADDED_LOOKBACK} commits: its data files are not recorded"
                 );
-                Vec::new()
+                None
             }
             Err(e) => {
                 tracing::warn!(app_id, error = %e, "looking up the data files of this batch's earlier commit failed");
-                Vec::new()
+                None
             }
         }
     }

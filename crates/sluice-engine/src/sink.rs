@@ -627,13 +627,17 @@ impl DeltaSink {
         Ok((t, commit))
     }
 
-    /// The data files the commit carrying `app_id` added, looked up in the newest
-    /// `within` commits of the log: for a batch whose commit an earlier run made (and died
-    /// before recording what it added). Empty when not found there.
-    pub async fn added_by(&self, app_id: &str, within: u64) -> Result<Vec<String>, SinkError> {
+    /// The version of the commit carrying `app_id` and the data files it added, looked up in
+    /// the newest `within` commits of the log: for a batch whose commit an earlier run made
+    /// (and died before recording what it added). `None` when not found there.
+    pub async fn added_by(
+        &self,
+        app_id: &str,
+        within: u64,
+    ) -> Result<Option<(i64, Vec<String>)>, SinkError> {
         let table = self.refreshed().await?;
         let Some(latest) = table.version() else {
-            return Ok(Vec::new());
+            return Ok(None);
         };
         let store = table.log_store();
         for version in (latest.saturating_sub(within)..=latest).rev() {
@@ -650,16 +654,17 @@ impl DeltaSink {
                 .iter()
                 .any(|a| matches!(a, Action::Txn(t) if t.app_id == app_id));
             if ours {
-                return Ok(actions
+                let added = actions
                     .into_iter()
                     .filter_map(|a| match a {
                         Action::Add(add) => Some(add.path),
                         _ => None,
                     })
-                    .collect());
+                    .collect();
+                return Ok(Some((version as i64, added)));
             }
         }
-        Ok(Vec::new())
+        Ok(None)
     }
 
     /// The table's latest version, schema and last commit time; `None` if not created yet.

@@ -88,8 +88,8 @@ async fn removes_ride_in_the_commit_that_adds_and_the_marker_still_guards_it() {
     assert_eq!(again.outcome, CommitOutcome::AlreadyCommitted);
     assert_eq!(ids(&s).await, expect);
     // ... and its data files are found in the log.
-    assert_eq!(s.added_by("a/new", 10).await.unwrap(), new.added);
-    assert!(s.added_by("a/unknown", 10).await.unwrap().is_empty());
+    assert_eq!(s.added_by("a/new", 10).await.unwrap(), Some((2, new.added)));
+    assert_eq!(s.added_by("a/unknown", 10).await.unwrap(), None);
 }
 
 #[tokio::test]

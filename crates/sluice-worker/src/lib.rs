@@ -578,6 +578,7 @@ impl WorkerPool {
             .map(|f| BatchFile {
                 pipeline: lease.pipeline.clone(),
                 batch_id: lease.batch_id.clone(),
+                // -1: an earlier run's commit whose version was not found (`added_earlier`).
                 table_version: r.table_version.unwrap_or(-1),
                 data_file: f.clone(),
             })
