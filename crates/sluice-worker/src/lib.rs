@@ -22,7 +22,7 @@
 
 mod discover;
 mod outage;
-pub mod registry;
+mod schema_registry;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use discover::{DiscoverError, Discoverer, DiscoveryReport};
 pub use outage::{Backoff, StoreWatch};
+pub use schema_registry::{Evolution, SchemaRegistry};
 
 /// How a pool runs.
 #[derive(Debug, Clone)]
@@ -156,6 +157,7 @@ pub struct WorkerPool {
     store: Arc<dyn Store>,
     config: PoolConfig,
     versions: Arc<VersionCache>,
+    registry: Arc<dyn SchemaRegistry>,
     host: String,
     report: Mutex<PoolReport>,
     watch: Arc<StoreWatch>,
@@ -164,7 +166,13 @@ pub struct WorkerPool {
 }
 
 impl WorkerPool {
-    pub fn new(store: Arc<dyn Store>, config: PoolConfig, versions: Arc<VersionCache>) -> Self {
+    /// A pool over `store`; `registry` takes the versions `unknown_columns: evolve` proposes.
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: PoolConfig,
+        versions: Arc<VersionCache>,
+        registry: Arc<dyn SchemaRegistry>,
+    ) -> Self {
         let host = std::env::var("HOSTNAME")
             .ok()
             .or_else(|| {
@@ -179,6 +187,7 @@ impl WorkerPool {
             watch: Arc::new(StoreWatch::new(config.store_outage_limit)),
             config,
             versions,
+            registry,
             host,
             report: Mutex::new(PoolReport::default()),
             sink_outage: std::sync::Mutex::new(None),
@@ -627,45 +636,19 @@ impl WorkerPool {
         else {
             return format!("{}; `evolve` needs source.dataset", e.message);
         };
-        let outcome = async {
-            let history = registry::load_history(&self.store, &dataset).await?;
-            let latest = history.last().ok_or_else(|| {
-                registry::RegisterError::Store(format!("{dataset} has no registered version"))
-            })?;
-            let mut schema = latest.schema.clone();
-            for (name, t) in &e.new_columns {
-                if schema.field(name).is_some() {
-                    continue; // a version registered meanwhile already has it
-                }
-                let t = t
-                    .parse::<sluice_schema::FieldType>()
-                    .map_err(|err| registry::RegisterError::Invalid(err.to_string()))?;
-                schema
-                    .fields
-                    .push(sluice_schema::schema::Field::new(name.clone(), t));
-            }
-            registry::register_schema(&self.store, &schema, false).await
-        }
-        .await;
-        match outcome {
-            Ok(r) => match r.outcome {
-                registry::Outcome::Registered(v) | registry::Outcome::Existing(v) => format!(
-                    "{}: new columns {columns}: {dataset}@{v} has them (registered, {}-compatible); start the pipeline again to read {dataset}@{v}, then `sluice retry` the held batches",
-                    e.message.split(": new columns").next().unwrap_or_default(),
-                    r.mode
-                ),
-                registry::Outcome::Refused(violations) => format!(
-                    "{}: new columns {columns}: adding them to {dataset} breaks its {} mode ({}); declare them in a compatible version or set unknown_columns to rescue",
-                    e.message.split(": new columns").next().unwrap_or_default(),
-                    r.mode,
-                    violations
-                        .iter()
-                        .map(|v| v.to_string())
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                ),
-                registry::Outcome::WouldRegister(_) => e.message.clone(),
-            },
+        let head = e.message.split(": new columns").next().unwrap_or_default();
+        match self.registry.evolve(&dataset, &e.new_columns).await {
+            Ok(Evolution::Has { version: v, mode }) => format!(
+                "{head}: new columns {columns}: {dataset}@{v} has them (registered, {mode}-compatible); start the pipeline again to read {dataset}@{v}, then `sluice retry` the held batches",
+            ),
+            Ok(Evolution::Refused { mode, violations }) => format!(
+                "{head}: new columns {columns}: adding them to {dataset} breaks its {mode} mode ({}); declare them in a compatible version or set unknown_columns to rescue",
+                violations
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
             Err(err) => format!(
                 "{}; proposing a new version of {dataset} failed: {err}",
                 e.message

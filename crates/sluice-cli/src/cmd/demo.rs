@@ -174,7 +174,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let store_path = dir.join(".sluice/state.db");
     let store = super::open_store(&store_path.display().to_string()).await?;
     let pipeline =
-        super::run::register(&store, &store_path.display().to_string(), &spec_path).await?;
+        sluice_app::register_current(&store, &store_path.display().to_string(), &spec_path).await?;
     say(format!(
         "  running {}@{} with {} workers: SQLite store {}, Delta table {}",
         pipeline.name(),

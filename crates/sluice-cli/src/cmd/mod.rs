@@ -1,7 +1,6 @@
 //! One module per command. Each returns the exit code; errors carry their exit code in
 //! [`Exit`] when it is not the default 1.
 
-mod datasets;
 mod demo;
 pub mod diff;
 pub mod quarantine;
@@ -14,12 +13,13 @@ pub mod verify;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context;
+use sluice_core::ErrorKind;
 use sluice_store::Store;
 
 use crate::cli::{Cli, Command};
 
-/// An error that is the user's input or usage: exit code 2.
+/// An error that is the user's input or usage: exit code 2 (as is an [`sluice_app::AppError`]
+/// of [`ErrorKind::User`]).
 #[derive(Debug)]
 pub struct InputError(pub String);
 
@@ -32,11 +32,12 @@ impl std::fmt::Display for InputError {
 impl std::error::Error for InputError {}
 
 pub fn exit_code_of(e: &anyhow::Error) -> u8 {
-    if e.chain().any(|c| c.downcast_ref::<InputError>().is_some()) {
-        2
-    } else {
-        1
-    }
+    let user = |c: &(dyn std::error::Error + 'static)| {
+        c.downcast_ref::<InputError>().is_some()
+            || c.downcast_ref::<sluice_app::AppError>()
+                .is_some_and(|a| a.kind() == ErrorKind::User)
+    };
+    if e.chain().any(user) { 2 } else { 1 }
 }
 
 /// An error and its causes on one line, each said once: a message that already quotes its
@@ -87,56 +88,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn open_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
-    sluice_store::open(url)
-        .await
-        .with_context(|| format!("opening the state store {}", redact(url)))
+    Ok(sluice_app::open_store(url).await?)
 }
 
-/// Hides a password in a store URL before printing it.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let userinfo = &url[s + 3..at];
-            match userinfo.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &userinfo[..c], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
+pub use sluice_app::redact;
 
-/// Loads and compiles a spec file; problems are input errors (exit 2) with file:line.
-/// A spec naming registered datasets is resolved against the store at `store_url` (opened
-/// only then).
+/// Loads and compiles a spec file (see [`sluice_app::compile`]).
 pub async fn compile(
     path: &std::path::Path,
     version: i64,
     store_url: &str,
 ) -> anyhow::Result<sluice_engine::Pipeline> {
-    let mut file =
-        sluice_engine::spec::SpecFile::load(path).map_err(|e| InputError(e.to_string()))?;
-    let names_datasets = file.spec.source.dataset.is_some() || file.spec.sink.dataset.is_some();
-    let store = if names_datasets {
-        Some(open_store(store_url).await?)
-    } else {
-        None
-    };
-    if let Some(store) = &store {
-        datasets::resolve_source(&mut file, store).await?;
-    }
-    let mut pipeline = sluice_engine::Pipeline::compile(&file, version)
-        .await
-        .map_err(|e| anyhow::Error::new(InputError(e.to_string())))?;
-    if let Some(store) = &store {
-        datasets::check_sink(&file, &mut pipeline, store).await?;
-    }
-    Ok(pipeline)
+    Ok(sluice_app::compile(path, version, store_url).await?)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{redact, render_error};
+    use super::render_error;
 
     #[test]
     fn causes_quoted_by_their_error_are_said_once() {
@@ -151,12 +119,5 @@ mod tests {
         );
         let plain = anyhow::anyhow!("inner").context("outer");
         assert_eq!(render_error(&plain), "outer: inner");
-    }
-
-    #[test]
-    fn redacts_passwords_only() {
-        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
-        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact(".sluice/state.db"), ".sluice/state.db");
     }
 }

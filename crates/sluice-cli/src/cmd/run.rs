@@ -13,7 +13,6 @@ use sluice_worker::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::InputError;
 use crate::cli::{RunArgs, WorkerArgs};
 
 /// Cancels `stop` on Ctrl-C or SIGTERM: the pool then drains.
@@ -42,37 +41,6 @@ pub fn stop_on_signals(stop: CancellationToken) {
         );
         stop.cancel();
     });
-}
-
-/// Registers the spec as the pipeline's current version and returns it compiled and pinned.
-pub async fn register(
-    store: &Arc<dyn Store>,
-    store_url: &str,
-    path: &std::path::Path,
-) -> anyhow::Result<Arc<sluice_engine::Pipeline>> {
-    let mut pipeline = super::compile(path, 0, store_url).await?;
-    // Open the sink before queueing anything: a table location or object store that cannot be
-    // read (no credentials, no such bucket or container) is refused now, not found by every
-    // batch in turn, which would quarantine them all.
-    if let Err(e) = pipeline.sink().describe().await {
-        return Err(InputError(format!(
-            "{}: cannot open the sink table: {e}\n  check the location and, for an object store, its credentials (README, \"Tables on object stores\"); nothing was queued",
-            path.display()
-        ))
-        .into());
-    }
-    let version = store
-        .register_pipeline_version(
-            pipeline.name(),
-            &pipeline.spec_hash(),
-            &pipeline.resolved_spec(),
-            &pipeline.base_dir.display().to_string(),
-            true,
-        )
-        .await
-        .context("registering the pipeline version")?;
-    pipeline.version = version.version;
-    Ok(Arc::new(pipeline))
 }
 
 pub fn progress_bar(label: &str) -> ProgressBar {
@@ -177,7 +145,12 @@ pub async fn drive(
         store_outage_limit,
         ..PoolConfig::default()
     };
-    let pool = Arc::new(WorkerPool::new(store.clone(), config, versions));
+    let pool = Arc::new(WorkerPool::new(
+        store.clone(),
+        config,
+        versions,
+        sluice_app::registry::StoreRegistry::new(store.clone()),
+    ));
     let watch = pool.watch().clone();
     let pool_task = tokio::spawn(pool.clone().run(stop.clone()));
     let mut discoverer = Discoverer::new(store.clone(), pipeline.clone())
@@ -241,7 +214,7 @@ pub async fn drive(
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let store = super::open_store(&args.store.store).await?;
-    let pipeline = register(&store, &args.store.store, &args.file).await?;
+    let pipeline = sluice_app::register_current(&store, &args.store.store, &args.file).await?;
     eprintln!(
         "running {}@{} with {} worker(s); store {}; sink {}",
         pipeline.name(),
@@ -314,7 +287,12 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         ..PoolConfig::default()
     };
     let versions = Arc::new(VersionCache::new(store.clone()));
-    let pool = Arc::new(WorkerPool::new(store.clone(), config, versions));
+    let pool = Arc::new(WorkerPool::new(
+        store.clone(),
+        config,
+        versions,
+        sluice_app::registry::StoreRegistry::new(store.clone()),
+    ));
     let watch = pool.watch().clone();
     let stop = CancellationToken::new();
     stop_on_signals(stop.clone());

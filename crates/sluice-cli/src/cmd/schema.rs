@@ -188,7 +188,7 @@ async fn register(
     json: bool,
     dry_run: bool,
 ) -> anyhow::Result<ExitCode> {
-    use sluice_worker::registry::{Outcome, RegisterError, register_schema};
+    use sluice_app::registry::{Outcome, RegisterError, register_schema};
     let schema = load_schema_file(file)?;
     let store = super::open_store(store_url).await?;
     let r = register_schema(&store, &schema, dry_run)

@@ -11,14 +11,10 @@ use sluice_schema::compat::{CompatibilityMode, check_compatibility};
 use sluice_schema::registry::RegisteredVersion;
 use sluice_store::{SchemaVersionRecord, Store};
 
-use super::InputError;
+use crate::error::{AppError, Result};
 
 /// `orders` -> (orders, None); `orders@3` -> (orders, Some(3)).
-fn parse_ref(
-    file: &SpecFile,
-    key: &[&str],
-    text: &str,
-) -> Result<(String, Option<i64>), InputError> {
+fn parse_ref(file: &SpecFile, key: &[&str], text: &str) -> Result<(String, Option<i64>)> {
     match text.split_once('@') {
         None => Ok((text.to_string(), None)),
         Some((name, v)) => v
@@ -27,7 +23,7 @@ fn parse_ref(
             .filter(|v| *v > 0)
             .map(|v| (name.to_string(), Some(v)))
             .ok_or_else(|| {
-                InputError(
+                AppError::User(
                     file.error_at(key, format!("{text:?} is not DATASET or DATASET@VERSION"))
                         .to_string(),
                 )
@@ -35,14 +31,15 @@ fn parse_ref(
     }
 }
 
-fn decode(rec: &SchemaVersionRecord) -> anyhow::Result<RegisteredVersion> {
-    Ok(RegisteredVersion::from_stored(
+fn decode(rec: &SchemaVersionRecord) -> Result<RegisteredVersion> {
+    RegisteredVersion::from_stored(
         &rec.dataset,
         rec.version,
         &rec.schema_json,
         &rec.fingerprint,
         rec.last_field_id,
-    )?)
+    )
+    .map_err(|e| AppError::Internal(e.to_string()))
 }
 
 async fn fetch(
@@ -51,7 +48,7 @@ async fn fetch(
     key: &[&str],
     name: &str,
     version: Option<i64>,
-) -> anyhow::Result<SchemaVersionRecord> {
+) -> Result<SchemaVersionRecord> {
     match store.schema_version(name, version).await? {
         Some(rec) => Ok(rec),
         None => {
@@ -65,7 +62,7 @@ async fn fetch(
                 Some(v) => format!("{name}@{v}"),
                 None => name.to_string(),
             };
-            Err(InputError(
+            Err(AppError::User(
                 file.error_at(
                     key,
                     format!(
@@ -74,27 +71,25 @@ async fn fetch(
                     ),
                 )
                 .to_string(),
-            )
-            .into())
+            ))
         }
     }
 }
 
 /// Copies the source dataset's columns into the spec and pins the version.
-pub async fn resolve_source(file: &mut SpecFile, store: &Arc<dyn Store>) -> anyhow::Result<()> {
+pub async fn resolve_source(file: &mut SpecFile, store: &Arc<dyn Store>) -> Result<()> {
     let Some(text) = file.spec.source.dataset.clone() else {
         return Ok(());
     };
     let key = ["source", "dataset"];
     if file.spec.source.columns.is_some() {
-        return Err(InputError(
+        return Err(AppError::User(
             file.error_at(
                 &key,
                 "declare either `columns` or `dataset`, not both".into(),
             )
             .to_string(),
-        )
-        .into());
+        ));
     }
     let (name, version) = parse_ref(file, &key, &text)?;
     let rec = fetch(store, file, &key, &name, version).await?;
@@ -125,7 +120,7 @@ pub async fn resolve_source(file: &mut SpecFile, store: &Arc<dyn Store>) -> anyh
                 schema: decode(r)?.schema,
             })
         })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>>>()?;
     Ok(())
 }
 
@@ -135,7 +130,7 @@ pub async fn check_sink(
     file: &SpecFile,
     pipeline: &mut sluice_engine::Pipeline,
     store: &Arc<dyn Store>,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let Some(text) = pipeline.spec.sink.dataset.clone() else {
         return Ok(());
     };
@@ -151,9 +146,10 @@ pub async fn check_sink(
     let mode_name = store.compatibility(&name).await?;
     let mode: CompatibilityMode = mode_name
         .parse()
-        .map_err(|e| anyhow::anyhow!("dataset {name} has mode {mode_name:?}: {e}"))?;
+        .map_err(|e| AppError::Internal(format!("dataset {name} has mode {mode_name:?}: {e}")))?;
     let output = sluice_engine::sink::delta_schema(&pipeline.output_schema());
-    let new = sluice_schema::Schema::from_arrow(&name, output.as_ref())?;
+    let new = sluice_schema::Schema::from_arrow(&name, output.as_ref())
+        .map_err(|e| AppError::Internal(e.to_string()))?;
     let violations = check_compatibility(mode, &new, &history);
     if !violations.is_empty() {
         let list = violations
@@ -161,7 +157,7 @@ pub async fn check_sink(
             .map(|v| format!("  - {v}"))
             .collect::<Vec<_>>()
             .join("\n");
-        return Err(InputError(
+        return Err(AppError::User(
             file.error_at(
                 &key,
                 format!(
@@ -170,8 +166,7 @@ pub async fn check_sink(
                 ),
             )
             .to_string(),
-        )
-        .into());
+        ));
     }
     pipeline.spec.sink.dataset = Some(format!("{name}@{}", latest.version));
     Ok(())

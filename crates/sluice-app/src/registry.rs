@@ -2,14 +2,23 @@
 //! `evolve` policy (a landed file bringing new columns) share. The decisions (ids,
 //! fingerprints, compatibility) are `sluice_schema::registry`'s; history and modes live in the
 //! store; a registration racing another one re-reads the history and decides again.
+//!
+//! The worker pool sits below this crate and needs one call of it (the `evolve` proposal), so
+//! it declares that call as [`sluice_worker::SchemaRegistry`] and [`StoreRegistry`] implements
+//! it here: the service has one home and the pool keeps no copy of it.
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
+use sluice_core::ErrorKind;
 use sluice_schema::compat::Violation;
 use sluice_schema::diff::Change;
 use sluice_schema::registry::{self, Decision, RegisteredVersion};
 use sluice_schema::{CompatibilityMode, Schema};
 use sluice_store::{NewSchemaVersion, SchemaRegistration, Store};
+use sluice_worker::{Evolution, SchemaRegistry};
+
+use crate::AppError;
 
 /// Registrations that keep losing the race to other writers give up after this many rounds.
 const ATTEMPTS: usize = 20;
@@ -25,6 +34,25 @@ pub enum RegisterError {
         "other registrations of {0} kept changing its history ({ATTEMPTS} attempts); try again"
     )]
     Contended(String),
+}
+
+impl RegisterError {
+    /// Who has to act on the error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            RegisterError::Invalid(_) => ErrorKind::User,
+            RegisterError::Store(_) | RegisterError::Contended(_) => ErrorKind::External,
+        }
+    }
+}
+
+impl From<RegisterError> for AppError {
+    fn from(e: RegisterError) -> AppError {
+        match e.kind() {
+            ErrorKind::User => AppError::User(e.to_string()),
+            _ => AppError::External(e.to_string()),
+        }
+    }
 }
 
 /// What registering a schema did (or, in a dry run, would do).
@@ -146,4 +174,67 @@ pub async fn register_schema(
 
 fn version_u32(v: i64) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+/// `unknown_columns: evolve`: registers `dataset`'s latest version plus `columns` (nullable)
+/// if the dataset's mode allows it.
+pub async fn propose_columns(
+    store: &Arc<dyn Store>,
+    dataset: &str,
+    columns: &[(String, String)],
+) -> Result<Registration, RegisterError> {
+    let history = load_history(store, dataset).await?;
+    let latest = history
+        .last()
+        .ok_or_else(|| RegisterError::Store(format!("{dataset} has no registered version")))?;
+    let mut schema = latest.schema.clone();
+    for (name, t) in columns {
+        if schema.field(name).is_some() {
+            continue; // a version registered meanwhile already has it
+        }
+        let t = t
+            .parse::<sluice_schema::FieldType>()
+            .map_err(|err| RegisterError::Invalid(err.to_string()))?;
+        schema
+            .fields
+            .push(sluice_schema::schema::Field::new(name.clone(), t));
+    }
+    register_schema(store, &schema, false).await
+}
+
+/// The registry service over a store, as the worker pool calls it.
+pub struct StoreRegistry {
+    store: Arc<dyn Store>,
+}
+
+impl StoreRegistry {
+    pub fn new(store: Arc<dyn Store>) -> Arc<StoreRegistry> {
+        Arc::new(StoreRegistry { store })
+    }
+}
+
+#[async_trait]
+impl SchemaRegistry for StoreRegistry {
+    async fn evolve(
+        &self,
+        dataset: &str,
+        columns: &[(String, String)],
+    ) -> Result<Evolution, String> {
+        let r = propose_columns(&self.store, dataset, columns)
+            .await
+            .map_err(|e| e.to_string())?;
+        match r.outcome {
+            Outcome::Registered(version) | Outcome::Existing(version) => Ok(Evolution::Has {
+                version,
+                mode: r.mode,
+            }),
+            Outcome::Refused(violations) => Ok(Evolution::Refused {
+                mode: r.mode,
+                violations,
+            }),
+            Outcome::WouldRegister(v) => Err(format!(
+                "the registry answered a dry run (version {v}) to a registration"
+            )),
+        }
+    }
 }

@@ -1,0 +1,77 @@
+//! [`AppError`]: the one error type of the application layer.
+
+use sluice_core::ErrorKind;
+use sluice_store::StoreError;
+
+/// Why an operation failed. [`AppError::kind`] says who has to act (the CLI exits 2 for
+/// [`ErrorKind::User`], 1 otherwise; a server picks a status code); the message says what to do.
+/// Causes stay in [`std::error::Error::source`]; [`AppError::message`] is the whole chain on one
+/// line.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The caller's input (a spec, a name, an argument) is wrong: fixing it is theirs.
+    #[error("{0}")]
+    User(String),
+    /// A state store call failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A state store call failed while doing `what`.
+    #[error("{what}")]
+    StoreWhile {
+        what: String,
+        #[source]
+        source: StoreError,
+    },
+    /// Something outside sluice failed (a table's storage, the network): trying again may help.
+    #[error("{0}")]
+    External(String),
+    /// The state store holds something this version of sluice cannot read, or a bug.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl AppError {
+    /// Who has to act on the error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            AppError::User(_) => ErrorKind::User,
+            AppError::Store(e) | AppError::StoreWhile { source: e, .. } => e.kind(),
+            AppError::External(_) => ErrorKind::External,
+            AppError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// The error and its causes on one line, each said once (a message that already quotes
+    /// its cause is not followed by it again).
+    pub fn message(&self) -> String {
+        let mut out = String::new();
+        let mut cause: Option<&dyn std::error::Error> = Some(self);
+        while let Some(e) = cause {
+            let text = e.to_string();
+            if !out.contains(&text) {
+                if !out.is_empty() {
+                    out.push_str(": ");
+                }
+                out.push_str(&text);
+            }
+            cause = e.source();
+        }
+        out
+    }
+}
+
+/// `store_call().await.during("reading X")`: a store error with what was being done.
+pub trait During<T> {
+    fn during(self, what: impl Into<String>) -> Result<T, AppError>;
+}
+
+impl<T> During<T> for Result<T, StoreError> {
+    fn during(self, what: impl Into<String>) -> Result<T, AppError> {
+        self.map_err(|source| AppError::StoreWhile {
+            what: what.into(),
+            source,
+        })
+    }
+}
+
+pub type Result<T, E = AppError> = std::result::Result<T, E>;

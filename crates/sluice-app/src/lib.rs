@@ -1,0 +1,31 @@
+//! sluice's application layer: every operation the adapters (the `sluice` binary, a server)
+//! call, with typed results and one error type, [`AppError`], that says who has to act
+//! ([`AppError::kind`]) and what to do. Adapters parse their input, call one function here and
+//! render what it returns; no operation prints, draws progress or reads arguments.
+//!
+//! A tour:
+//! - [`open_store`], [`compile`]: a spec file becomes a [`sluice_engine::Pipeline`], with the
+//!   registered datasets it names resolved against the store ([`datasets`]).
+//! - [`probe_sink`], [`register_version`], [`register_current`]: a compiled pipeline becomes an
+//!   immutable version, current or not.
+//! - [`registry`]: the dataset schema registry service; it also implements the worker pool's
+//!   [`sluice_worker::SchemaRegistry`].
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), sluice_app::AppError> {
+//! let store = sluice_app::open_store(".sluice/state.db").await?;
+//! let path = std::path::Path::new("pipeline.yaml");
+//! let pipeline = sluice_app::register_current(&store, ".sluice/state.db", path).await?;
+//! println!("{}@{}", pipeline.name(), pipeline.version);
+//! # Ok(()) }
+//! ```
+
+mod compile;
+pub mod datasets;
+mod error;
+mod register;
+pub mod registry;
+
+pub use compile::{compile, open_store, redact};
+pub use error::{AppError, During, Result};
+pub use register::{probe_sink, register_current, register_version};
