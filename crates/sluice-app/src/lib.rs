@@ -8,6 +8,8 @@
 //!   registered datasets it names resolved against the store ([`datasets`]).
 //! - [`probe_sink`], [`register_version`], [`register_current`]: a compiled pipeline becomes an
 //!   immutable version, current or not.
+//! - [`drive`], [`work`]: discovery and a worker pool for one pipeline, or a pool for all of
+//!   them, until stopped or drained; progress on a `watch` channel of [`Progress`].
 //! - [`registry`]: the dataset schema registry service; it also implements the worker pool's
 //!   [`sluice_worker::SchemaRegistry`].
 //!
@@ -25,7 +27,10 @@ pub mod datasets;
 mod error;
 mod register;
 pub mod registry;
+mod run;
 
 pub use compile::{compile, open_store, redact};
 pub use error::{AppError, During, Result};
 pub use register::{probe_sink, register_current, register_version};
+pub use run::{Drive, Progress, Stopped, Work, drive, pipeline_status, work};
+pub use sluice_worker::{DEFAULT_STORE_OUTAGE_LIMIT, PoolReport};

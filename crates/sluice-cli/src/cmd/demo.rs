@@ -190,19 +190,19 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let report = super::run::drive(
         store.clone(),
         pipeline.clone(),
-        super::run::Drive {
+        sluice_app::Drive {
             workers: args.workers,
             poll: Duration::from_millis(100),
             grace: Duration::from_secs(30),
             until_drained: true,
-            store_outage_limit: sluice_worker::DEFAULT_STORE_OUTAGE_LIMIT,
+            store_outage_limit: sluice_app::DEFAULT_STORE_OUTAGE_LIMIT,
         },
         stop,
         bar,
     )
     .await?;
     let wall = started.elapsed().as_secs_f64();
-    let status = super::run::pipeline_status(&store, pipeline.name()).await?;
+    let status = sluice_app::pipeline_status(&store, pipeline.name()).await?;
     let quarantined = store
         .tasks(pipeline.name(), Some(TaskState::Quarantined))
         .await?;
