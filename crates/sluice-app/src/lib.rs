@@ -10,6 +10,8 @@
 //!   immutable version, current or not.
 //! - [`drive`], [`work`]: discovery and a worker pool for one pipeline, or a pool for all of
 //!   them, until stopped or drained; progress on a `watch` channel of [`Progress`].
+//! - [`verify`]: the pre- and post-deploy suites, their thresholds as [`verify::PreOptions`]
+//!   and [`verify::PostOptions`], and the decision.
 //! - [`registry`]: the dataset schema registry service; it also implements the worker pool's
 //!   [`sluice_worker::SchemaRegistry`].
 //!
@@ -28,6 +30,7 @@ mod error;
 mod register;
 pub mod registry;
 mod run;
+pub mod verify;
 
 pub use compile::{compile, open_store, redact};
 pub use error::{AppError, During, Result};

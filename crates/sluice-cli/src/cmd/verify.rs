@@ -1,17 +1,13 @@
-//! `sluice verify pre FILE` and `sluice verify post PIPELINE`: deploy suites and their decision.
+//! `sluice verify pre FILE` and `sluice verify post PIPELINE`: arguments and rendering; the
+//! suites are `sluice_app::verify`'s.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use sluice_core::{BatchOutcome, TaskState, now_millis};
-use sluice_engine::arrow::datatypes::SchemaRef;
-use sluice_engine::sink::delta_schema;
-use sluice_quality::{DecisionRules, Status, Suite, compare_latency, compare_rate, percentile};
-use sluice_schema::diff::Severity;
-use sluice_store::Store;
+use sluice_app::verify::{self, PostOptions, PreOptions};
+use sluice_quality::Status;
 
 use crate::cli::StoreArg;
 
@@ -31,10 +27,10 @@ pub enum VerifyCommand {
         #[command(flatten)]
         store: StoreArg,
         /// Recent batches to dry-run the candidate on.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = PreOptions::DEFAULT.sample)]
         sample: usize,
         /// A backlog above this many batches is a warning.
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = PreOptions::DEFAULT.max_backlog)]
         max_backlog: i64,
         /// A table whose newest commit is older than this is a warning.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
@@ -66,7 +62,7 @@ pub enum VerifyCommand {
 }
 
 pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let (suite, max_warnings, json) = match args.command {
+    let (verification, max_warnings, json) = match args.command {
         VerifyCommand::Pre {
             file,
             store,
@@ -76,8 +72,16 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             max_warnings,
             json,
         } => {
-            let (suite, rules) = pre(&file, &store.store, sample, max_backlog, max_table_age).await;
-            (suite, max_warnings.or(rules.map(|r| r.max_warnings)), json)
+            let opts = PreOptions {
+                sample,
+                max_backlog,
+                max_table_age,
+            };
+            (
+                verify::pre(&file, &store.store, &opts).await,
+                max_warnings,
+                json,
+            )
         }
         VerifyCommand::Post {
             pipeline,
@@ -86,15 +90,19 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             max_warnings,
             json,
         } => {
-            let (suite, rules) = post(&pipeline, &store.store, window).await?;
-            (suite, max_warnings.or(rules.map(|r| r.max_warnings)), json)
+            let opts = PostOptions {
+                window,
+                ..PostOptions::DEFAULT
+            };
+            (
+                verify::post(&pipeline, &store.store, &opts).await?,
+                max_warnings,
+                json,
+            )
         }
     };
-    let rules = match max_warnings {
-        Some(max_warnings) => DecisionRules { max_warnings },
-        None => DecisionRules::default(),
-    };
-    let verdict = rules.decide(&suite);
+    let verdict = verification.verdict(max_warnings);
+    let suite = &verification.suite;
     if json {
         println!(
             "{}",
@@ -121,451 +129,4 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         sluice_quality::Decision::Proceed => ExitCode::SUCCESS,
         _ => ExitCode::from(1),
     })
-}
-
-/// The pre-deploy suite. Never fails as a command: every problem is an item.
-async fn pre(
-    file: &std::path::Path,
-    store_url: &str,
-    sample: usize,
-    max_backlog: i64,
-    max_table_age: Duration,
-) -> (Suite, Option<DecisionRules>) {
-    let mut suite = Suite::new("verify pre");
-    let candidate = match super::compile(file, 0, store_url).await {
-        Ok(p) => {
-            suite.push(
-                "spec valid, SQL plans",
-                Status::Pass,
-                format!("{} output columns", p.output_schema().fields().len()),
-            );
-            p
-        }
-        Err(e) => {
-            suite.push("spec valid, SQL plans", Status::Fail, format!("{e:#}"));
-            return (suite, None);
-        }
-    };
-    let info = candidate.sink().describe().await;
-    match &info {
-        Ok(Some(table)) => {
-            let (status, detail) = schema_against_table(&candidate.output_schema(), &table.schema);
-            suite.push("compatible with the sink table", status, detail);
-        }
-        Ok(None) => suite.push(
-            "compatible with the sink table",
-            Status::Pass,
-            "the table does not exist yet: the candidate creates it",
-        ),
-        Err(e) => suite.push(
-            "compatible with the sink table",
-            Status::Fail,
-            e.to_string(),
-        ),
-    }
-    let store = match super::open_store(store_url).await {
-        Ok(s) => {
-            suite.push(
-                "store reachable and migrated",
-                Status::Pass,
-                format!("{} at {}", s.backend(), super::redact(store_url)),
-            );
-            Some(s)
-        }
-        Err(e) => {
-            suite.push(
-                "store reachable and migrated",
-                Status::Fail,
-                format!("{e:#}"),
-            );
-            None
-        }
-    };
-    if let Some(store) = &store {
-        dry_run(&mut suite, store, &candidate, sample).await;
-        // A backlog that cannot be counted is a failure, never a passing 0.
-        match store.status().await {
-            Ok(status) => {
-                let backlog: i64 = status
-                    .iter()
-                    .filter(|s| s.pipeline == candidate.name())
-                    .map(|s| s.pending + s.leased)
-                    .sum();
-                suite.push(
-                    "backlog",
-                    if backlog > max_backlog {
-                        Status::Warn
-                    } else {
-                        Status::Pass
-                    },
-                    format!("{backlog} batch(es) waiting (warn above {max_backlog})"),
-                );
-            }
-            Err(e) => suite.push(
-                "backlog",
-                Status::Fail,
-                format!("cannot count the batches waiting: {e}"),
-            ),
-        }
-    }
-    match info {
-        Ok(Some(table)) => {
-            let age = table
-                .last_commit_ms
-                .map(|t| Duration::from_millis((now_millis() - t).max(0) as u64));
-            let status = match age {
-                Some(a) if a <= max_table_age => Status::Pass,
-                _ => Status::Warn,
-            };
-            suite.push(
-                "newest table snapshot",
-                status,
-                match age {
-                    Some(a) => format!(
-                        "version {} committed {} ago (warn above {})",
-                        table.version,
-                        humantime::format_duration(Duration::from_secs(a.as_secs())),
-                        humantime::format_duration(max_table_age)
-                    ),
-                    None => format!("version {}: commit time unknown", table.version),
-                },
-            );
-        }
-        _ => suite.push("newest table snapshot", Status::Pass, "no table yet"),
-    }
-    let rules = candidate.spec.deploy.as_ref().map(|d| d.rules());
-    (suite, rules)
-}
-
-/// Runs the candidate on the newest done batches of its pipeline without publishing.
-async fn dry_run(
-    suite: &mut Suite,
-    store: &Arc<dyn Store>,
-    candidate: &sluice_engine::Pipeline,
-    sample: usize,
-) {
-    let name = "candidate dry run on recent batches";
-    let mut done = match store.tasks(candidate.name(), Some(TaskState::Done)).await {
-        Ok(t) => t,
-        Err(e) => {
-            suite.push(name, Status::Fail, e.to_string());
-            return;
-        }
-    };
-    done.sort_by_key(|t| std::cmp::Reverse(t.updated_at));
-    done.truncate(sample);
-    if done.is_empty() {
-        suite.push(
-            name,
-            Status::Warn,
-            "no processed batches to try the candidate on yet",
-        );
-        return;
-    }
-    let (mut held, mut failed, mut rows_in, mut rows_out) = (Vec::new(), Vec::new(), 0, 0);
-    for t in &done {
-        match candidate.dry_run(&t.slice).await {
-            Ok(r) if r.outcome == BatchOutcome::Quarantined => {
-                let why = r
-                    .checks
-                    .iter()
-                    .filter(|c| c.level == sluice_engine::checks::Level::Error)
-                    .map(|c| format!("{} ({})", c.name, c.detail))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                held.push(format!("{}: {why}", t.batch_id));
-            }
-            Ok(r) => {
-                rows_in += r.rows_in;
-                rows_out += r.rows_out;
-            }
-            Err(e) => failed.push(format!("{}: {}", t.batch_id, e.message)),
-        }
-    }
-    if !failed.is_empty() || !held.is_empty() {
-        suite.push(
-            name,
-            Status::Fail,
-            format!(
-                "{} of {} batch(es) would fail or be held: {}",
-                failed.len() + held.len(),
-                done.len(),
-                failed
-                    .iter()
-                    .chain(&held)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
-        );
-    } else {
-        suite.push(
-            name,
-            Status::Pass,
-            format!(
-                "{} batch(es): {rows_in} rows in, {rows_out} out, every check passes",
-                done.len()
-            ),
-        );
-    }
-}
-
-/// Compares the candidate's output with the table's schema using the schema library's change
-/// classification: destructive or breaking changes fail, warnings warn.
-fn schema_against_table(output: &SchemaRef, table: &SchemaRef) -> (Status, String) {
-    let as_schema = |s: &SchemaRef| sluice_schema::Schema::from_arrow("sink", s.as_ref());
-    let (old, new) = match (as_schema(table), as_schema(&delta_schema(output))) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(e), _) | (_, Err(e)) => return (Status::Fail, e.to_string()),
-    };
-    let changes = sluice_schema::diff::diff(&old, &new);
-    let worst = changes.iter().map(|c| c.severity).max();
-    let list = changes
-        .iter()
-        .map(|c| format!("{} {} {}", c.code, c.field, c.reason))
-        .collect::<Vec<_>>()
-        .join("; ");
-    match worst {
-        None => (
-            Status::Pass,
-            "the output matches the table's columns".into(),
-        ),
-        Some(Severity::Info | Severity::Safe) => (Status::Pass, list),
-        Some(Severity::Warning) => (Status::Warn, list),
-        Some(_) => (Status::Fail, list),
-    }
-}
-
-/// The post-deploy suite of a pipeline's current version.
-async fn post(
-    pipeline: &str,
-    store_url: &str,
-    window: Duration,
-) -> anyhow::Result<(Suite, Option<DecisionRules>)> {
-    let store = super::open_store(store_url).await?;
-    let Some(record) = store.pipeline(pipeline).await? else {
-        return Err(super::InputError(format!(
-            "no pipeline {pipeline:?} in {}: see `sluice status`",
-            super::redact(store_url)
-        ))
-        .into());
-    };
-    let version = record.current_version;
-    let mut suite = Suite::new(format!("verify post {pipeline}@{version}"));
-    let now = now_millis();
-    let since = now - window.as_millis() as i64;
-
-    let alive_after = now - 60_000;
-    let workers = store.workers().await?;
-    let alive = workers
-        .iter()
-        .filter(|w| w.state == "running" && w.last_heartbeat >= alive_after)
-        .count();
-    let lost = workers
-        .iter()
-        .filter(|w| w.state == "running" && w.last_heartbeat < alive_after)
-        .count();
-    let status = store
-        .status()
-        .await?
-        .into_iter()
-        .find(|s| s.pipeline == pipeline)
-        .unwrap_or_default();
-    let waiting = status.pending + status.leased;
-    suite.push(
-        "workers healthy",
-        match (alive, lost, waiting) {
-            (0, _, w) if w > 0 => Status::Fail,
-            (_, l, _) if l > 0 => Status::Warn,
-            _ => Status::Pass,
-        },
-        format!("{alive} alive, {lost} silent for over 60s; {waiting} batch(es) waiting"),
-    );
-
-    let runs = store.batch_runs(pipeline, 100_000).await?;
-    let in_window = |v: i64| {
-        runs.iter()
-            .filter(move |r| r.version == v && r.finished_at >= since)
-    };
-    let error_rate = |v: i64| -> Option<f64> {
-        let all: Vec<_> = runs.iter().filter(|r| r.version == v).collect();
-        (!all.is_empty()).then(|| {
-            all.iter()
-                .filter(|r| matches!(r.outcome, BatchOutcome::Failed | BatchOutcome::Quarantined))
-                .count() as f64
-                / all.len() as f64
-        })
-    };
-    let previous = runs
-        .iter()
-        .map(|r| r.version)
-        .filter(|v| *v < version)
-        .max();
-    let current: Vec<_> = in_window(version).collect();
-    if current.is_empty() {
-        suite.push(
-            "batch error rate",
-            Status::Warn,
-            format!(
-                "no runs of version {version} in the last {}",
-                humantime::format_duration(window)
-            ),
-        );
-    } else {
-        let failed = current
-            .iter()
-            .filter(|r| matches!(r.outcome, BatchOutcome::Failed | BatchOutcome::Quarantined))
-            .count();
-        let rate = failed as f64 / current.len() as f64;
-        let (s, d) = compare_rate(rate, previous.and_then(error_rate), 0.01, 1.5, 3.0);
-        suite.push(
-            "batch error rate",
-            s,
-            format!("{d} ({failed} of {} runs)", current.len()),
-        );
-        let p95 = |v: i64, only_window: bool| {
-            let d: Vec<f64> = runs
-                .iter()
-                .filter(|r| r.version == v && (!only_window || r.finished_at >= since))
-                .filter(|r| {
-                    matches!(
-                        r.outcome,
-                        BatchOutcome::Committed | BatchOutcome::AlreadyCommitted
-                    )
-                })
-                .map(|r| r.duration_ms as f64)
-                .collect();
-            percentile(&d, 95.0)
-        };
-        match p95(version, true) {
-            Some(c) => {
-                let (s, d) = compare_latency(c, previous.and_then(|v| p95(v, false)), 1.5, 3.0);
-                suite.push("p95 batch latency", s, d);
-            }
-            None => suite.push(
-                "p95 batch latency",
-                Status::Warn,
-                "no successful runs in the window",
-            ),
-        }
-    }
-
-    let newest = runs
-        .iter()
-        .filter(|r| {
-            matches!(
-                r.outcome,
-                BatchOutcome::Committed | BatchOutcome::AlreadyCommitted
-            )
-        })
-        .map(|r| r.finished_at)
-        .max();
-    suite.push(
-        "freshness",
-        match newest {
-            Some(t) if t >= since => Status::Pass,
-            _ if waiting == 0 => Status::Pass,
-            _ => Status::Fail,
-        },
-        match newest {
-            Some(t) => format!(
-                "last batch published {} ago; {waiting} waiting",
-                humantime::format_duration(Duration::from_secs(((now - t).max(0) / 1000) as u64))
-            ),
-            None => format!("nothing published yet; {waiting} waiting"),
-        },
-    );
-
-    // Output volume: the share of input rows that come out, against the previous version.
-    let selectivity = |v: i64| -> Option<f64> {
-        let (i, o) = runs
-            .iter()
-            .filter(|r| r.version == v && r.outcome == BatchOutcome::Committed)
-            .fold((0i64, 0i64), |(i, o), r| (i + r.rows_in, o + r.rows_out));
-        (i > 0).then(|| o as f64 / i as f64)
-    };
-    match (selectivity(version), previous.and_then(selectivity)) {
-        (Some(c), Some(b)) => {
-            let drift = if b > 0.0 { (c - b).abs() / b } else { c };
-            suite.push(
-                "row count against expectation",
-                if drift > 0.5 {
-                    Status::Fail
-                } else if drift > 0.2 {
-                    Status::Warn
-                } else {
-                    Status::Pass
-                },
-                format!(
-                    "{:.1}% of input rows out vs {:.1}% before",
-                    c * 100.0,
-                    b * 100.0
-                ),
-            );
-        }
-        (Some(c), None) => suite.push(
-            "row count against expectation",
-            Status::Pass,
-            format!("{:.1}% of input rows out (no previous version)", c * 100.0),
-        ),
-        _ => suite.push(
-            "row count against expectation",
-            Status::Warn,
-            "no committed runs yet",
-        ),
-    }
-
-    let mut rules = None;
-    if let Some(v) = store.pipeline_version(pipeline, version).await? {
-        match sluice_engine::Pipeline::from_stored(&v.spec, &v.base_dir, version).await {
-            Ok(compiled) => {
-                rules = compiled.spec.deploy.as_ref().map(|d| d.rules());
-                match compiled.sink().describe().await {
-                    Ok(Some(table)) => {
-                        let (s, d) = schema_against_table(&compiled.output_schema(), &table.schema);
-                        suite.push("sink schema matches the version", s, d);
-                    }
-                    Ok(None) => suite.push(
-                        "sink schema matches the version",
-                        Status::Warn,
-                        "no table yet",
-                    ),
-                    Err(e) => suite.push(
-                        "sink schema matches the version",
-                        Status::Fail,
-                        e.to_string(),
-                    ),
-                }
-            }
-            Err(e) => suite.push(
-                "sink schema matches the version",
-                Status::Fail,
-                e.to_string(),
-            ),
-        }
-    }
-
-    let checks = store.check_results(pipeline, Some(version), 10_000).await?;
-    // null_rate rows are measurements, not checks.
-    let recent: Vec<_> = checks
-        .iter()
-        .filter(|c| c.recorded_at >= since && c.kind != "null_rate")
-        .collect();
-    let errors = recent.iter().filter(|c| c.level == "error").count();
-    let warns = recent.iter().filter(|c| c.level == "warn").count();
-    suite.push(
-        "declared checks passing",
-        if errors > 0 {
-            Status::Fail
-        } else if warns > 0 {
-            Status::Warn
-        } else {
-            Status::Pass
-        },
-        format!(
-            "{} result(s) in the window: {errors} error, {warns} warn",
-            recent.len()
-        ),
-    );
-    Ok((suite, rules))
 }
