@@ -75,3 +75,25 @@ impl<T> During<T> for Result<T, StoreError> {
 }
 
 pub type Result<T, E = AppError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_follow_the_cause_and_messages_say_each_cause_once() {
+        assert_eq!(AppError::User("x".into()).kind(), ErrorKind::User);
+        assert_eq!(AppError::External("x".into()).kind(), ErrorKind::External);
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let away = sluice_store::testing::io_error(io.kind());
+        let outage = away.kind();
+        let e = Err::<(), _>(away).during("leasing").unwrap_err();
+        assert_eq!(e.kind(), outage);
+        let text = e.message();
+        assert!(
+            text.starts_with("leasing: state store unreachable"),
+            "{text}"
+        );
+        assert_eq!(text.matches(&io.to_string()).count(), 1, "{text}");
+    }
+}

@@ -557,3 +557,40 @@ pub async fn post(pipeline: &str, store_url: &str, opts: &PostOptions) -> Result
     );
     Ok(Verification { suite, rules })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_quality::Decision;
+
+    fn verification(warnings: usize, rules: Option<DecisionRules>) -> Verification {
+        let mut suite = Suite::new("t");
+        for i in 0..warnings {
+            suite.push(format!("w{i}"), Status::Warn, "");
+        }
+        Verification { suite, rules }
+    }
+
+    #[test]
+    fn the_argument_beats_the_spec_which_beats_the_default() {
+        let spec = Some(DecisionRules { max_warnings: 5 });
+        // Three warnings: over the default (2), within the spec's 5, over an argument of 1.
+        let v = verification(3, None);
+        assert_eq!(v.verdict(None).decision, Decision::Investigate);
+        let v = verification(3, spec);
+        assert_eq!(v.verdict(None).decision, Decision::Proceed);
+        assert_eq!(v.verdict(Some(1)).decision, Decision::Investigate);
+    }
+
+    #[test]
+    fn the_sink_check_passes_a_match_and_fails_a_dropped_column() {
+        use sluice_engine::arrow::datatypes::{DataType, Field, Schema};
+        let table: SchemaRef = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)]));
+        let same = schema_against_table(&table, &table);
+        assert_eq!(same.0, Status::Pass, "{}", same.1);
+        let dropped: SchemaRef = Arc::new(Schema::new(Vec::<Field>::new()));
+        let (status, detail) = schema_against_table(&dropped, &table);
+        assert_eq!(status, Status::Fail, "{detail}");
+        assert!(detail.contains("id"), "{detail}");
+    }
+}
