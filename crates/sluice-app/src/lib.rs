@@ -12,6 +12,8 @@
 //!   them, until stopped or drained; progress on a `watch` channel of [`Progress`].
 //! - [`verify`]: the pre- and post-deploy suites, their thresholds as [`verify::PreOptions`]
 //!   and [`verify::PostOptions`], and the decision.
+//! - [`status`]: the store's pipelines, workers and quarantined batches; retrying batches and
+//!   replaying dropped rows.
 //! - [`registry`]: the dataset schema registry service; it also implements the worker pool's
 //!   [`sluice_worker::SchemaRegistry`].
 //!
@@ -30,6 +32,7 @@ mod error;
 mod register;
 pub mod registry;
 mod run;
+pub mod status;
 pub mod verify;
 
 pub use compile::{compile, open_store, redact};

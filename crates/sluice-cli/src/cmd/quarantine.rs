@@ -1,11 +1,11 @@
-//! `sluice quarantine show`: what is held back and why.
+//! `sluice quarantine show`: what is held back and why (arguments and rendering; the query is
+//! `sluice_app::status::held`).
 
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use sluice_core::TaskState;
+use sluice_app::status::Held;
 
-use super::InputError;
 use crate::cli::StoreArg;
 
 #[derive(Debug, Args)]
@@ -45,36 +45,22 @@ pub async fn quarantine(args: QuarantineArgs) -> anyhow::Result<ExitCode> {
         json,
     } = args.command;
     let store = super::open_store(&store.store).await?;
-    let mut pipelines = store.pipelines().await?;
-    if let Some(p) = &pipeline {
-        pipelines.retain(|r| &r.name == p);
-        if pipelines.is_empty() {
-            return Err(InputError(format!(
-                "no pipeline {p:?} in the store: see `sluice status`"
-            ))
-            .into());
-        }
-    }
-    let mut report = Vec::new();
-    for p in &pipelines {
-        let mut batches = store.tasks(&p.name, Some(TaskState::Quarantined)).await?;
-        if let Some(b) = &batch {
-            batches.retain(|t| &t.batch_id.0 == b);
-        }
-        let rows = held_rows(&store, &p.name, p.current_version, batch.as_deref(), limit).await?;
-        report.push((p.name.clone(), batches, rows));
-    }
+    let report =
+        sluice_app::status::held(&store, pipeline.as_deref(), batch.as_deref(), limit).await?;
     if json {
         let out: Vec<_> = report
             .iter()
-            .map(|(name, batches, rows)| {
-                serde_json::json!({ "pipeline": name, "batches": batches, "rows": rows })
-            })
+            .map(|h| serde_json::json!({ "pipeline": h.pipeline, "batches": h.batches, "rows": h.rows }))
             .collect();
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
-    for (name, batches, rows) in &report {
+    for Held {
+        pipeline: name,
+        batches,
+        rows,
+    } in &report
+    {
         println!("{name}: {} quarantined batch(es)", batches.len());
         for t in batches {
             println!(
@@ -122,26 +108,4 @@ pub async fn quarantine(args: QuarantineArgs) -> anyhow::Result<ExitCode> {
         println!("no pipelines in the store yet");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Reads the pipeline's quarantine table (located through its current version's spec).
-async fn held_rows(
-    store: &std::sync::Arc<dyn sluice_store::Store>,
-    pipeline: &str,
-    version: i64,
-    batch: Option<&str>,
-    limit: usize,
-) -> anyhow::Result<Vec<HeldRow>> {
-    let Some(v) = store.pipeline_version(pipeline, version).await? else {
-        return Ok(vec![]);
-    };
-    let compiled = sluice_engine::Pipeline::from_stored(&v.spec, &v.base_dir, version).await?;
-    let Some(table) = compiled.quarantine_table() else {
-        return Ok(vec![]);
-    };
-    let all = table.read_all().await?;
-    let mut out = sluice_engine::checks::read_quarantined(&all).map_err(|e| anyhow::anyhow!(e))?;
-    out.retain(|r| batch.is_none_or(|b| b == r.batch_id));
-    out.truncate(limit);
-    Ok(out)
 }
