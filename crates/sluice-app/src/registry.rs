@@ -18,7 +18,7 @@ use sluice_schema::{CompatibilityMode, Schema};
 use sluice_store::{NewSchemaVersion, SchemaRegistration, Store};
 use sluice_worker::{Evolution, SchemaRegistry};
 
-use crate::AppError;
+use crate::{AppError, During};
 
 /// Registrations that keep losing the race to other writers give up after this many rounds.
 const ATTEMPTS: usize = 20;
@@ -77,6 +77,146 @@ pub enum Outcome {
     WouldRegister(u32),
     /// Incompatible under the dataset's mode: every violation.
     Refused(Vec<Violation>),
+}
+
+/// The registry default: what a dataset without a record of its own is checked under. No
+/// dataset has the empty name (schemas refuse it), so asking for it reads the default.
+pub async fn default_mode(store: &Arc<dyn Store>) -> crate::Result<String> {
+    store
+        .compatibility("")
+        .await
+        .during("reading the default compatibility mode")
+}
+
+/// `DATASET`, `DATASET@3`, `DATASET@v3` or `DATASET@latest`.
+pub fn parse_reference(reference: &str) -> crate::Result<(&str, Option<i64>)> {
+    let (dataset, version) = match reference.rsplit_once('@') {
+        None => (reference, None),
+        Some((dataset, "latest")) => (dataset, None),
+        Some((dataset, v)) => {
+            let number = v.strip_prefix('v').unwrap_or(v);
+            match number.parse::<i64>() {
+                Ok(n) if n >= 1 => (dataset, Some(n)),
+                _ => {
+                    return Err(AppError::User(format!(
+                        "`{reference}`: `{v}` is not a version; write DATASET@N (N from 1) or DATASET for the latest"
+                    )));
+                }
+            }
+        }
+    };
+    if dataset.is_empty() {
+        return Err(AppError::User(format!(
+            "`{reference}` names no dataset; write DATASET or DATASET@N"
+        )));
+    }
+    Ok((dataset, version))
+}
+
+/// The stored record and the decoded version a reference (see [`parse_reference`]) names; a
+/// reference to nothing is a user error that says what there is.
+pub async fn resolve(
+    store: &Arc<dyn Store>,
+    reference: &str,
+) -> crate::Result<(sluice_store::SchemaVersionRecord, RegisteredVersion)> {
+    let (dataset, version) = parse_reference(reference)?;
+    let Some(record) = store.schema_version(dataset, version).await? else {
+        let versions = store.schema_versions(dataset).await?;
+        if versions.is_empty() {
+            return Err(unknown_dataset(store, dataset).await);
+        }
+        let numbers: Vec<i64> = versions.iter().map(|v| v.version).collect();
+        return Err(AppError::User(format!(
+            "{dataset} has no version {}: it has {}; see `sluice schema list`",
+            version.map_or("latest".into(), |v| v.to_string()),
+            ranges(&numbers)
+        )));
+    };
+    let v = RegisteredVersion::from_stored(
+        &record.dataset,
+        record.version,
+        &record.schema_json,
+        &record.fingerprint,
+        record.last_field_id,
+    )
+    .map_err(|e| AppError::Internal(e.to_string()))?;
+    Ok((record, v))
+}
+
+/// The error for a dataset the registry does not have, listing the ones it has.
+pub async fn unknown_dataset(store: &Arc<dyn Store>, dataset: &str) -> AppError {
+    let known: Vec<String> = match store.datasets().await {
+        Ok(all) => all
+            .into_iter()
+            .filter(|d| d.versions > 0)
+            .map(|d| d.name)
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    if known.is_empty() {
+        AppError::User(format!(
+            "no dataset `{dataset}` in the registry, which is empty: register one with `sluice schema register SCHEMA.yaml`"
+        ))
+    } else {
+        AppError::User(format!(
+            "no dataset `{dataset}` in the registry; registered datasets: {}",
+            known.join(", ")
+        ))
+    }
+}
+
+/// `1..4` for contiguous versions (they always are), else the list.
+pub fn ranges(numbers: &[i64]) -> String {
+    match (numbers.first(), numbers.last()) {
+        (Some(first), Some(last)) if last - first + 1 == numbers.len() as i64 && first != last => {
+            format!("versions {first}..{last}")
+        }
+        (Some(only), Some(_)) if numbers.len() == 1 => format!("only version {only}"),
+        _ => format!(
+            "versions {}",
+            numbers
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// A dataset's (or the default's) compatibility mode, and whether it is the default.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ModeOf {
+    pub mode: String,
+    pub is_default: bool,
+}
+
+/// `sluice schema mode`: sets `dataset`'s mode (`None`: the default) when `set` is given, then
+/// reads it back. A dataset the registry does not have is a user error.
+pub async fn set_mode(
+    store: &Arc<dyn Store>,
+    dataset: Option<&str>,
+    set: Option<CompatibilityMode>,
+) -> crate::Result<ModeOf> {
+    if let Some(m) = set {
+        store.set_compatibility(dataset, m.as_str()).await?;
+    }
+    match dataset {
+        Some(d) => {
+            let record = store.dataset(d).await?;
+            if record.is_none() {
+                return Err(unknown_dataset(store, d).await);
+            }
+            let own = record.and_then(|r| r.compatibility);
+            Ok(ModeOf {
+                mode: store.compatibility(d).await?,
+                is_default: own.is_none(),
+            })
+        }
+        None => Ok(ModeOf {
+            mode: default_mode(store).await?,
+            is_default: true,
+        }),
+    }
 }
 
 /// The compatibility mode a dataset's registrations are checked under.
@@ -236,5 +376,28 @@ impl SchemaRegistry for StoreRegistry {
                 "the registry answered a dry run (version {v}) to a registration"
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_parse() {
+        assert_eq!(parse_reference("orders").ok(), Some(("orders", None)));
+        assert_eq!(parse_reference("orders@3").ok(), Some(("orders", Some(3))));
+        assert_eq!(parse_reference("orders@v2").ok(), Some(("orders", Some(2))));
+        assert_eq!(parse_reference("a@b@latest").ok(), Some(("a@b", None)));
+        assert!(parse_reference("orders@0").is_err());
+        assert!(parse_reference("orders@x").is_err());
+        assert!(parse_reference("@1").is_err());
+    }
+
+    #[test]
+    fn version_ranges_read_well() {
+        assert_eq!(ranges(&[1, 2, 3]), "versions 1..3");
+        assert_eq!(ranges(&[1]), "only version 1");
+        assert_eq!(ranges(&[1, 3]), "versions 1, 3");
     }
 }

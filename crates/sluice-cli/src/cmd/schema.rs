@@ -6,16 +6,13 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
+use sluice_app::registry::{self, ModeOf};
 use sluice_schema::compat::Violation;
 use sluice_schema::diff::{Change, max_severity};
-use sluice_schema::registry::RegisteredVersion;
 use sluice_schema::{CompatibilityMode, Dialect, Schema};
-use sluice_store::Store;
 
 use super::InputError;
 use crate::cli::StoreArg;
@@ -334,7 +331,7 @@ impl RegisterReport<'_> {
 async fn list(store_url: &str, json: bool) -> anyhow::Result<ExitCode> {
     let store = super::open_store(store_url).await?;
     let datasets = store.datasets().await?;
-    let default = default_mode(&store).await?;
+    let default = registry::default_mode(&store).await?;
     if json {
         let out = json!({
             "default_mode": default,
@@ -382,7 +379,7 @@ async fn list(store_url: &str, json: bool) -> anyhow::Result<ExitCode> {
 
 async fn show(reference: &str, store_url: &str, json: bool) -> anyhow::Result<ExitCode> {
     let store = super::open_store(store_url).await?;
-    let (record, v) = resolve(&store, reference).await?;
+    let (record, v) = registry::resolve(&store, reference).await?;
     if json {
         let out = json!({
             "dataset": record.dataset,
@@ -443,8 +440,8 @@ async fn show(reference: &str, store_url: &str, json: bool) -> anyhow::Result<Ex
 
 async fn diff(from: &str, to: &str, store_url: &str, json: bool) -> anyhow::Result<ExitCode> {
     let store = super::open_store(store_url).await?;
-    let (a_record, a) = resolve(&store, from).await?;
-    let (b_record, b) = resolve(&store, to).await?;
+    let (a_record, a) = registry::resolve(&store, from).await?;
+    let (b_record, b) = registry::resolve(&store, to).await?;
     let changes = sluice_schema::diff(&a.schema, &b.schema);
     let severity = max_severity(&changes);
     if json {
@@ -479,8 +476,8 @@ async fn plan(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let store = super::open_store(store_url).await?;
-    let (a_record, a) = resolve(&store, from).await?;
-    let (_, b) = resolve(&store, to).await?;
+    let (a_record, a) = registry::resolve(&store, from).await?;
+    let (_, b) = registry::resolve(&store, to).await?;
     let table_name = table_name.unwrap_or(&a_record.dataset);
     let plan = sluice_schema::plan(table_name, &a.schema, a.version, &b.schema, b.version);
     let dialects = dialect.dialects();
@@ -525,8 +522,8 @@ async fn migrate(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let store = super::open_store(store_url).await?;
-    let (a_record, a) = resolve(&store, from).await?;
-    let (b_record, b) = resolve(&store, to).await?;
+    let (a_record, a) = registry::resolve(&store, from).await?;
+    let (b_record, b) = registry::resolve(&store, to).await?;
     if a_record.dataset != b_record.dataset {
         return Err(InputError(format!(
             "{from} and {to} are versions of different datasets: migrate rewrites a table from one version of a dataset to another"
@@ -647,20 +644,10 @@ async fn mode(args: &[String], store_url: &str, json: bool) -> anyhow::Result<Ex
             return Err(InputError("usage: sluice schema mode [DATASET] [MODE]".into()).into());
         }
     };
-    if let Some(m) = set {
-        store.set_compatibility(dataset, m.as_str()).await?;
-    }
-    let (shown, is_default) = match dataset {
-        Some(d) => {
-            let record = store.dataset(d).await?;
-            if record.is_none() {
-                return Err(unknown_dataset(&store, d).await.into());
-            }
-            let own = record.and_then(|r| r.compatibility);
-            (store.compatibility(d).await?, own.is_none())
-        }
-        None => (default_mode(&store).await?, true),
-    };
+    let ModeOf {
+        mode: shown,
+        is_default,
+    } = registry::set_mode(&store, dataset, set).await?;
     if json {
         let out = json!({
             "dataset": dataset,
@@ -695,107 +682,6 @@ fn load_schema_file(file: &Path) -> anyhow::Result<Schema> {
         ))
         .into()
     })
-}
-
-/// The registry default: what a dataset without a record of its own is checked under. No
-/// dataset has the empty name (schemas refuse it), so asking for it reads the default.
-async fn default_mode(store: &Arc<dyn Store>) -> anyhow::Result<String> {
-    store
-        .compatibility("")
-        .await
-        .context("reading the default compatibility mode")
-}
-
-/// `DATASET`, `DATASET@3`, `DATASET@v3` or `DATASET@latest`.
-fn parse_reference(reference: &str) -> Result<(&str, Option<i64>), InputError> {
-    let (dataset, version) = match reference.rsplit_once('@') {
-        None => (reference, None),
-        Some((dataset, "latest")) => (dataset, None),
-        Some((dataset, v)) => {
-            let number = v.strip_prefix('v').unwrap_or(v);
-            match number.parse::<i64>() {
-                Ok(n) if n >= 1 => (dataset, Some(n)),
-                _ => {
-                    return Err(InputError(format!(
-                        "`{reference}`: `{v}` is not a version; write DATASET@N (N from 1) or DATASET for the latest"
-                    )));
-                }
-            }
-        }
-    };
-    if dataset.is_empty() {
-        return Err(InputError(format!(
-            "`{reference}` names no dataset; write DATASET or DATASET@N"
-        )));
-    }
-    Ok((dataset, version))
-}
-
-async fn resolve(
-    store: &Arc<dyn Store>,
-    reference: &str,
-) -> anyhow::Result<(sluice_store::SchemaVersionRecord, RegisteredVersion)> {
-    let (dataset, version) = parse_reference(reference)?;
-    let Some(record) = store.schema_version(dataset, version).await? else {
-        let versions = store.schema_versions(dataset).await?;
-        if versions.is_empty() {
-            return Err(unknown_dataset(store, dataset).await.into());
-        }
-        let numbers: Vec<i64> = versions.iter().map(|v| v.version).collect();
-        return Err(InputError(format!(
-            "{dataset} has no version {}: it has {}; see `sluice schema list`",
-            version.map_or("latest".into(), |v| v.to_string()),
-            ranges(&numbers)
-        ))
-        .into());
-    };
-    let v = RegisteredVersion::from_stored(
-        &record.dataset,
-        record.version,
-        &record.schema_json,
-        &record.fingerprint,
-        record.last_field_id,
-    )?;
-    Ok((record, v))
-}
-
-async fn unknown_dataset(store: &Arc<dyn Store>, dataset: &str) -> InputError {
-    let known: Vec<String> = match store.datasets().await {
-        Ok(all) => all
-            .into_iter()
-            .filter(|d| d.versions > 0)
-            .map(|d| d.name)
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    if known.is_empty() {
-        InputError(format!(
-            "no dataset `{dataset}` in the registry, which is empty: register one with `sluice schema register SCHEMA.yaml`"
-        ))
-    } else {
-        InputError(format!(
-            "no dataset `{dataset}` in the registry; registered datasets: {}",
-            known.join(", ")
-        ))
-    }
-}
-
-/// `1..4` for contiguous versions (they always are), else the list.
-fn ranges(numbers: &[i64]) -> String {
-    match (numbers.first(), numbers.last()) {
-        (Some(first), Some(last)) if last - first + 1 == numbers.len() as i64 && first != last => {
-            format!("versions {first}..{last}")
-        }
-        (Some(only), Some(_)) if numbers.len() == 1 => format!("only version {only}"),
-        _ => format!(
-            "versions {}",
-            numbers
-                .iter()
-                .map(i64::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
 }
 
 fn changes_table(changes: &[Change]) -> String {
@@ -857,24 +743,6 @@ fn when(millis: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn references_parse() {
-        assert_eq!(parse_reference("orders").ok(), Some(("orders", None)));
-        assert_eq!(parse_reference("orders@3").ok(), Some(("orders", Some(3))));
-        assert_eq!(parse_reference("orders@v2").ok(), Some(("orders", Some(2))));
-        assert_eq!(parse_reference("a@b@latest").ok(), Some(("a@b", None)));
-        assert!(parse_reference("orders@0").is_err());
-        assert!(parse_reference("orders@x").is_err());
-        assert!(parse_reference("@1").is_err());
-    }
-
-    #[test]
-    fn version_ranges_read_well() {
-        assert_eq!(ranges(&[1, 2, 3]), "versions 1..3");
-        assert_eq!(ranges(&[1]), "only version 1");
-        assert_eq!(ranges(&[1, 3]), "versions 1, 3");
-    }
 
     #[test]
     fn tables_align() {
