@@ -44,20 +44,26 @@ impl AppError {
     /// The error and its causes on one line, each said once (a message that already quotes
     /// its cause is not followed by it again).
     pub fn message(&self) -> String {
-        let mut out = String::new();
-        let mut cause: Option<&dyn std::error::Error> = Some(self);
-        while let Some(e) = cause {
-            let text = e.to_string();
-            if !out.contains(&text) {
-                if !out.is_empty() {
-                    out.push_str(": ");
-                }
-                out.push_str(&text);
-            }
-            cause = e.source();
-        }
-        out
+        chain(self)
     }
+}
+
+/// An error and its causes on one line, each said once (a message that already quotes its
+/// cause is not followed by it again).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = String::new();
+    let mut cause: Option<&dyn std::error::Error> = Some(e);
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        cause = e.source();
+    }
+    out
 }
 
 /// `store_call().await.during("reading X")`: a store error with what was being done.

@@ -14,7 +14,8 @@
 //!   and [`verify::PostOptions`], and the decision.
 //! - [`status`]: the store's pipelines, workers and quarantined batches; retrying batches and
 //!   replaying dropped rows.
-//! - [`registry`]: the dataset schema registry service; it also implements the worker pool's
+//! - [`registry`]: the dataset schema registry service (register, resolve a reference, modes,
+//!   migrate a table between versions); it also implements the worker pool's
 //!   [`sluice_worker::SchemaRegistry`].
 //!
 //! ```no_run

@@ -219,6 +219,70 @@ pub async fn set_mode(
     }
 }
 
+/// What [`migrate`] did to a table: `from -> to` as `DATASET@N -> DATASET@M`, the table,
+/// and the engine's report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Migration {
+    pub label: String,
+    /// The table's URL.
+    pub url: String,
+    pub report: sluice_engine::migrate::MigrateReport,
+}
+
+/// `sluice schema migrate`: rewrites the Delta table at `table` (relative to `base`) from one
+/// registered version of a dataset to another, in pieces; `progress` hears of each file.
+pub async fn migrate(
+    store: &Arc<dyn Store>,
+    (from, to): (&str, &str),
+    table: &str,
+    base: &std::path::Path,
+    options: sluice_engine::migrate::MigrateOptions,
+    progress: impl FnMut(sluice_engine::migrate::Progress),
+) -> crate::Result<Migration> {
+    let (a_record, a) = resolve(store, from).await?;
+    let (b_record, b) = resolve(store, to).await?;
+    if a_record.dataset != b_record.dataset {
+        return Err(AppError::User(format!(
+            "{from} and {to} are versions of different datasets: migrate rewrites a table from one version of a dataset to another"
+        )));
+    }
+    let url =
+        sluice_engine::sink::table_url(table, base).map_err(|e| AppError::User(e.to_string()))?;
+    if sluice_engine::sink::DeltaSink::new(url.clone())
+        .describe()
+        .await
+        .map_err(|e| AppError::User(e.to_string()))?
+        .is_none()
+    {
+        return Err(AppError::User(format!(
+            "{url} is not a Delta table yet: nothing to migrate"
+        )));
+    }
+    let report = sluice_engine::migrate::migrate_table(
+        &url,
+        (a_record.version, &a.schema),
+        (b_record.version, &b.schema),
+        options,
+        progress,
+    )
+    .await
+    .map_err(|e| match e {
+        sluice_engine::migrate::MigrateError::Delta { .. } => {
+            AppError::External(crate::error::chain(&e))
+        }
+        other => AppError::User(other.to_string()),
+    })?;
+    let label = format!(
+        "{}@{} -> {}@{}",
+        a_record.dataset, a_record.version, b_record.dataset, b_record.version
+    );
+    Ok(Migration {
+        label,
+        url: url.to_string(),
+        report,
+    })
+}
+
 /// The compatibility mode a dataset's registrations are checked under.
 pub async fn dataset_mode(
     store: &Arc<dyn Store>,

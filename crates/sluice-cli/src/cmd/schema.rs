@@ -522,27 +522,6 @@ async fn migrate(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let store = super::open_store(store_url).await?;
-    let (a_record, a) = registry::resolve(&store, from).await?;
-    let (b_record, b) = registry::resolve(&store, to).await?;
-    if a_record.dataset != b_record.dataset {
-        return Err(InputError(format!(
-            "{from} and {to} are versions of different datasets: migrate rewrites a table from one version of a dataset to another"
-        ))
-        .into());
-    }
-    let cwd = std::env::current_dir()?;
-    let url = sluice_engine::sink::table_url(table, &cwd).map_err(|e| InputError(e.to_string()))?;
-    if sluice_engine::sink::DeltaSink::new(url.clone())
-        .describe()
-        .await
-        .map_err(|e| InputError(e.to_string()))?
-        .is_none()
-    {
-        return Err(InputError(format!(
-            "{url} is not a Delta table yet: nothing to migrate"
-        ))
-        .into());
-    }
     let bar = (!json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
@@ -554,10 +533,11 @@ async fn migrate(
         );
         bar
     });
-    let report = sluice_engine::migrate::migrate_table(
-        &url,
-        (a_record.version, &a.schema),
-        (b_record.version, &b.schema),
+    let migration = registry::migrate(
+        &store,
+        (from, to),
+        table,
+        &std::env::current_dir()?,
         sluice_engine::migrate::MigrateOptions { dry_run, max_files },
         |p| {
             if let Some(bar) = &bar {
@@ -571,14 +551,7 @@ async fn migrate(
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
-    let report = report.map_err(|e| match e {
-        sluice_engine::migrate::MigrateError::Delta { .. } => anyhow::Error::new(e),
-        other => InputError(other.to_string()).into(),
-    })?;
-    let label = format!(
-        "{}@{} -> {}@{}",
-        a_record.dataset, a_record.version, b_record.dataset, b_record.version
-    );
+    let registry::Migration { label, url, report } = migration?;
     if json {
         let mut out = serde_json::to_value(&report)?;
         out["migration"] = json!(label);
