@@ -1,5 +1,5 @@
 //! Files that change after they were taken in, and the data files batch commits added: rows
-//! and statements shared by both backends.
+//! and statements shared by both backends (run by `shared.rs`).
 
 use sluice_core::BatchId;
 
@@ -27,10 +27,11 @@ pub(crate) const TAKE_IN_CHANGE_SQL: &str = "UPDATE files SET size = $3, modifie
     WHERE pipeline = $1 AND path = $2 AND COALESCE(taken_bytes, size) = $9 \
     AND COALESCE(checksum, '') = COALESCE($10, '') AND generation = $11";
 
-/// `$1` pipeline, `$2` path, `$3..$6` size, modified_ms, detail, action, `$7` now. Changes
-/// nothing when the same change (size, time, action) is already recorded.
+/// `$1` pipeline, `$2` path, `$3..$6` size, modified_ms, detail, action; noticed at the store
+/// clock (`{now}`). Changes nothing when the same change (size, time, action) is already
+/// recorded.
 pub(crate) const NOTICE_CHANGE_SQL: &str = "UPDATE files SET change_size = $3, \
-    change_modified_ms = $4, change_detail = $5, change_action = $6, change_noticed_at = $7 \
+    change_modified_ms = $4, change_detail = $5, change_action = $6, change_noticed_at = {now} \
     WHERE pipeline = $1 AND path = $2 AND NOT (COALESCE(change_size, -1) = $3 \
     AND COALESCE(change_modified_ms, -1) = $4 AND COALESCE(change_action, '') = $6)";
 
@@ -39,12 +40,7 @@ pub(crate) const CLEAR_CHANGE_SQL: &str = "UPDATE files SET change_size = NULL, 
     change_modified_ms = NULL, change_detail = NULL, change_action = NULL, change_noticed_at = NULL \
     WHERE pipeline = $1 AND path = $2 AND change_action IS NOT NULL";
 
-/// `$1` batch id, `$2` pipeline, `$3` path, `$4` generation.
-pub(crate) const INSERT_INPUT_SQL: &str = "INSERT INTO batch_inputs \
-    (batch_id, pipeline, path, generation) VALUES ($1, $2, $3, $4) \
-    ON CONFLICT (batch_id) DO NOTHING";
-
-/// `$1..$4` the [`BatchFile`], `$5` now.
+/// `$1..$4` the [`BatchFile`], `$5` when it was recorded (the store clock).
 pub(crate) const INSERT_BATCH_FILE_SQL: &str = "INSERT INTO batch_files \
     (pipeline, batch_id, table_version, data_file, recorded_at) VALUES ($1, $2, $3, $4, $5) \
     ON CONFLICT (batch_id, data_file) DO NOTHING";

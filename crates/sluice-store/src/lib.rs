@@ -10,8 +10,10 @@
 //!   `SELECT ... FOR UPDATE SKIP LOCKED`, so workers never wait on each other's rows.
 //!
 //! Both apply their versioned migrations (`migrations/sqlite`, `migrations/postgres`: the same
-//! tables and columns, checked by a test) on [`open`]. One conformance suite
-//! (`tests/conformance.rs`) runs against both; [`testing`] gives other crates' tests a fresh
+//! tables and columns, checked by a test) on [`open`]. Every method is written once, generic
+//! over the backend (`src/shared.rs`); each backend supplies only what really differs: its clock,
+//! its locking, and its form of the two hot paths (queueing a file, leasing). One conformance
+//! suite (`tests/conformance.rs`) runs against both; [`testing`] gives other crates' tests a fresh
 //! PostgreSQL database.
 //!
 //! The life of a batch, on the embedded store:
@@ -58,6 +60,7 @@ mod measurements;
 mod postgres;
 mod registry;
 mod rows;
+mod shared;
 mod sqlite;
 pub mod testing;
 

@@ -517,10 +517,15 @@ impl SliceColumns {
     }
 }
 
-/// A duration as store milliseconds, saturating: a lease of 292 million years is forever anyway.
+/// A duration as store milliseconds, saturating at [`FOREVER_MS`].
 pub(crate) fn millis(d: std::time::Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+    i64::try_from(d.as_millis()).map_or(FOREVER_MS, |ms| ms.min(FOREVER_MS))
 }
+
+/// The longest lease or back-off the store keeps, 146 million years: forever, and small enough
+/// that the store clock plus it cannot overflow a BIGINT (PostgreSQL would refuse the sum,
+/// SQLite would turn it into a float).
+const FOREVER_MS: i64 = i64::MAX / 2;
 
 /// The message a batch carries when its lease ran out.
 fn expired_message(attempts: i32, quarantined: bool) -> String {

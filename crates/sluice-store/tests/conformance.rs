@@ -118,6 +118,7 @@ conformance!(
     lease_filters_by_pipeline,
     lease_respects_backoff,
     heartbeat_extends_and_is_fenced,
+    durations_past_any_clock_mean_forever,
     complete_is_fenced,
     fail_retries_then_quarantines,
     fail_with_quarantine_is_immediate,
@@ -937,6 +938,38 @@ async fn heartbeat_extends_and_is_fenced(_h: &Harness, store: Arc<dyn Store>) ->
         "a finished lease cannot be extended"
     );
     assert_eq!(state_of(&store, &lease.batch_id).await, TaskState::Done);
+    Ok(())
+}
+
+/// A lease or back-off longer than the store's numbers reach (`Duration::MAX`, from a spec's
+/// `batch.lease` of a million years) means forever on both backends: PostgreSQL once refused
+/// the clock plus it as out of range.
+async fn durations_past_any_clock_mean_forever(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let v = pipeline(&store, "orders").await?;
+    queue(&store, "orders", v, "/in/a.csv", 1, 3).await?;
+    let century_ms = 100 * 365 * 24 * 3600 * 1000_i64;
+    let lease = lease_one(&store, 1, Duration::MAX).await;
+    assert!(lease.expires_at > store.now().await? + century_ms);
+    assert!(
+        store
+            .heartbeat(&lease.batch_id, &lease.token, Duration::MAX)
+            .await?
+    );
+    assert_eq!(store.rescue_expired().await?, 0, "held forever");
+    let d = store
+        .fail(
+            &lease,
+            &report(BatchOutcome::Failed, 0, Some("disk hiccup")),
+            ErrorKind::External,
+            false,
+            Duration::MAX,
+        )
+        .await?;
+    assert_eq!(d, FailDisposition::Retrying);
+    assert!(
+        store.lease(&request(1, 5, LONG)).await?.is_empty(),
+        "backed off forever"
+    );
     Ok(())
 }
 

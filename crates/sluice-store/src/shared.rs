@@ -1,0 +1,1085 @@
+//! The store both backends share: every [`Store`] method written once, generic over [`Backend`].
+//!
+//! SQLite and PostgreSQL run the same statements for nearly everything. The schemas are the same
+//! (a test checks), both take PostgreSQL's `$1, $2` placeholders (sqlx binds SQLite's `$N` by
+//! its number, so a statement may use one twice or out of order; see the test below), and both
+//! speak `ON CONFLICT` upserts and `RETURNING`. What really differs is what [`Backend`] asks for:
+//!
+//! * the clock: `{now}` in a statement stands for the store clock in epoch milliseconds (the
+//!   machine's clock for SQLite, which is one machine; the server's `clock_timestamp()` for
+//!   PostgreSQL, so a worker machine's clock never judges a lease);
+//! * locking: SQLite's writers take the file's write lock up front (`BEGIN IMMEDIATE`);
+//!   PostgreSQL locks rows (`FOR UPDATE`; `{skip_locked}` in a statement), so writers of
+//!   different rows never wait on each other;
+//! * the two hot paths, queueing a file's batches and leasing, where each backend has its own
+//!   fastest form (PostgreSQL: arrays in one statement; SQLite: short statements under the lock).
+//!
+//! So a new table costs its statements here once, plus a [`Backend`] method only where the
+//! backends really differ, and the conformance suite (`tests/conformance.rs`) runs it on both.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sluice_core::{BatchId, ErrorKind, LeaseToken, TaskState};
+use sqlx::query::Query;
+use sqlx::{
+    ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Transaction, Type,
+};
+
+use crate::changes::{self, BatchFileRow, TakenFileRow};
+use crate::measurements;
+use crate::registry::{self, DatasetRow, SchemaVersionRow};
+use crate::rows::{
+    self, DroppedCountRow, ExpiredRow, FileCountRow, INSERT_RUN_SQL, NewRun, PipelineRow, RunRow,
+    RunWindowRow, SliceColumns, StateCountRow, TaskRow, VersionRow, WorkerRow, run_columns,
+    task_columns, version_columns,
+};
+use crate::{
+    BatchFile, BatchRun, CheckRecord, DatasetRecord, FailDisposition, FileChange, FileUpdate,
+    Lease, LeaseRequest, NewFile, NewSchemaVersion, NewTask, PipelineRecord, PipelineStatus,
+    PipelineVersion, Result, RetryTarget, RunReport, SchemaRegistration, SchemaVersionRecord,
+    Store, StoreError, TakenFile, TaskRecord, WorkerBeat, WorkerRecord,
+};
+
+/// A backend's connection (what a transaction or a pooled connection derefs to).
+pub(crate) type Conn<B> = <<B as Backend>::DB as Database>::Connection;
+type DbRow<B> = <<B as Backend>::DB as Database>::Row;
+type Args<'q, B> = <<B as Backend>::DB as Database>::Arguments<'q>;
+
+/// What a backend supplies: its pool, and the things in which it really differs from the other.
+/// Everything else is the one implementation of [`Store`] below.
+pub(crate) trait Backend: Send + Sync + 'static {
+    type DB: Database<QueryResult: RowsAffected>;
+
+    /// `sqlite` or `postgres`: [`Store::backend`], and the backend errors name.
+    const NAME: &'static str;
+    /// The store clock in epoch milliseconds, as SQL: what `{now}` in a statement stands for.
+    const NOW: &'static str;
+    /// What `{skip_locked}` stands for, after a `SELECT` of rows the transaction will change:
+    /// lock them and pass over rows other transactions hold, or nothing where the transaction
+    /// already excludes every other writer.
+    const SKIP_LOCKED: &'static str;
+    /// Begins a read-only transaction whose statements all see one snapshot.
+    const BEGIN_SNAPSHOT: &'static str;
+
+    fn pool(&self) -> &Pool<Self::DB>;
+
+    /// The store clock, read as a value (the clock leases are judged by).
+    fn clock(&self) -> impl Future<Output = Result<i64>> + Send;
+
+    /// The store clock, read inside `conn`'s transaction.
+    fn clock_in(conn: &mut Conn<Self>) -> impl Future<Output = Result<i64>> + Send;
+
+    /// A transaction for a change that reads before it writes: once a statement has read, no
+    /// other writer can change what it read until the end (with [`Backend::lock_row`] on
+    /// PostgreSQL, which only locks what it is told to).
+    fn write_tx(&self) -> impl Future<Output = Result<Transaction<'static, Self::DB>>> + Send;
+
+    /// [`Backend::write_tx`] for queue transitions (lease, complete, fail), which may trade a
+    /// little durability for speed: each is safe to lose (see `postgres::queue_commit`).
+    fn queue_tx(&self) -> impl Future<Output = Result<Transaction<'static, Self::DB>>> + Send;
+
+    /// Makes the transactions that change one row take turns, from here to the end of `conn`'s
+    /// transaction: `select` finds the row by `key` (`$1`).
+    fn lock_row(
+        conn: &mut Conn<Self>,
+        select: &'static str,
+        key: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Queues a file's batches in the order given, skipping batch ids already queued, and
+    /// records which content of the file each holds (`batch_inputs`, also once per batch id);
+    /// returns how many were queued. `slices` are `tasks`' slices, validated.
+    fn queue_tasks(
+        conn: &mut Conn<Self>,
+        queue: &Queue<'_>,
+        tasks: &[NewTask],
+        slices: &[SliceColumns],
+    ) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Called once `n` newly queued batches are committed.
+    fn queued(&self, n: u64) -> impl Future<Output = ()> + Send;
+
+    /// Leases up to `req.limit` (at least 1) pending tasks whose back-off has passed, oldest
+    /// first, inside `conn`'s [`Backend::queue_tx`].
+    fn lease_pending(
+        conn: &mut Conn<Self>,
+        req: &LeaseRequest,
+    ) -> impl Future<Output = Result<Vec<Lease>>> + Send;
+
+    /// A shared statement in this backend's words: `{now}` and `{skip_locked}` replaced.
+    fn sql(template: &'static str) -> Cow<'static, str> {
+        render(template, Self::NOW, Self::SKIP_LOCKED)
+    }
+
+    fn db_error(source: sqlx::Error) -> StoreError {
+        StoreError::Database {
+            backend: Self::NAME,
+            source,
+        }
+    }
+}
+
+/// Where [`Backend::queue_tasks`] queues a file's batches: the pipeline and file, the version
+/// they are pinned to, and which content of the file they hold.
+pub(crate) struct Queue<'a> {
+    pub pipeline: &'a str,
+    pub path: &'a str,
+    pub version: i64,
+    pub max_attempts: i32,
+    /// How often the file was replaced before this content (0: its first content).
+    pub generation: i64,
+}
+
+/// How many rows a statement changed (each driver has its own result type).
+pub(crate) trait RowsAffected {
+    fn rows_affected(&self) -> u64;
+}
+
+/// A type both backends bind and read (`i64`, `String`, ...).
+pub(crate) trait Value<DB: Database>:
+    for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB>
+{
+}
+
+impl<DB: Database, T> Value<DB> for T where
+    T: for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB>
+{
+}
+
+fn render(template: &'static str, now: &str, skip_locked: &str) -> Cow<'static, str> {
+    if !template.contains('{') {
+        return Cow::Borrowed(template);
+    }
+    Cow::Owned(
+        template
+            .replace("{now}", now)
+            .replace("{skip_locked}", skip_locked),
+    )
+}
+
+/// The bounds say what the shared statements need of a backend's driver: run on its
+/// connections, bind and read these types. The helpers below restate the ones they need (Rust
+/// does not carry a trait's `where` clauses to the places that use it); both drivers meet them.
+#[async_trait]
+impl<B> Store for B
+where
+    B: Backend,
+    for<'c> &'c mut Conn<B>: Executor<'c, Database = B::DB>,
+    for<'q> Args<'q, B>: IntoArguments<'q, B::DB>,
+    for<'r> &'r str: ColumnIndex<DbRow<B>>,
+    usize: ColumnIndex<DbRow<B>>,
+    for<'q> &'q str: Encode<'q, B::DB> + Type<B::DB>,
+    for<'q> Option<&'q str>: Encode<'q, B::DB>,
+    for<'q> Option<i64>: Encode<'q, B::DB>,
+    String: Value<B::DB>,
+    i64: Value<B::DB>,
+    i32: Value<B::DB>,
+    bool: Value<B::DB>,
+{
+    fn backend(&self) -> &'static str {
+        B::NAME
+    }
+
+    async fn now(&self) -> Result<i64> {
+        self.clock().await
+    }
+
+    async fn register_pipeline_version(
+        &self,
+        pipeline: &str,
+        spec_hash: &str,
+        spec: &str,
+        base_dir: &str,
+        make_current: bool,
+    ) -> Result<PipelineVersion> {
+        // Re-registering an unchanged spec is the common case: answer it without a lock.
+        {
+            let mut conn = self.pool().acquire().await.map_err(B::db_error)?;
+            if let Some(v) = version_by_hash::<B>(&mut conn, pipeline, spec_hash).await? {
+                if make_current {
+                    set_current::<B>(&mut conn, pipeline, v.version).await?;
+                }
+                return Ok(v);
+            }
+        }
+        let mut tx = self.write_tx().await?;
+        // A new pipeline's first version is its current one. If another process is inserting the
+        // same pipeline, this waits for it and then does nothing.
+        sqlx::query(&B::sql(
+            "INSERT INTO pipelines (name, current_version, created_at) VALUES ($1, 1, {now}) \
+             ON CONFLICT (name) DO NOTHING",
+        ))
+        .bind(pipeline)
+        .execute(&mut *tx)
+        .await
+        .map_err(B::db_error)?;
+        // Registrations of one pipeline take turns, so `max + 1` cannot be taken twice and a
+        // hash registered since the check above is seen by the one that comes second.
+        B::lock_row(
+            &mut tx,
+            "SELECT name FROM pipelines WHERE name = $1",
+            pipeline,
+        )
+        .await?;
+        let version = match version_by_hash::<B>(&mut tx, pipeline, spec_hash).await? {
+            Some(existing) => existing,
+            None => {
+                let row: VersionRow = sqlx::query_as(&B::sql(concat!(
+                    "INSERT INTO pipeline_versions (",
+                    version_columns!(),
+                    ") SELECT $1, COALESCE(MAX(version), 0) + 1, $2, $3, $4, {now} \
+                     FROM pipeline_versions WHERE pipeline = $1 RETURNING ",
+                    version_columns!()
+                )))
+                .bind(pipeline)
+                .bind(spec_hash)
+                .bind(spec)
+                .bind(base_dir)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(B::db_error)?;
+                PipelineVersion::from(row)
+            }
+        };
+        if make_current {
+            set_current::<B>(&mut tx, pipeline, version.version).await?;
+        }
+        tx.commit().await.map_err(B::db_error)?;
+        Ok(version)
+    }
+
+    async fn set_current_version(&self, pipeline: &str, version: i64) -> Result<()> {
+        let mut conn = self.pool().acquire().await.map_err(B::db_error)?;
+        set_current::<B>(&mut conn, pipeline, version).await
+    }
+
+    async fn pipeline(&self, pipeline: &str) -> Result<Option<PipelineRecord>> {
+        let row: Option<PipelineRow> = sqlx::query_as(
+            "SELECT name, current_version, created_at FROM pipelines WHERE name = $1",
+        )
+        .bind(pipeline)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(B::db_error)?;
+        Ok(row.map(PipelineRecord::from))
+    }
+
+    async fn pipelines(&self) -> Result<Vec<PipelineRecord>> {
+        let rows: Vec<PipelineRow> = sqlx::query_as(rows::STATUS_PIPELINES_SQL)
+            .fetch_all(self.pool())
+            .await
+            .map_err(B::db_error)?;
+        Ok(rows.into_iter().map(PipelineRecord::from).collect())
+    }
+
+    async fn pipeline_version(
+        &self,
+        pipeline: &str,
+        version: i64,
+    ) -> Result<Option<PipelineVersion>> {
+        let row: Option<VersionRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            version_columns!(),
+            " FROM pipeline_versions WHERE pipeline = $1 AND version = $2"
+        ))
+        .bind(pipeline)
+        .bind(version)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(B::db_error)?;
+        Ok(row.map(PipelineVersion::from))
+    }
+
+    async fn known_files(&self, pipeline: &str) -> Result<Vec<String>> {
+        sqlx::query_scalar("SELECT path FROM files WHERE pipeline = $1 ORDER BY path")
+            .bind(pipeline)
+            .fetch_all(self.pool())
+            .await
+            .map_err(B::db_error)
+    }
+
+    async fn register_file(
+        &self,
+        file: &NewFile,
+        version: i64,
+        max_attempts: i32,
+        tasks: &[NewTask],
+    ) -> Result<bool> {
+        let sql = B::sql(
+            "INSERT INTO files (pipeline, path, size, modified_ms, taken_bytes, taken_rows, \
+             checksum, registered_at) VALUES ($1, $2, $3, $4, $5, $6, $7, {now}) \
+             ON CONFLICT (pipeline, path) DO NOTHING",
+        );
+        // Two processes discovering the same file: the second waits for the first here and then
+        // finds it taken in.
+        let take = sqlx::query(&sql)
+            .bind(&file.pipeline)
+            .bind(&file.path)
+            .bind(file.size)
+            .bind(file.modified_ms)
+            .bind(file.taken_bytes)
+            .bind(file.taken_rows)
+            .bind(file.checksum.as_deref());
+        let queue = Queue {
+            pipeline: &file.pipeline,
+            path: &file.path,
+            version,
+            max_attempts,
+            generation: 0,
+        };
+        take_in(self, take, &queue, tasks).await
+    }
+
+    async fn taken_files(&self, pipeline: &str) -> Result<Vec<TakenFile>> {
+        let rows: Vec<TakenFileRow> = sqlx::query_as(changes::TAKEN_FILES_SQL)
+            .bind(pipeline)
+            .fetch_all(self.pool())
+            .await
+            .map_err(B::db_error)?;
+        Ok(rows.into_iter().map(TakenFile::from).collect())
+    }
+
+    async fn changed_files(&self, pipeline: &str) -> Result<Vec<TakenFile>> {
+        let rows: Vec<TakenFileRow> = sqlx::query_as(changes::CHANGED_FILES_SQL)
+            .bind(pipeline)
+            .fetch_all(self.pool())
+            .await
+            .map_err(B::db_error)?;
+        Ok(rows.into_iter().map(TakenFile::from).collect())
+    }
+
+    async fn take_in_change(
+        &self,
+        update: &FileUpdate,
+        version: i64,
+        max_attempts: i32,
+        tasks: &[NewTask],
+    ) -> Result<bool> {
+        let file = &update.file;
+        let (bytes, checksum, generation) = &update.based_on;
+        // The take must still be the one this change builds on: a second discoverer waits for
+        // the first here (SQLite's write lock, PostgreSQL's lock on the row it updates), then
+        // finds the take changed and updates nothing.
+        let take = sqlx::query(changes::TAKE_IN_CHANGE_SQL)
+            .bind(&file.pipeline)
+            .bind(&file.path)
+            .bind(file.size)
+            .bind(file.modified_ms)
+            .bind(file.taken_bytes)
+            .bind(file.taken_rows)
+            .bind(file.checksum.as_deref())
+            .bind(update.generation)
+            .bind(*bytes)
+            .bind(checksum.as_deref())
+            .bind(*generation);
+        let queue = Queue {
+            pipeline: &file.pipeline,
+            path: &file.path,
+            version,
+            max_attempts,
+            generation: update.generation,
+        };
+        take_in(self, take, &queue, tasks).await
+    }
+
+    async fn notice_file_change(
+        &self,
+        pipeline: &str,
+        path: &str,
+        change: Option<&FileChange>,
+    ) -> Result<bool> {
+        let notice_sql;
+        let query = match change {
+            Some(c) => {
+                notice_sql = B::sql(changes::NOTICE_CHANGE_SQL);
+                sqlx::query(&notice_sql)
+                    .bind(pipeline)
+                    .bind(path)
+                    .bind(c.size)
+                    .bind(c.modified_ms)
+                    .bind(c.detail.as_str())
+                    .bind(c.action.as_str())
+            }
+            None => sqlx::query(changes::CLEAR_CHANGE_SQL)
+                .bind(pipeline)
+                .bind(path),
+        };
+        let changed = query
+            .execute(self.pool())
+            .await
+            .map_err(B::db_error)?
+            .rows_affected();
+        Ok(changed > 0)
+    }
+
+    async fn record_batch_files(&self, files: &[BatchFile]) -> Result<()> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write_tx().await?;
+        // One instant for all files of the commit.
+        let now = B::clock_in(&mut tx).await?;
+        for f in files {
+            sqlx::query(changes::INSERT_BATCH_FILE_SQL)
+                .bind(f.pipeline.as_str())
+                .bind(f.batch_id.0.as_str())
+                .bind(f.table_version)
+                .bind(f.data_file.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(B::db_error)?;
+        }
+        tx.commit().await.map_err(B::db_error)
+    }
+
+    async fn batch_files(&self, batches: &[BatchId]) -> Result<Vec<BatchFile>> {
+        let mut out = Vec::new();
+        for b in batches {
+            let rows: Vec<BatchFileRow> = sqlx::query_as(changes::BATCH_FILES_SQL)
+                .bind(b.0.as_str())
+                .fetch_all(self.pool())
+                .await
+                .map_err(B::db_error)?;
+            out.extend(rows.into_iter().map(BatchFile::from));
+        }
+        Ok(out)
+    }
+
+    async fn superseded_files(&self, batch: &BatchId) -> Result<Vec<String>> {
+        sqlx::query_scalar(changes::SUPERSEDED_FILES_SQL)
+            .bind(batch.0.as_str())
+            .fetch_all(self.pool())
+            .await
+            .map_err(B::db_error)
+    }
+
+    async fn lease(&self, req: &LeaseRequest) -> Result<Vec<Lease>> {
+        if req.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.queue_tx().await?;
+        let leases = B::lease_pending(&mut tx, req).await?;
+        tx.commit().await.map_err(B::db_error)?;
+        Ok(leases)
+    }
+
+    async fn heartbeat(
+        &self,
+        batch: &BatchId,
+        token: &LeaseToken,
+        extend: Duration,
+    ) -> Result<bool> {
+        let held = sqlx::query(&B::sql(
+            "UPDATE tasks SET lease_expires_at = {now} + $3, updated_at = {now} \
+             WHERE batch_id = $1 AND lease_token = $2 AND state = 'leased'",
+        ))
+        .bind(&batch.0)
+        .bind(&token.0)
+        .bind(rows::millis(extend))
+        .execute(self.pool())
+        .await
+        .map_err(B::db_error)?
+        .rows_affected();
+        Ok(held == 1)
+    }
+
+    async fn complete(&self, lease: &Lease, report: &RunReport) -> Result<bool> {
+        let mut tx = self.queue_tx().await?;
+        let held = sqlx::query(&B::sql(
+            "UPDATE tasks SET state = 'done', rows_in = $3, rows_out = $4, lease_owner = NULL, \
+             lease_token = NULL, leased_at = NULL, lease_expires_at = NULL, last_error = NULL, \
+             error_kind = NULL, updated_at = {now} \
+             WHERE batch_id = $1 AND lease_token = $2 AND state = 'leased'",
+        ))
+        .bind(&lease.batch_id.0)
+        .bind(&lease.token.0)
+        .bind(report.rows_in)
+        .bind(report.rows_out)
+        .execute(&mut *tx)
+        .await
+        .map_err(B::db_error)?
+        .rows_affected();
+        // The run happened whether or not the lease was still ours: keep its measurements.
+        insert_run::<B>(&mut tx, &NewRun::reported(lease, report)).await?;
+        tx.commit().await.map_err(B::db_error)?;
+        Ok(held == 1)
+    }
+
+    async fn fail(
+        &self,
+        lease: &Lease,
+        report: &RunReport,
+        kind: ErrorKind,
+        quarantine: bool,
+        backoff: Duration,
+    ) -> Result<FailDisposition> {
+        let error = report
+            .error
+            .as_deref()
+            .unwrap_or("the run failed without a message");
+        let mut tx = self.queue_tx().await?;
+        let state: Option<String> = sqlx::query_scalar(&B::sql(
+            "UPDATE tasks SET \
+             state = CASE WHEN $3 OR attempts >= max_attempts THEN 'quarantined' ELSE 'pending' END, \
+             run_after = CASE WHEN $3 OR attempts >= max_attempts THEN run_after \
+             ELSE {now} + $4 END, \
+             lease_owner = NULL, lease_token = NULL, leased_at = NULL, lease_expires_at = NULL, \
+             last_error = $5, error_kind = $6, updated_at = {now} \
+             WHERE batch_id = $1 AND lease_token = $2 AND state = 'leased' \
+             RETURNING state",
+        ))
+        .bind(&lease.batch_id.0)
+        .bind(&lease.token.0)
+        .bind(quarantine)
+        .bind(rows::millis(backoff))
+        .bind(error)
+        .bind(rows::error_kind_str(kind))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(B::db_error)?;
+        insert_run::<B>(&mut tx, &NewRun::reported(lease, report)).await?;
+        tx.commit().await.map_err(B::db_error)?;
+        rows::fail_disposition(state.as_deref(), &lease.batch_id)
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<()> {
+        sqlx::query(&B::sql(
+            "UPDATE tasks SET state = 'pending', \
+             attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, \
+             lease_owner = NULL, lease_token = NULL, leased_at = NULL, lease_expires_at = NULL, \
+             updated_at = {now} \
+             WHERE batch_id = $1 AND lease_token = $2 AND state = 'leased'",
+        ))
+        .bind(&lease.batch_id.0)
+        .bind(&lease.token.0)
+        .execute(self.pool())
+        .await
+        .map_err(B::db_error)?;
+        Ok(())
+    }
+
+    async fn rescue_expired(&self) -> Result<u64> {
+        let mut tx = self.write_tx().await?;
+        let now = B::clock_in(&mut tx).await?;
+        // SKIP LOCKED: a row locked by a completion in flight is that completion's to finish,
+        // and two rescuers on different machines split the expired rows between them.
+        let expired: Vec<ExpiredRow> = sqlx::query_as(&B::sql(
+            "SELECT batch_id, pipeline, version, lease_owner, attempts, max_attempts, leased_at \
+             FROM tasks WHERE state = 'leased' AND lease_expires_at < $1 \
+             ORDER BY seq{skip_locked}",
+        ))
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(B::db_error)?;
+        for row in &expired {
+            let message = row.message();
+            let state = if row.exhausted() {
+                TaskState::Quarantined
+            } else {
+                TaskState::Pending
+            };
+            sqlx::query(
+                "UPDATE tasks SET state = $2, run_after = $4, lease_owner = NULL, \
+                 lease_token = NULL, leased_at = NULL, lease_expires_at = NULL, \
+                 last_error = $3, error_kind = $5, updated_at = $4 \
+                 WHERE batch_id = $1 AND state = 'leased'",
+            )
+            .bind(&row.batch_id)
+            .bind(state.as_str())
+            .bind(&message)
+            .bind(now)
+            // a dead or hung worker is the outside world failing: another attempt may succeed
+            .bind(rows::error_kind_str(ErrorKind::External))
+            .execute(&mut *tx)
+            .await
+            .map_err(B::db_error)?;
+            insert_run::<B>(&mut tx, &NewRun::expired(row, &message, now)).await?;
+        }
+        tx.commit().await.map_err(B::db_error)?;
+        rows::log_rescued(&expired);
+        Ok(expired.len() as u64)
+    }
+
+    async fn retry(&self, target: &RetryTarget) -> Result<u64> {
+        // Re-pinned to the current version: a fixed spec is what the user retries with.
+        macro_rules! reset {
+            () => {
+                "UPDATE tasks SET state = 'pending', attempts = 0, \
+                 version = (SELECT current_version FROM pipelines WHERE name = tasks.pipeline), \
+                 run_after = {now}, last_error = NULL, error_kind = NULL, rows_in = NULL, \
+                 rows_out = NULL, updated_at = {now} WHERE state = 'quarantined' "
+            };
+        }
+        let batch_sql;
+        let all_sql;
+        let query = match target {
+            RetryTarget::Batch(batch) => {
+                batch_sql = B::sql(concat!(reset!(), "AND batch_id = $1"));
+                sqlx::query(&batch_sql).bind(batch.0.as_str())
+            }
+            RetryTarget::All { pipeline } => {
+                all_sql = B::sql(concat!(reset!(), "AND ($1 IS NULL OR pipeline = $1)"));
+                sqlx::query(&all_sql).bind(pipeline.as_deref())
+            }
+        };
+        let retried = query
+            .execute(self.pool())
+            .await
+            .map_err(B::db_error)?
+            .rows_affected();
+        Ok(retried)
+    }
+
+    async fn task(&self, batch: &BatchId) -> Result<Option<TaskRecord>> {
+        let row: Option<TaskRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE batch_id = $1"
+        ))
+        .bind(&batch.0)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(B::db_error)?;
+        row.map(TaskRow::into_record).transpose()
+    }
+
+    async fn tasks(&self, pipeline: &str, state: Option<TaskState>) -> Result<Vec<TaskRecord>> {
+        let rows: Vec<TaskRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE pipeline = $1 AND ($2 IS NULL OR state = $2) ORDER BY seq"
+        ))
+        .bind(pipeline)
+        .bind(state.map(TaskState::as_str))
+        .fetch_all(self.pool())
+        .await
+        .map_err(B::db_error)?;
+        rows.into_iter().map(TaskRow::into_record).collect()
+    }
+
+    async fn worker_heartbeat(&self, beat: &WorkerBeat) -> Result<()> {
+        // `now` read once, so a new worker's start and heartbeat are the same instant. (`WHERE
+        // true`: SQLite needs it to tell the upsert's ON from a join's.)
+        sqlx::query(&B::sql(
+            "INSERT INTO workers (worker, host, pid, state, started_at, last_heartbeat) \
+             SELECT $1, $2, $3, $4, c.now, c.now FROM (SELECT {now} AS now) c WHERE true \
+             ON CONFLICT (worker) DO UPDATE SET host = excluded.host, pid = excluded.pid, \
+             state = excluded.state, last_heartbeat = excluded.last_heartbeat",
+        ))
+        .bind(&beat.worker.0)
+        .bind(&beat.host)
+        .bind(beat.pid)
+        .bind(&beat.state)
+        .execute(self.pool())
+        .await
+        .map_err(B::db_error)?;
+        Ok(())
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerRecord>> {
+        let rows: Vec<WorkerRow> = sqlx::query_as(
+            "SELECT worker, host, pid, state, started_at, last_heartbeat FROM workers \
+             ORDER BY worker",
+        )
+        .fetch_all(self.pool())
+        .await
+        .map_err(B::db_error)?;
+        Ok(rows.into_iter().map(WorkerRecord::from).collect())
+    }
+
+    async fn batch_runs(&self, pipeline: &str, limit: i64) -> Result<Vec<BatchRun>> {
+        let rows: Vec<RunRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM batch_runs WHERE pipeline = $1 ORDER BY finished_at DESC, id DESC LIMIT $2"
+        ))
+        .bind(pipeline)
+        // SQLite reads a negative LIMIT as "no limit", PostgreSQL refuses it: mean none on both
+        .bind(limit.max(0))
+        .fetch_all(self.pool())
+        .await
+        .map_err(B::db_error)?;
+        rows.into_iter().map(RunRow::into_run).collect()
+    }
+
+    async fn record_checks(&self, records: &[CheckRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool().begin().await.map_err(B::db_error)?;
+        let now = B::clock_in(&mut tx).await?;
+        for r in records {
+            measurements::bind_check!(sqlx::query(measurements::INSERT_CHECK_SQL), r, now)
+                .execute(&mut *tx)
+                .await
+                .map_err(B::db_error)?;
+        }
+        tx.commit().await.map_err(B::db_error)
+    }
+
+    async fn check_results(
+        &self,
+        pipeline: &str,
+        version: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<CheckRecord>> {
+        let rows: Vec<measurements::CheckRow> = sqlx::query_as(measurements::CHECK_RESULTS_SQL)
+            .bind(pipeline)
+            .bind(version)
+            .bind(limit.max(0))
+            .fetch_all(self.pool())
+            .await
+            .map_err(B::db_error)?;
+        Ok(rows.into_iter().map(CheckRecord::from).collect())
+    }
+
+    async fn status(&self) -> Result<Vec<PipelineStatus>> {
+        // One snapshot for all five queries, so the numbers add up with each other.
+        let mut tx = self
+            .pool()
+            .begin_with(B::BEGIN_SNAPSHOT)
+            .await
+            .map_err(B::db_error)?;
+        macro_rules! fetch_all {
+            ($sql:expr) => {
+                sqlx::query_as($sql)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(B::db_error)?
+            };
+        }
+        let pipelines: Vec<PipelineRow> = fetch_all!(rows::STATUS_PIPELINES_SQL);
+        let states: Vec<StateCountRow> = fetch_all!(rows::STATUS_STATES_SQL);
+        let files: Vec<FileCountRow> = fetch_all!(rows::STATUS_FILES_SQL);
+        let runs: Vec<RunWindowRow> = fetch_all!(rows::STATUS_RUNS_SQL);
+        let dropped: Vec<DroppedCountRow> = fetch_all!(rows::STATUS_DROPPED_SQL);
+        tx.commit().await.map_err(B::db_error)?;
+        rows::assemble_status(pipelines, states, files, runs, dropped)
+    }
+
+    async fn register_schema_version(
+        &self,
+        new: &NewSchemaVersion<'_>,
+    ) -> Result<SchemaRegistration> {
+        registry::check_new_version(new)?;
+        let mut tx = self.write_tx().await?;
+        // Registrations of one dataset take turns on its row (created here if new: a concurrent
+        // creator makes this wait, then do nothing), so the checks below and `latest + 1` see
+        // every registration committed before.
+        sqlx::query(&B::sql(
+            "INSERT INTO datasets (name, compatibility, created_at, updated_at) \
+             VALUES ($1, NULL, {now}, {now}) ON CONFLICT (name) DO NOTHING",
+        ))
+        .bind(new.dataset)
+        .execute(&mut *tx)
+        .await
+        .map_err(B::db_error)?;
+        B::lock_row(
+            &mut tx,
+            "SELECT name FROM datasets WHERE name = $1",
+            new.dataset,
+        )
+        .await?;
+        let existing: Option<SchemaVersionRow> =
+            sqlx::query_as(registry::SCHEMA_VERSION_BY_FINGERPRINT_SQL)
+                .bind(new.dataset)
+                .bind(new.fingerprint)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(B::db_error)?;
+        if let Some(row) = existing {
+            // Dropping the transaction rolls back the dataset row if this call created it.
+            return Ok(SchemaRegistration::Existing(row.into()));
+        }
+        let latest: Option<i64> = sqlx::query_scalar(registry::LATEST_VERSION_SQL)
+            .bind(new.dataset)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(B::db_error)?;
+        if latest != new.based_on {
+            return Ok(SchemaRegistration::Stale { latest });
+        }
+        let now = B::clock_in(&mut tx).await?;
+        sqlx::query("UPDATE datasets SET updated_at = $2 WHERE name = $1")
+            .bind(new.dataset)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(B::db_error)?;
+        let row: SchemaVersionRow = sqlx::query_as(registry::INSERT_SCHEMA_VERSION_SQL)
+            .bind(new.dataset)
+            .bind(latest.unwrap_or(0) + 1)
+            .bind(new.schema_json)
+            .bind(new.fingerprint)
+            .bind(new.last_field_id)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(B::db_error)?;
+        tx.commit().await.map_err(B::db_error)?;
+        Ok(SchemaRegistration::Created(row.into()))
+    }
+
+    async fn schema_version(
+        &self,
+        dataset: &str,
+        version: Option<i64>,
+    ) -> Result<Option<SchemaVersionRecord>> {
+        let row: Option<SchemaVersionRow> = sqlx::query_as(registry::SCHEMA_VERSION_SQL)
+            .bind(dataset)
+            .bind(version)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(B::db_error)?;
+        Ok(row.map(SchemaVersionRecord::from))
+    }
+
+    async fn schema_versions(&self, dataset: &str) -> Result<Vec<SchemaVersionRecord>> {
+        let rows: Vec<SchemaVersionRow> = sqlx::query_as(registry::SCHEMA_VERSIONS_SQL)
+            .bind(dataset)
+            .fetch_all(self.pool())
+            .await
+            .map_err(B::db_error)?;
+        Ok(rows.into_iter().map(SchemaVersionRecord::from).collect())
+    }
+
+    async fn dataset(&self, dataset: &str) -> Result<Option<DatasetRecord>> {
+        let row: Option<DatasetRow> = sqlx::query_as(registry::DATASETS_SQL)
+            .bind(Some(dataset))
+            .fetch_optional(self.pool())
+            .await
+            .map_err(B::db_error)?;
+        Ok(row.map(DatasetRecord::from))
+    }
+
+    async fn datasets(&self) -> Result<Vec<DatasetRecord>> {
+        let rows: Vec<DatasetRow> = sqlx::query_as(registry::DATASETS_SQL)
+            .bind(None::<&str>)
+            .fetch_all(self.pool())
+            .await
+            .map_err(B::db_error)?;
+        Ok(rows.into_iter().map(DatasetRecord::from).collect())
+    }
+
+    async fn set_compatibility(&self, dataset: Option<&str>, mode: &str) -> Result<()> {
+        let mut conn = self.pool().acquire().await.map_err(B::db_error)?;
+        let query = match dataset {
+            Some(dataset) => sqlx::query(registry::SET_DATASET_COMPATIBILITY_SQL)
+                .bind(dataset)
+                .bind(mode)
+                .bind(B::clock_in(&mut conn).await?),
+            None => sqlx::query(registry::SET_CONFIG_SQL)
+                .bind(registry::DEFAULT_COMPATIBILITY_KEY)
+                .bind(mode),
+        };
+        query.execute(&mut *conn).await.map_err(B::db_error)?;
+        Ok(())
+    }
+
+    async fn compatibility(&self, dataset: &str) -> Result<String> {
+        let mode: Option<String> = sqlx::query_scalar(registry::COMPATIBILITY_SQL)
+            .bind(dataset)
+            .bind(registry::DEFAULT_COMPATIBILITY_KEY)
+            .fetch_one(self.pool())
+            .await
+            .map_err(B::db_error)?;
+        registry::compatibility_or_corrupt(mode)
+    }
+}
+
+async fn version_by_hash<B>(
+    conn: &mut Conn<B>,
+    pipeline: &str,
+    spec_hash: &str,
+) -> Result<Option<PipelineVersion>>
+where
+    B: Backend,
+    for<'c> &'c mut Conn<B>: Executor<'c, Database = B::DB>,
+    for<'q> Args<'q, B>: IntoArguments<'q, B::DB>,
+    for<'r> &'r str: ColumnIndex<DbRow<B>>,
+    for<'q> &'q str: Encode<'q, B::DB> + Type<B::DB>,
+    String: Value<B::DB>,
+    i64: Value<B::DB>,
+{
+    let row: Option<VersionRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        version_columns!(),
+        " FROM pipeline_versions WHERE pipeline = $1 AND spec_hash = $2"
+    ))
+    .bind(pipeline)
+    .bind(spec_hash)
+    .fetch_optional(conn)
+    .await
+    .map_err(B::db_error)?;
+    Ok(row.map(PipelineVersion::from))
+}
+
+/// Takes a file's content in and queues its batches, in one write transaction: `take` records
+/// the take (a file's first, or its changed content), and when it changes no row, nothing is
+/// queued and the answer is false.
+async fn take_in<'q, B>(
+    store: &B,
+    take: Query<'q, B::DB, Args<'q, B>>,
+    queue: &Queue<'_>,
+    tasks: &[NewTask],
+) -> Result<bool>
+where
+    B: Backend,
+    for<'c> &'c mut Conn<B>: Executor<'c, Database = B::DB>,
+    for<'a> Args<'a, B>: IntoArguments<'a, B::DB>,
+    usize: ColumnIndex<DbRow<B>>,
+    for<'a> &'a str: Encode<'a, B::DB> + Type<B::DB>,
+    i64: Value<B::DB>,
+{
+    // Validate every slice before taking the file in, so a bad one leaves nothing behind.
+    let slices = tasks
+        .iter()
+        .map(|t| SliceColumns::of(&t.batch_id, &t.slice))
+        .collect::<Result<Vec<_>>>()?;
+    let mut tx = store.write_tx().await?;
+    ensure_version::<B>(&mut tx, queue.pipeline, queue.version, queue.path).await?;
+    let taken = take
+        .execute(&mut *tx)
+        .await
+        .map_err(B::db_error)?
+        .rows_affected();
+    if taken == 0 {
+        return Ok(false);
+    }
+    let queued = B::queue_tasks(&mut tx, queue, tasks, &slices).await?;
+    tx.commit().await.map_err(B::db_error)?;
+    store.queued(queued).await;
+    Ok(true)
+}
+
+/// Tasks are pinned to a version, so it must exist before a file can be queued for it.
+async fn ensure_version<B>(
+    conn: &mut Conn<B>,
+    pipeline: &str,
+    version: i64,
+    path: &str,
+) -> Result<()>
+where
+    B: Backend,
+    for<'c> &'c mut Conn<B>: Executor<'c, Database = B::DB>,
+    for<'q> Args<'q, B>: IntoArguments<'q, B::DB>,
+    usize: ColumnIndex<DbRow<B>>,
+    for<'q> &'q str: Encode<'q, B::DB> + Type<B::DB>,
+    i64: Value<B::DB>,
+{
+    let exists: Option<i64> = sqlx::query_scalar(
+        "SELECT version FROM pipeline_versions WHERE pipeline = $1 AND version = $2",
+    )
+    .bind(pipeline)
+    .bind(version)
+    .fetch_optional(conn)
+    .await
+    .map_err(B::db_error)?;
+    match exists {
+        Some(_) => Ok(()),
+        None => Err(rows::cannot_queue(pipeline, version, path)),
+    }
+}
+
+async fn set_current<B>(conn: &mut Conn<B>, pipeline: &str, version: i64) -> Result<()>
+where
+    B: Backend,
+    for<'c> &'c mut Conn<B>: Executor<'c, Database = B::DB>,
+    for<'q> Args<'q, B>: IntoArguments<'q, B::DB>,
+    for<'q> &'q str: Encode<'q, B::DB> + Type<B::DB>,
+    i64: Value<B::DB>,
+{
+    let updated = sqlx::query(
+        "UPDATE pipelines SET current_version = $2 WHERE name = $1 \
+         AND EXISTS (SELECT 1 FROM pipeline_versions WHERE pipeline = $1 AND version = $2)",
+    )
+    .bind(pipeline)
+    .bind(version)
+    .execute(conn)
+    .await
+    .map_err(B::db_error)?
+    .rows_affected();
+    if updated == 0 {
+        return Err(rows::no_such_version(pipeline, version));
+    }
+    Ok(())
+}
+
+async fn insert_run<B>(conn: &mut Conn<B>, run: &NewRun<'_>) -> Result<()>
+where
+    B: Backend,
+    for<'c> &'c mut Conn<B>: Executor<'c, Database = B::DB>,
+    for<'q> Args<'q, B>: IntoArguments<'q, B::DB>,
+    for<'q> &'q str: Encode<'q, B::DB> + Type<B::DB>,
+    for<'q> Option<&'q str>: Encode<'q, B::DB>,
+    i64: Value<B::DB>,
+    i32: Value<B::DB>,
+{
+    rows::bind_run(sqlx::query(INSERT_RUN_SQL), run)
+        .execute(conn)
+        .await
+        .map_err(B::db_error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Connection;
+
+    use super::*;
+    use crate::SqliteStore;
+
+    /// The shared statements lean on this: sqlx binds SQLite's `$N` by its number, as
+    /// PostgreSQL does, not by order of first appearance (SQLite's own rule for named
+    /// parameters). A statement may use a placeholder twice and out of order.
+    #[tokio::test]
+    async fn sqlite_binds_dollar_placeholders_by_number() {
+        let mut conn = sqlx::SqliteConnection::connect("sqlite::memory:")
+            .await
+            .expect("in-memory SQLite");
+        let (a, b, c): (String, i64, String) = sqlx::query_as("SELECT $3 || $1, $2, $1 || $3")
+            .bind("one")
+            .bind(2_i64)
+            .bind("three")
+            .fetch_one(&mut conn)
+            .await
+            .expect("running the statement");
+        assert_eq!((a.as_str(), b, c.as_str()), ("threeone", 2, "onethree"));
+    }
+
+    /// `{now}` on SQLite reads the same clock, in the same whole milliseconds, as
+    /// `Store::now` (the local clock), and stays one instant within a statement.
+    #[tokio::test]
+    async fn sqlite_clock_in_sql_is_the_local_clock() {
+        let mut conn = sqlx::SqliteConnection::connect("sqlite::memory:")
+            .await
+            .expect("in-memory SQLite");
+        let sql = SqliteStore::sql("SELECT {now}, {now}");
+        for _ in 0..50 {
+            let before = sluice_core::now_millis();
+            let (a, b): (i64, i64) = sqlx::query_as(&sql)
+                .fetch_one(&mut conn)
+                .await
+                .expect("reading the clock");
+            let after = sluice_core::now_millis();
+            assert!(before <= a && a <= after, "{before} <= {a} <= {after}");
+            assert_eq!(a, b);
+        }
+    }
+
+    #[test]
+    fn templates_without_tokens_are_not_copied() {
+        assert!(matches!(
+            render("SELECT 1", "now()", ""),
+            Cow::Borrowed("SELECT 1")
+        ));
+        assert_eq!(
+            render("SELECT {now} ORDER BY seq{skip_locked}", "N", " FOR UPDATE"),
+            "SELECT N ORDER BY seq FOR UPDATE"
+        );
+    }
+}
