@@ -71,9 +71,10 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// The store clock, read inside `conn`'s transaction.
     fn clock_in(conn: &mut Conn<Self>) -> impl Future<Output = Result<i64>> + Send;
 
-    /// A transaction for a change that reads before it writes: once a statement has read, no
-    /// other writer can change what it read until the end (with [`Backend::lock_row`] on
-    /// PostgreSQL, which only locks what it is told to).
+    /// A transaction for a change that reads before it writes. SQLite's holds the write lock
+    /// from its first statement, so nothing it reads can change under it; PostgreSQL's locks
+    /// only what [`Backend::lock_row`] and `{skip_locked}` lock, so a change that depends on an
+    /// earlier read locks first.
     fn write_tx(&self) -> impl Future<Output = Result<Transaction<'static, Self::DB>>> + Send;
 
     /// [`Backend::write_tx`] for queue transitions (lease, complete, fail), which may trade a
