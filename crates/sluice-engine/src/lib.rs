@@ -21,6 +21,7 @@ pub mod checks;
 pub mod ddl;
 pub mod diff;
 pub mod migrate;
+pub mod route;
 pub mod sink;
 pub mod source;
 pub mod spec;
@@ -199,6 +200,31 @@ impl BatchResult {
             self.added = added;
         }
         self
+    }
+}
+
+/// How a batch is run, besides the slice it reads.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The run's generation (at least 1): its commit marker's txn version. A batch whose rows a
+    /// repair removed is re-run under the next generation, which the repaired run's marker does
+    /// not count as committed (see the `sink` module docs, "Generations").
+    pub generation: i64,
+    /// The row counts of the pipeline's latest published batches (newest first) for volume
+    /// checks; [`Pipeline::history_wanted`] says how many.
+    pub recent_rows: Vec<u64>,
+    /// Data files to remove in the commit that publishes the batch (a replaced file's earlier
+    /// rows, as the store recorded them).
+    pub superseded: Vec<String>,
+}
+
+impl Default for RunOptions {
+    fn default() -> RunOptions {
+        RunOptions {
+            generation: 1,
+            recent_rows: Vec::new(),
+            superseded: Vec::new(),
+        }
     }
 }
 
@@ -564,11 +590,35 @@ impl Pipeline {
         recent_rows: &[u64],
         superseded: Vec<String>,
     ) -> Result<BatchResult, BatchError> {
+        let opts = RunOptions {
+            recent_rows: recent_rows.to_vec(),
+            superseded,
+            ..RunOptions::default()
+        };
+        self.run_batch_with(batch_id, slice, opts).await
+    }
+
+    /// Runs one batch as `opts` say (its generation, volume history, files it supersedes).
+    pub async fn run_batch_with(
+        &self,
+        batch_id: &BatchId,
+        slice: &BatchSlice,
+        opts: RunOptions,
+    ) -> Result<BatchResult, BatchError> {
+        let RunOptions {
+            generation,
+            recent_rows,
+            superseded,
+        } = opts;
         let started = Instant::now();
-        let (rows_in, audit, dropped) = self.audit_slice(slice, recent_rows).await?;
+        let (rows_in, audit, dropped) = self.audit_slice(slice, &recent_rows, None).await?;
         let app_id = DeltaSink::app_id(self.name(), &batch_id.0);
         if (audit.hold.is_some() || !audit.failing_rows.is_empty())
-            && self.sink.is_committed(&app_id).await.unwrap_or(false)
+            && self
+                .sink
+                .is_committed_at(&app_id, generation)
+                .await
+                .unwrap_or(false)
         {
             // An earlier run of this batch committed it (and its worker died before reporting,
             // or a racing run won): checks that read the table, like `unique` against it, now
@@ -618,12 +668,14 @@ impl Pipeline {
         }
         let rows_out: i64 = audit.publish.iter().map(|b| b.num_rows() as i64).sum();
         let extras = CommitExtras {
+            generation,
             metadata: vec![(
                 "sluice".to_string(),
                 serde_json::json!({
                     "pipeline": self.name(),
                     "version": self.version,
                     "batch": batch_id.0,
+                    "generation": generation,
                     "removes": superseded.len(),
                 }),
             )],
@@ -681,12 +733,32 @@ impl Pipeline {
     }
 
     /// Reads, transforms and checks a slice: everything before publishing.
+    ///
+    /// Under a `route_key` split (`routed`), only the rows routed to `routed.1` are transformed
+    /// and checked; rows dropped as bad input count on the stable side alone.
     async fn audit_slice(
         &self,
         slice: &BatchSlice,
         recent_rows: &[u64],
+        routed: Option<(&route::Route, route::Side)>,
     ) -> Result<(i64, checks::Audit, Option<DroppedRows>), BatchError> {
-        let read = self.read_input(slice).await?;
+        let mut read = self.read_input(slice).await?;
+        if let Some((r, side)) = routed {
+            let dropped = read.dropped.len() as u64;
+            read.batch = r.rows_of(&read.batch, side).map_err(|e| {
+                BatchError::new(
+                    ErrorKind::User,
+                    format!("{}: {e}", slice_label(slice)),
+                    read.records as i64,
+                )
+            })?;
+            if side == route::Side::Candidate {
+                read.dropped.clear();
+                read.records = read.batch.num_rows() as u64;
+            } else {
+                read.records = read.batch.num_rows() as u64 + dropped;
+            }
+        }
         let rows_in = read.records as i64;
         let (bad_rows, dropped) = self.judge_bad_rows(slice, &read)?;
         let input = read.batch;
@@ -791,7 +863,7 @@ impl Pipeline {
     /// to try a candidate on recent data. `outcome` is `Quarantined` when a check would hold it.
     pub async fn dry_run(&self, slice: &BatchSlice) -> Result<BatchResult, BatchError> {
         let started = Instant::now();
-        let (rows_in, audit, _) = self.audit_slice(slice, &[]).await?;
+        let (rows_in, audit, _) = self.audit_slice(slice, &[], None).await?;
         Ok(BatchResult {
             table_version: None,
             added: Vec::new(),

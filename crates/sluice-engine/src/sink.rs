@@ -23,6 +23,48 @@
 //! committed and its rows would be lost. The price is one small txn entry per batch in the
 //! table's state, bounded by `delta.setTransactionRetentionDuration` ([`TXN_RETENTION`], set
 //! when sluice creates the table; the store's task state prevents re-queueing done batches).
+//!
+//! # Generations
+//!
+//! A batch's marker is written with txn version = the run's *generation* (1 unless the batch
+//! was repaired), and a run counts the batch as committed when the table records its app id at
+//! its generation or higher ([`DeltaSink::is_committed_at`], [`CommitExtras::generation`]).
+//! Delta keeps the latest txn action per app id; sluice never writes a lower one.
+//!
+//! # Repair: removing a bad run's rows, fencing its generation
+//!
+//! [`DeltaSink::repair`] removes, in one commit, exactly the data files recorded for the bad
+//! runs of some batches (refusing, with the list, if any is no longer in the table: a
+//! compaction rewrote it and its rows cannot be told apart) and carries for each batch a txn
+//! action at the bad run's generation `g`. So:
+//!
+//! * a run of generation `g` still in flight, whose commit was prepared from a snapshot before
+//!   the repair, carries the same app id as the repair: delta-rs's conflict checker refuses it
+//!   (`check_for_updated_application_transaction_ids_that_current_txn_depends_on`, i.e.
+//!   `ConcurrentTransaction`: a winning commit's txn app ids against the ones the losing commit
+//!   carries). It refreshes, finds the marker at `g` and reports already committed, writing
+//!   nothing;
+//! * a run of generation `g` starting after the repair finds the marker and writes nothing;
+//! * the re-run under `g + 1` does not count the marker at `g` and commits once.
+//!
+//! If a run of a repaired batch wins the race against the repair instead, the repair's retry
+//! reads that commit and removes its files too. `commitInfo.sluice.repair` records the
+//! batches, the removed files and the reason.
+//!
+//! # Which files a version wrote
+//!
+//! Every batch commit's `commitInfo` holds a `sluice` entry (pipeline, version, batch,
+//! generation), and the commit's adds are the batch's files; a `route_key` commit
+//! ([`DeltaSink::commit_split`]) holds both versions' rows and says which files each wrote in
+//! `sluice.parts`. [`DeltaSink::commits_of_version`] reads this back from the log, so a repair
+//! does not depend on the store's record alone.
+//!
+//! # route_key
+//!
+//! Under `deploy.route_key` one batch's rows are split by a stable hash of a column between
+//! stable and candidate (see `crate::route`); both parts commit together under the batch's one
+//! marker, so everything above holds for the batch as a whole. A repair of the candidate
+//! removes the whole commit's files and the batch is re-run under stable at `g + 1`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,8 +105,12 @@ pub struct TableInfo {
 }
 
 /// What a commit carries besides the batch's rows and its txn marker.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CommitExtras {
+    /// The run's generation: the marker is written with this txn version, and the batch counts
+    /// as committed when the table records its app id at this version or higher (see the
+    /// module docs, "Generations"). At least 1; plain runs are generation 1.
+    pub generation: i64,
     /// Data files (paths relative to the table root, as the Delta log names them) to remove in
     /// the same commit.
     pub removes: Vec<String>,
@@ -85,6 +131,53 @@ pub enum MissingRemoves {
     Refuse,
 }
 
+impl Default for CommitExtras {
+    fn default() -> CommitExtras {
+        CommitExtras {
+            generation: 1,
+            removes: Vec::new(),
+            missing: MissingRemoves::default(),
+            metadata: Vec::new(),
+        }
+    }
+}
+
+/// The rows of one pipeline version in a commit that carries several (a `route_key` split).
+#[derive(Debug, Clone)]
+pub struct Part {
+    /// The pipeline version that wrote them (recorded in the commit's `commitInfo`).
+    pub version: i64,
+    pub batches: Vec<RecordBatch>,
+}
+
+/// One batch to repair: its app id and the generation of the run whose rows are removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepairBatch {
+    pub app_id: String,
+    pub generation: i64,
+}
+
+/// What [`DeltaSink::repair`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repaired {
+    /// The table version of the repair commit.
+    pub version: i64,
+    /// The data files it removed: those asked for, and those of a run of a repaired batch at
+    /// or below its generation that committed while the repair was being made.
+    pub removed: Vec<String>,
+}
+
+/// One batch commit as the log tells it (see [`DeltaSink::commits_of_version`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionCommit {
+    /// The table version of the commit.
+    pub table_version: i64,
+    pub batch: String,
+    pub generation: i64,
+    /// The data files the pipeline version wrote in it.
+    pub files: Vec<String>,
+}
+
 /// What [`DeltaSink::commit_with`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Commit {
@@ -93,6 +186,9 @@ pub struct Commit {
     pub added: Vec<String>,
     /// Data files this commit removed.
     pub removed: Vec<String>,
+    /// Per [`Part`] of a split commit, in the order given, the data files it added (one entry
+    /// holding `added` for a plain commit; empty when already committed).
+    pub parts: Vec<Vec<String>>,
 }
 
 impl Commit {
@@ -101,6 +197,7 @@ impl Commit {
             outcome: CommitOutcome::AlreadyCommitted,
             added: Vec::new(),
             removed: Vec::new(),
+            parts: Vec::new(),
         }
     }
 }
@@ -130,6 +227,8 @@ pub enum SinkError {
     Missing { url: String, files: String },
     #[error("output does not fit the Delta table {url}: {reason}")]
     Schema { url: String, reason: String },
+    #[error("Delta table {url}: {reason}")]
+    Invalid { url: String, reason: String },
 }
 
 /// How often a process cleans up expired log files (after a checkpoint): the cleanup lists the
@@ -344,14 +443,24 @@ impl DeltaSink {
         Ok((table, v))
     }
 
-    /// Whether the table already records this app id.
+    /// Whether the table already records this app id (at any generation).
     pub async fn is_committed(&self, app_id: &str) -> Result<bool, SinkError> {
-        Ok(self.marker(app_id).await?.1.is_some())
+        self.is_committed_at(app_id, 1).await
+    }
+
+    /// Whether the table records this app id at `generation` or a later one: a run of that
+    /// generation is done. A marker of an earlier generation (a run a repair removed) is not.
+    pub async fn is_committed_at(&self, app_id: &str, generation: i64) -> Result<bool, SinkError> {
+        Ok(self
+            .marker(app_id)
+            .await?
+            .1
+            .is_some_and(|v| v >= generation))
     }
 
     /// Takes in the table a commit of `app_id` returned, and every few commits (a checkpoint
     /// was just written) cleans up expired log files beside the batches.
-    async fn adopt(&self, app_id: &str, table: DeltaTable) {
+    async fn adopt(&self, txns: &[(String, i64)], table: DeltaTable) {
         let Some(version) = table.version() else {
             return;
         };
@@ -371,7 +480,7 @@ impl DeltaSink {
         };
         if let Some(m) = h.markers.as_mut() {
             let store = table.object_store();
-            if let Err(e) = m.committed(store.as_ref(), app_id, 1, version as i64).await {
+            if let Err(e) = m.committed(store.as_ref(), txns, version as i64).await {
                 tracing::debug!(error = %e, "batch markers fell behind; reading them again");
                 h.markers = None;
             }
@@ -439,42 +548,102 @@ impl DeltaSink {
         batches: Vec<RecordBatch>,
         extras: CommitExtras,
     ) -> Result<Commit, SinkError> {
-        let batches = batches
+        self.commit_parts(app_id, None, batches, extras).await
+    }
+
+    /// Commits the rows of several pipeline versions of one batch (a `route_key` split) in
+    /// one commit under `app_id`, exactly once like [`DeltaSink::commit_with`]. Each part's
+    /// rows go to data files of their own, and the commit's `commitInfo` records which files
+    /// each version wrote: `sluice.parts = [{"version": v, "files": [...]}, ...]` inside the
+    /// `sluice` entry of `extras.metadata` (created when absent). `Commit::parts` says the same.
+    pub async fn commit_split(
+        &self,
+        app_id: &str,
+        parts: Vec<Part>,
+        extras: CommitExtras,
+    ) -> Result<Commit, SinkError> {
+        let versions: Vec<i64> = parts.iter().map(|p| p.version).collect();
+        let mut grouped = Vec::new();
+        for p in parts {
+            grouped.push(self.compatible(p.batches)?);
+        }
+        let batches: Vec<RecordBatch> = grouped.iter().flatten().cloned().collect();
+        if batches.is_empty() && versions.is_empty() {
+            return self.commit_with(app_id, batches, extras).await;
+        }
+        self.commit_parts(app_id, Some((versions, grouped)), Vec::new(), extras)
+            .await
+    }
+
+    fn compatible(&self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, SinkError> {
+        batches
             .into_iter()
             .map(|b| delta_compatible(&b))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|reason| SinkError::Schema {
                 url: self.url.to_string(),
                 reason,
-            })?;
+            })
+    }
+
+    async fn commit_parts(
+        &self,
+        app_id: &str,
+        split: Option<(Vec<i64>, Vec<Vec<RecordBatch>>)>,
+        batches: Vec<RecordBatch>,
+        extras: CommitExtras,
+    ) -> Result<Commit, SinkError> {
+        if extras.generation < 1 {
+            return Err(SinkError::Invalid {
+                url: self.url.to_string(),
+                reason: format!(
+                    "generation {} of batch {app_id}: generations start at 1",
+                    extras.generation
+                ),
+            });
+        }
+        let batches = self.compatible(batches)?;
         // Conflicts with other writers' appends are resolved inside delta-rs; what reaches us is
         // a real conflict (our app id, a file we remove removed by another commit, or the table
         // being created concurrently): refresh, look again, retry a few times.
         let mut last_error = None;
         for _ in 0..5 {
             let (table, marker) = self.marker(app_id).await?;
-            if marker.is_some() {
+            if marker.is_some_and(|v| v >= extras.generation) {
                 return Ok(Commit::already());
             }
-            let removes = self.removes_in(&table, &extras)?;
-            let props = CommitProperties::default()
-                .with_application_transaction(Transaction::new_with_last_update(
-                    app_id,
-                    1,
-                    Some(sluice_core::now_millis()),
-                ))
-                .with_metadata(extras.metadata.clone())
-                .with_max_retries(50)
-                // Not after every commit: the cleanup lists the whole log (see `adopt`).
-                .with_cleanup_expired_logs(Some(false));
-            let attempt = if removes.is_empty() {
-                self.append(&table, batches.clone(), props).await
-            } else {
-                self.replace(&table, batches.clone(), removes, props).await
+            if split.is_some() && table.version().is_none() {
+                return Err(SinkError::Invalid {
+                    url: self.url.to_string(),
+                    reason: "a route_key split commits into an existing table (stable's first batch creates it)".into(),
+                });
+            }
+            let removes = self.removes_in(&table, &extras.removes, extras.missing)?;
+            let txn = Transaction::new_with_last_update(
+                app_id,
+                extras.generation,
+                Some(sluice_core::now_millis()),
+            );
+            let props = commit_properties(vec![txn], extras.metadata.clone());
+            let attempt = match &split {
+                Some((versions, parts)) => {
+                    let metadata = extras.metadata.clone();
+                    let versions = versions.clone();
+                    let record =
+                        move |files: &[Vec<String>]| with_parts(metadata.clone(), &versions, files);
+                    self.replace(&table, parts.clone(), removes, props, Some(&record))
+                        .await
+                }
+                None if removes.is_empty() => self.append(&table, batches.clone(), props).await,
+                None => {
+                    self.replace(&table, vec![batches.clone()], removes, props, None)
+                        .await
+                }
             };
             match attempt {
                 Ok((t, commit)) => {
-                    self.adopt(app_id, t).await;
+                    self.adopt(&[(app_id.to_string(), extras.generation)], t)
+                        .await;
                     return Ok(commit);
                 }
                 // A full or read-only disk will not clear up in a retry; the worker waits for it.
@@ -485,11 +654,246 @@ impl DeltaSink {
                 }
             }
         }
-        if self.marker(app_id).await?.1.is_some() {
+        if self
+            .marker(app_id)
+            .await?
+            .1
+            .is_some_and(|v| v >= extras.generation)
+        {
             return Ok(Commit::already());
         }
         Err(self
             .err(last_error.unwrap_or_else(|| DeltaTableError::Generic("commit failed".into()))))
+    }
+
+    /// Removes the rows of bad runs of `batches` in one commit: exactly the data files `files`
+    /// (what the store recorded those runs added; see [`DeltaSink::commits_of_version`] for the
+    /// log's own record), and for each batch a txn action at the bad run's generation, which
+    /// fences every run of that generation:
+    ///
+    /// * one still in flight that commits later carries the same app id, so Delta's conflict
+    ///   check refuses it (`ConcurrentTransaction`); it refreshes, finds its generation's
+    ///   marker and reports already committed, writing nothing;
+    /// * one that starts later finds the marker and writes nothing;
+    /// * the re-run under generation + 1 does not count the marker and commits once.
+    ///
+    /// Refused, listing them, when any of `files` is no longer in the table (rewritten by a
+    /// compaction, or removed by another repair): the rows cannot be told apart, so nothing is
+    /// removed. When a run of a repaired batch at or below its generation commits while the
+    /// repair is being made, the retry removes its files too (read from that commit).
+    /// `reason` goes into `commitInfo` (`sluice.repair`) with the batches and files.
+    pub async fn repair(
+        &self,
+        batches: &[RepairBatch],
+        files: Vec<String>,
+        reason: serde_json::Value,
+    ) -> Result<Repaired, SinkError> {
+        let invalid = |reason: String| SinkError::Invalid {
+            url: self.url.to_string(),
+            reason,
+        };
+        if let Some(b) = batches.iter().find(|b| b.generation < 1) {
+            return Err(invalid(format!(
+                "repair of {}: generation {} (generations start at 1)",
+                b.app_id, b.generation
+            )));
+        }
+        let mut files = files;
+        let mut base = None;
+        let mut last_error = None;
+        for _ in 0..5 {
+            let table = self.refreshed().await?;
+            let Some(current) = table.version() else {
+                return Err(invalid(
+                    "the table does not exist yet: there is nothing to repair".into(),
+                ));
+            };
+            // Runs of the repaired batches that committed since the last attempt looked.
+            if let Some(from) = base {
+                files.extend(self.landed_since(&table, from, batches).await?);
+                files.sort();
+                files.dedup();
+            }
+            base = Some(current);
+            let removes = self.removes_in(&table, &files, MissingRemoves::Refuse)?;
+            let mut txns = Vec::new();
+            let now = sluice_core::now_millis();
+            for b in batches {
+                // Never lower a marker: Delta keeps the latest txn action per app id.
+                let recorded = self.marker(&b.app_id).await?.1.unwrap_or(0);
+                txns.push(Transaction::new_with_last_update(
+                    &b.app_id,
+                    recorded.max(b.generation),
+                    Some(now),
+                ));
+            }
+            let removed: Vec<String> = removes.iter().map(|r| r.path.clone()).collect();
+            let metadata = vec![(
+                "sluice".to_string(),
+                serde_json::json!({
+                    "repair": {
+                        "batches": batches
+                            .iter()
+                            .map(|b| serde_json::json!({"app_id": b.app_id, "generation": b.generation}))
+                            .collect::<Vec<_>>(),
+                        "removed": removed,
+                        "reason": reason,
+                    }
+                }),
+            )];
+            let adopted: Vec<(String, i64)> =
+                txns.iter().map(|t| (t.app_id.clone(), t.version)).collect();
+            // The builder adds the txn actions to the commit's actions, where the conflict
+            // checker reads a commit's app ids from.
+            let props = commit_properties(txns, metadata);
+            let actions: Vec<Action> = removes.into_iter().map(Action::Remove).collect();
+            let snapshot = table.snapshot().map_err(|e| self.err(e))?;
+            let operation = DeltaOperation::Delete {
+                predicate: Some("sluice repair".into()),
+            };
+            match CommitBuilder::from(props)
+                .with_actions(actions)
+                .build(Some(snapshot), table.log_store(), operation)
+                .await
+            {
+                Ok(finalized) => {
+                    let version = finalized.version();
+                    let mut t = table.clone();
+                    t.update_incremental(Some(version))
+                        .await
+                        .map_err(|e| self.err(e))?;
+                    self.adopt(&adopted, t).await;
+                    return Ok(Repaired {
+                        version: version as i64,
+                        removed,
+                    });
+                }
+                Err(e) if crate::storage_outage(&e).is_some() => return Err(self.err(e)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "repair commit refused; refreshing");
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(self
+            .err(last_error.unwrap_or_else(|| DeltaTableError::Generic("repair failed".into()))))
+    }
+
+    /// The data files added by commits after table version `from` that carry a marker of one
+    /// of `batches` at or below its generation (a run the repair must remove too).
+    async fn landed_since(
+        &self,
+        table: &DeltaTable,
+        from: u64,
+        batches: &[RepairBatch],
+    ) -> Result<Vec<String>, SinkError> {
+        let Some(latest) = table.version() else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for version in from + 1..=latest {
+            let actions = self.commit_actions(table, version).await?;
+            let ours = actions.iter().any(|a| {
+                matches!(a, Action::Txn(t) if batches.iter().any(|b| b.app_id == t.app_id && t.version <= b.generation))
+            });
+            if ours {
+                out.extend(actions.into_iter().filter_map(|a| match a {
+                    Action::Add(add) => Some(add.path),
+                    _ => None,
+                }));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn commit_actions(
+        &self,
+        table: &DeltaTable,
+        version: u64,
+    ) -> Result<Vec<Action>, SinkError> {
+        let Some(bytes) = table
+            .log_store()
+            .read_commit_entry(version)
+            .await
+            .map_err(|e| self.err(e))?
+        else {
+            return Ok(Vec::new());
+        };
+        deltalake::logstore::get_actions(version, &bytes).map_err(|e| self.err(e))
+    }
+
+    /// Every batch commit pipeline `pipeline` at version `pipeline_version` made among the
+    /// table's newest `within` commits, read from each commit's `commitInfo` (`sluice` entry)
+    /// and adds: the log's own record of a version's rows, for a repair when the store lost
+    /// them. In a split commit only the files that version wrote count. Repair commits and
+    /// commits of other versions are left out. Oldest first.
+    pub async fn commits_of_version(
+        &self,
+        pipeline: &str,
+        pipeline_version: i64,
+        within: u64,
+    ) -> Result<Vec<VersionCommit>, SinkError> {
+        let table = self.refreshed().await?;
+        let Some(latest) = table.version() else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for version in latest.saturating_sub(within)..=latest {
+            let actions = self.commit_actions(&table, version).await?;
+            let Some(info) = actions.iter().find_map(|a| match a {
+                Action::CommitInfo(c) => c.info.get("sluice").cloned(),
+                _ => None,
+            }) else {
+                continue;
+            };
+            if info.get("pipeline").and_then(|p| p.as_str()) != Some(pipeline) {
+                continue;
+            }
+            let Some(batch) = info.get("batch").and_then(|b| b.as_str()) else {
+                continue;
+            };
+            let files: Vec<String> = match info.get("parts").and_then(|p| p.as_array()) {
+                Some(parts) => parts
+                    .iter()
+                    .filter(|p| p.get("version").and_then(|v| v.as_i64()) == Some(pipeline_version))
+                    .flat_map(|p| {
+                        p.get("files")
+                            .and_then(|f| f.as_array())
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|f| f.as_str().map(str::to_string))
+                    })
+                    .collect(),
+                None if info.get("version").and_then(|v| v.as_i64()) == Some(pipeline_version) => {
+                    actions
+                        .iter()
+                        .filter_map(|a| match a {
+                            Action::Add(add) => Some(add.path.clone()),
+                            _ => None,
+                        })
+                        .collect()
+                }
+                None => continue,
+            };
+            if files.is_empty() && info.get("parts").is_some() {
+                continue;
+            }
+            let app_id = DeltaSink::app_id(pipeline, batch);
+            let generation = actions
+                .iter()
+                .find_map(|a| match a {
+                    Action::Txn(t) if t.app_id == app_id => Some(t.version),
+                    _ => None,
+                })
+                .unwrap_or(1);
+            out.push(VersionCommit {
+                table_version: version as i64,
+                batch: batch.to_string(),
+                generation,
+                files,
+            });
+        }
+        Ok(out)
     }
 
     /// The remove actions for `extras.removes` that are still in `table`. A file no longer in
@@ -498,24 +902,32 @@ impl DeltaSink {
     fn removes_in(
         &self,
         table: &DeltaTable,
-        extras: &CommitExtras,
+        removes: &[String],
+        missing: MissingRemoves,
     ) -> Result<Vec<deltalake::kernel::Remove>, SinkError> {
-        if extras.removes.is_empty() || table.version().is_none() {
+        if removes.is_empty() {
             return Ok(Vec::new());
         }
-        let wanted: std::collections::HashSet<&str> =
-            extras.removes.iter().map(String::as_str).collect();
+        if table.version().is_none() {
+            if missing == MissingRemoves::Refuse {
+                return Err(SinkError::Missing {
+                    url: self.url.to_string(),
+                    files: removes.join(", "),
+                });
+            }
+            return Ok(Vec::new());
+        }
+        let wanted: std::collections::HashSet<&str> = removes.iter().map(String::as_str).collect();
         let snapshot = table.snapshot().map_err(|e| self.err(e))?;
         let live: Vec<_> = snapshot
             .log_data()
             .iter()
             .filter(|f| wanted.contains(f.path().as_ref()))
             .collect();
-        if extras.missing == MissingRemoves::Refuse && live.len() < wanted.len() {
+        if missing == MissingRemoves::Refuse && live.len() < wanted.len() {
             let present: std::collections::HashSet<String> =
                 live.iter().map(|f| f.path().to_string()).collect();
-            let gone: Vec<&str> = extras
-                .removes
+            let gone: Vec<&str> = removes
                 .iter()
                 .filter(|p| !present.contains(p.as_str()))
                 .map(String::as_str)
@@ -564,6 +976,7 @@ impl DeltaSink {
             outcome: CommitOutcome::Committed {
                 version: version as i64,
             },
+            parts: vec![added.clone()],
             added,
             removed: Vec::new(),
         };
@@ -573,12 +986,16 @@ impl DeltaSink {
     /// Adds and removes in one commit: the data files are written first, then one commit
     /// carries their adds, the removes, the txn marker and (when the batch brings new columns)
     /// the merged schema, so readers see the old rows or the new ones, never both or neither.
+    ///
+    /// Each of `parts` is flushed to files of its own; `record`, when given, turns the files
+    /// of each part into the commit's `commitInfo` entries (which version wrote which files).
     async fn replace(
         &self,
         table: &DeltaTable,
-        batches: Vec<RecordBatch>,
+        parts: Vec<Vec<RecordBatch>>,
         removes: Vec<deltalake::kernel::Remove>,
         props: CommitProperties,
+        record: Option<&RecordParts>,
     ) -> Result<(DeltaTable, Commit), DeltaTableError> {
         use deltalake::kernel::MetadataExt as _;
         use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
@@ -587,13 +1004,23 @@ impl DeltaSink {
         let mut writer =
             RecordBatchWriter::for_table(table)?.with_writer_properties(writer_properties());
         let before = writer.arrow_schema();
-        for batch in batches {
-            writer
-                .write_with_mode(batch, WriteMode::MergeSchema)
-                .await?;
+        let mut adds = Vec::new();
+        let mut by_part = Vec::new();
+        for batches in parts {
+            for batch in batches {
+                writer
+                    .write_with_mode(batch, WriteMode::MergeSchema)
+                    .await?;
+            }
+            let flushed = writer.flush().await?;
+            by_part.push(flushed.iter().map(|a| a.path.clone()).collect::<Vec<_>>());
+            adds.extend(flushed);
         }
         let after = writer.arrow_schema();
-        let adds = writer.flush().await?;
+        let props = match record {
+            Some(record) => props.with_metadata(record(&by_part)),
+            None => props,
+        };
         let added: Vec<String> = adds.iter().map(|a| a.path.clone()).collect();
         let removed: Vec<String> = removes.iter().map(|r| r.path.clone()).collect();
         let mut actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
@@ -623,6 +1050,7 @@ impl DeltaSink {
             },
             added,
             removed,
+            parts: by_part,
         };
         Ok((t, commit))
     }
@@ -782,6 +1210,44 @@ impl DeltaSink {
             .map_err(|e| generic(&e))?;
         Ok(true)
     }
+}
+
+/// Turns the files each part of a split commit wrote into its `commitInfo` entries.
+type RecordParts = dyn Fn(&[Vec<String>]) -> Vec<(String, serde_json::Value)> + Sync;
+
+/// The properties of a sluice commit: its txn markers and `commitInfo` entries.
+fn commit_properties(
+    txns: Vec<Transaction>,
+    metadata: Vec<(String, serde_json::Value)>,
+) -> CommitProperties {
+    CommitProperties::default()
+        .with_application_transactions(txns)
+        .with_metadata(metadata)
+        .with_max_retries(50)
+        // Not after every commit: the cleanup lists the whole log (see `adopt`).
+        .with_cleanup_expired_logs(Some(false))
+}
+
+/// `metadata` with `sluice.parts` recording the files each pipeline version of a split commit
+/// wrote.
+fn with_parts(
+    mut metadata: Vec<(String, serde_json::Value)>,
+    versions: &[i64],
+    files: &[Vec<String>],
+) -> Vec<(String, serde_json::Value)> {
+    let parts: Vec<serde_json::Value> = versions
+        .iter()
+        .zip(files)
+        .map(|(v, f)| serde_json::json!({"version": v, "files": f}))
+        .collect();
+    match metadata.iter_mut().find(|(k, _)| k == "sluice") {
+        Some((_, serde_json::Value::Object(m))) => {
+            m.insert("parts".into(), serde_json::Value::Array(parts));
+        }
+        Some((_, other)) => *other = serde_json::json!({"parts": parts}),
+        None => metadata.push(("sluice".into(), serde_json::json!({"parts": parts}))),
+    }
+    metadata
 }
 
 /// Parquet settings of the data files sluice writes: snappy (what Spark, DuckDB and delta-rs

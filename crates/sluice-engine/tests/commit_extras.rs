@@ -38,6 +38,7 @@ fn removing(files: &[String], missing: MissingRemoves) -> CommitExtras {
         removes: files.to_vec(),
         missing,
         metadata: vec![("sluice".into(), serde_json::json!({"batch": "x"}))],
+        ..CommitExtras::default()
     }
 }
 

@@ -125,26 +125,29 @@ impl Markers {
         Ok(())
     }
 
-    /// Records the sink's own commit of `app_id` at table version `version`, when the markers
-    /// were complete up to the version before it (else the log is read from where they stop).
+    /// Records the sink's own commit of `txns` (app id, txn version) at table version
+    /// `version`, when the markers were complete up to the version before it (else the log is
+    /// read from where they stop).
     pub(super) async fn committed(
         &mut self,
         store: &dyn ObjectStore,
-        app_id: &str,
-        txn_version: i64,
+        txns: &[(String, i64)],
         version: i64,
     ) -> Result<(), String> {
         if self.through.is_some_and(|t| t >= version) {
             return Ok(());
         }
         self.advance(store, version - 1).await?;
-        self.put(
-            app_id.to_string(),
-            Marker {
-                version: txn_version,
-                last_updated: Some(sluice_core::now_millis()),
-            },
-        );
+        let now = sluice_core::now_millis();
+        for (app_id, txn_version) in txns {
+            self.put(
+                app_id.clone(),
+                Marker {
+                    version: *txn_version,
+                    last_updated: Some(now),
+                },
+            );
+        }
         self.through = Some(version);
         Ok(())
     }

@@ -1,0 +1,393 @@
+//! Generations on batch markers and the repair commit that removes a bad run's rows: a repaired
+//! batch re-runs under the next generation exactly once, and every run of the repaired
+//! generation (in flight or later) is fenced off.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema};
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::protocol::SaveMode;
+use sluice_engine::sink::{
+    CommitExtras, CommitOutcome, DeltaSink, Part, RepairBatch, SinkError, table_url,
+};
+
+fn batch(ids: std::ops::Range<i64>) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+    RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values(ids))]).unwrap()
+}
+
+async fn ids(sink: &DeltaSink) -> BTreeMap<i64, usize> {
+    let mut out = BTreeMap::new();
+    for b in sink.read_all().await.unwrap() {
+        let col = b.column_by_name("id").unwrap();
+        let col = arrow::compute::cast(col, &DataType::Int64).unwrap();
+        for v in col
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .iter()
+            .flatten()
+        {
+            *out.entry(v).or_default() += 1;
+        }
+    }
+    out
+}
+
+fn once(range: std::ops::Range<i64>) -> BTreeMap<i64, usize> {
+    range.map(|i| (i, 1)).collect()
+}
+
+fn generation(g: i64) -> CommitExtras {
+    CommitExtras {
+        generation: g,
+        ..CommitExtras::default()
+    }
+}
+
+fn stamped(pipeline: &str, version: i64, batch: &str, g: i64) -> CommitExtras {
+    CommitExtras {
+        generation: g,
+        metadata: vec![(
+            "sluice".into(),
+            serde_json::json!({"pipeline": pipeline, "version": version, "batch": batch}),
+        )],
+        ..CommitExtras::default()
+    }
+}
+
+fn bad(app: &str, g: i64) -> RepairBatch {
+    RepairBatch {
+        app_id: app.to_string(),
+        generation: g,
+    }
+}
+
+async fn latest(sink: &DeltaSink) -> i64 {
+    sink.describe().await.unwrap().unwrap().version
+}
+
+#[tokio::test]
+async fn a_repaired_batch_reruns_under_the_next_generation_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = table_url("t", dir.path()).unwrap();
+    let s = DeltaSink::new(url.clone());
+    let app = DeltaSink::app_id("p", "b1");
+    s.commit("p/other", vec![batch(1000..1002)]).await.unwrap();
+    let bad_run = s
+        .commit_with(&app, vec![batch(0..5)], generation(1))
+        .await
+        .unwrap();
+    assert!(matches!(bad_run.outcome, CommitOutcome::Committed { .. }));
+    assert!(s.is_committed_at(&app, 1).await.unwrap());
+    assert!(
+        !s.is_committed_at(&app, 2).await.unwrap(),
+        "generation 1's marker does not make generation 2 done"
+    );
+
+    let repaired = s
+        .repair(
+            &[bad(&app, 1)],
+            bad_run.added.clone(),
+            serde_json::json!("candidate v2 rolled back"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(repaired.removed, bad_run.added);
+    assert_eq!(
+        ids(&s).await,
+        once(1000..1002),
+        "the bad run's rows are gone"
+    );
+
+    // A run of the repaired generation starting now (this process, and another one reading
+    // the markers from the log) finds its marker and writes nothing.
+    let late = s
+        .commit_with(&app, vec![batch(0..5)], generation(1))
+        .await
+        .unwrap();
+    assert_eq!(late.outcome, CommitOutcome::AlreadyCommitted);
+    let other = DeltaSink::new(url.clone());
+    let late = other
+        .commit_with(&app, vec![batch(0..5)], generation(1))
+        .await
+        .unwrap();
+    assert_eq!(late.outcome, CommitOutcome::AlreadyCommitted);
+    assert_eq!(ids(&s).await, once(1000..1002));
+
+    // The trap: the re-run under generation 2 must not be taken for committed by generation
+    // 1's marker, in this process or another one.
+    assert!(!other.is_committed_at(&app, 2).await.unwrap());
+    let rerun = other
+        .commit_with(&app, vec![batch(100..105)], generation(2))
+        .await
+        .unwrap();
+    assert!(
+        matches!(rerun.outcome, CommitOutcome::Committed { .. }),
+        "{rerun:?}"
+    );
+    for sink in [&s, &other, &DeltaSink::new(url.clone())] {
+        let again = sink
+            .commit_with(&app, vec![batch(100..105)], generation(2))
+            .await
+            .unwrap();
+        assert_eq!(again.outcome, CommitOutcome::AlreadyCommitted);
+        assert!(sink.is_committed_at(&app, 2).await.unwrap());
+    }
+    let mut want = once(1000..1002);
+    want.extend(once(100..105));
+    assert_eq!(ids(&s).await, want);
+    assert_eq!(
+        s.added_by(&app, 10).await.unwrap().map(|(_, f)| f),
+        Some(rerun.added),
+        "the batch's commit is the re-run's"
+    );
+
+    // Generations start at 1.
+    let err = s
+        .commit_with(&app, vec![batch(0..1)], generation(0))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("generations start at 1"), "{err}");
+}
+
+#[tokio::test]
+async fn a_run_in_flight_from_before_the_repair_conflicts_and_adds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = table_url("t", dir.path()).unwrap();
+    let s = DeltaSink::new(url.clone());
+    let app = DeltaSink::app_id("p", "b1");
+    let bad_run = s
+        .commit_with(&app, vec![batch(0..5)], generation(1))
+        .await
+        .unwrap();
+
+    // Two writers prepared their commits from the snapshot before the repair: a run of the
+    // repaired batch at the repaired generation, and an unrelated batch.
+    let stale = deltalake::open_table(url.clone()).await.unwrap();
+    s.repair(&[bad(&app, 1)], bad_run.added, serde_json::json!("test"))
+        .await
+        .unwrap();
+    let fenced = stale
+        .clone()
+        .write(vec![batch(50..55)])
+        .with_save_mode(SaveMode::Append)
+        .with_commit_properties(
+            CommitProperties::default()
+                .with_application_transaction(Transaction::new(&app, 1))
+                .with_max_retries(5),
+        )
+        .await;
+    fenced.expect_err("a stale run of the repaired batch must be refused");
+    assert!(ids(&s).await.is_empty(), "neither bad run's rows appear");
+
+    // A repair that removes nothing (an abort of a batch still in flight) fences by the txn
+    // action alone: the stale run is refused for its app id (`ConcurrentTransaction`), while a
+    // stale commit of another batch, a blind append, goes through.
+    let in_flight = DeltaSink::app_id("p", "b3");
+    let stale = deltalake::open_table(url.clone()).await.unwrap();
+    let before = stale.version();
+    s.repair(
+        &[bad(&in_flight, 1)],
+        Vec::new(),
+        serde_json::json!("abort"),
+    )
+    .await
+    .unwrap();
+    let write = |table: deltalake::DeltaTable, app: String, rows| async move {
+        table
+            .write(vec![batch(rows)])
+            .with_save_mode(SaveMode::Append)
+            .with_commit_properties(
+                CommitProperties::default()
+                    .with_application_transaction(Transaction::new(app, 1))
+                    .with_max_retries(5),
+            )
+            .await
+    };
+    let err = write(stale.clone(), in_flight.clone(), 50..55)
+        .await
+        .expect_err("the repair's txn action must fence the stale run");
+    assert!(
+        format!("{err:?}").contains("ConcurrentTransaction"),
+        "refused for the app id: {err:?}"
+    );
+    let other = write(stale, DeltaSink::app_id("p", "b4"), 60..62)
+        .await
+        .unwrap();
+    assert!(other.version() > before);
+    assert_eq!(ids(&s).await, once(60..62));
+
+    // The sink's own retry after such a refusal: it finds the marker and reports done.
+    for app in [&app, &in_flight] {
+        let retry = DeltaSink::new(url.clone())
+            .commit_with(app, vec![batch(50..55)], generation(1))
+            .await
+            .unwrap();
+        assert_eq!(retry.outcome, CommitOutcome::AlreadyCommitted);
+    }
+    assert_eq!(ids(&s).await, once(60..62));
+}
+
+#[tokio::test]
+async fn a_repair_refuses_files_that_are_no_longer_in_the_table_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = DeltaSink::new(table_url("t", dir.path()).unwrap());
+    let a = DeltaSink::app_id("p", "a");
+    let b = DeltaSink::app_id("p", "b");
+    let run_a = s
+        .commit_with(&a, vec![batch(0..3)], generation(1))
+        .await
+        .unwrap();
+    let run_b = s
+        .commit_with(&b, vec![batch(10..13)], generation(1))
+        .await
+        .unwrap();
+    // b's file is rewritten (what a compaction does): removed, its rows in a new file.
+    s.commit_with(
+        "compact",
+        vec![batch(10..13)],
+        CommitExtras {
+            removes: run_b.added.clone(),
+            ..CommitExtras::default()
+        },
+    )
+    .await
+    .unwrap();
+    let version = latest(&s).await;
+    let files: Vec<String> = run_a.added.iter().chain(&run_b.added).cloned().collect();
+    let err = s
+        .repair(&[bad(&a, 1), bad(&b, 1)], files, serde_json::json!("test"))
+        .await
+        .unwrap_err();
+    match &err {
+        SinkError::Missing { files, .. } => {
+            assert_eq!(
+                files,
+                &run_b.added.join(", "),
+                "names the rewritten file only"
+            )
+        }
+        other => panic!("expected Missing, got {other}"),
+    }
+    assert_eq!(latest(&s).await, version, "nothing was committed");
+    let mut want = once(0..3);
+    want.extend(once(10..13));
+    assert_eq!(ids(&s).await, want, "no row was removed");
+    // Not fenced either: the batches' generation 1 markers are as they were.
+    assert!(s.is_committed_at(&a, 1).await.unwrap());
+    assert!(!s.is_committed_at(&a, 2).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_repair_of_a_batch_never_committed_fences_its_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = DeltaSink::new(table_url("t", dir.path()).unwrap());
+    s.commit("p/first", vec![batch(0..1)]).await.unwrap();
+    let app = DeltaSink::app_id("p", "in-flight");
+    s.repair(&[bad(&app, 3)], Vec::new(), serde_json::json!("abort"))
+        .await
+        .unwrap();
+    for g in 1..=3 {
+        let c = s
+            .commit_with(&app, vec![batch(5..6)], generation(g))
+            .await
+            .unwrap();
+        assert_eq!(c.outcome, CommitOutcome::AlreadyCommitted, "generation {g}");
+    }
+    let c = s
+        .commit_with(&app, vec![batch(5..6)], generation(4))
+        .await
+        .unwrap();
+    assert!(matches!(c.outcome, CommitOutcome::Committed { .. }));
+    let mut want = once(0..1);
+    want.extend(once(5..6));
+    assert_eq!(ids(&s).await, want);
+    // A repair of a lower generation than the marker records never lowers it.
+    s.repair(&[bad(&app, 1)], c.added, serde_json::json!("again"))
+        .await
+        .unwrap();
+    assert!(s.is_committed_at(&app, 4).await.unwrap());
+    let err = s
+        .repair(&[bad(&app, 0)], Vec::new(), serde_json::json!("x"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("generations start at 1"), "{err}");
+}
+
+#[tokio::test]
+async fn the_log_tells_which_files_each_pipeline_version_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = DeltaSink::new(table_url("t", dir.path()).unwrap());
+    let b1 = s
+        .commit_with(
+            &DeltaSink::app_id("p", "b1"),
+            vec![batch(0..2)],
+            stamped("p", 1, "b1", 1),
+        )
+        .await
+        .unwrap();
+    let b2 = s
+        .commit_with(
+            &DeltaSink::app_id("p", "b2"),
+            vec![batch(2..4)],
+            stamped("p", 2, "b2", 1),
+        )
+        .await
+        .unwrap();
+    s.commit_with(
+        &DeltaSink::app_id("q", "b9"),
+        vec![batch(9..10)],
+        stamped("q", 1, "b9", 1),
+    )
+    .await
+    .unwrap();
+    let split = s
+        .commit_split(
+            &DeltaSink::app_id("p", "b3"),
+            vec![
+                Part {
+                    version: 1,
+                    batches: vec![batch(4..6)],
+                },
+                Part {
+                    version: 2,
+                    batches: vec![batch(6..9)],
+                },
+            ],
+            stamped("p", 1, "b3", 2),
+        )
+        .await
+        .unwrap();
+    assert_eq!(split.parts.len(), 2);
+    assert!(split.parts.iter().all(|f| !f.is_empty()));
+    let mut all = split.parts.concat();
+    all.sort();
+    let mut added = split.added.clone();
+    added.sort();
+    assert_eq!(all, added, "the parts' files are the commit's files");
+    // A repair commit is not a version's batch commit.
+    s.repair(
+        &[bad(&DeltaSink::app_id("p", "b2"), 1)],
+        b2.added.clone(),
+        serde_json::json!("rollback of v2"),
+    )
+    .await
+    .unwrap();
+
+    let v1 = s.commits_of_version("p", 1, 100).await.unwrap();
+    let got: Vec<(&str, i64, &Vec<String>)> = v1
+        .iter()
+        .map(|c| (c.batch.as_str(), c.generation, &c.files))
+        .collect();
+    assert_eq!(got, vec![("b1", 1, &b1.added), ("b3", 2, &split.parts[0])]);
+    let v2 = s.commits_of_version("p", 2, 100).await.unwrap();
+    let got: Vec<(&str, &Vec<String>)> = v2.iter().map(|c| (c.batch.as_str(), &c.files)).collect();
+    assert_eq!(got, vec![("b2", &b2.added), ("b3", &split.parts[1])]);
+    assert!(s.commits_of_version("p", 3, 100).await.unwrap().is_empty());
+    // Only the newest `within` commits are read.
+    assert_eq!(s.commits_of_version("p", 1, 1).await.unwrap().len(), 1);
+}
