@@ -175,6 +175,13 @@ pub fn storage_outage(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     None
 }
 
+/// A batch's commit failing, as the batch's error.
+fn commit_failed(slice: &BatchSlice, rows_in: i64, e: SinkError) -> BatchError {
+    let message = format!("{}: {e}", slice_label(slice));
+    let e = EngineError::Sink(e);
+    BatchError::new(e.kind(), message, rows_in).or_outage(&e)
+}
+
 /// The measurements of a successful run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchResult {
@@ -686,11 +693,7 @@ impl Pipeline {
             .sink
             .commit_with(&app_id, audit.publish, extras)
             .await
-            .map_err(|e| {
-                let message = format!("{}: {e}", slice_label(slice));
-                let e = EngineError::Sink(e);
-                BatchError::new(e.kind(), message, rows_in).or_outage(&e)
-            })?;
+            .map_err(|e| commit_failed(slice, rows_in, e))?;
         let (outcome, table_version, added) = match commit.outcome {
             CommitOutcome::Committed { version } => {
                 (BatchOutcome::Committed, Some(version), commit.added)

@@ -21,7 +21,7 @@ use arrow::datatypes::DataType;
 use sluice_core::{BatchId, BatchOutcome, BatchSlice, ErrorKind};
 
 use crate::sink::{CommitExtras, CommitOutcome, DeltaSink, MissingRemoves, Part};
-use crate::{BatchError, BatchResult, EngineError, Pipeline, RunOptions, slice_label};
+use crate::{BatchError, BatchResult, Pipeline, RunOptions, commit_failed, slice_label};
 
 /// The seed of the route hash. Changing it moves almost every key to the other side.
 pub const ROUTE_SEED: u64 = 0;
@@ -272,11 +272,7 @@ pub async fn run_batch_split(
     let commit = sink
         .commit_split(&app_id, parts, extras)
         .await
-        .map_err(|e| {
-            let message = format!("{}: {e}", slice_label(slice));
-            let e = EngineError::Sink(e);
-            BatchError::new(e.kind(), message, rows_in).or_outage(&e)
-        })?;
+        .map_err(|e| commit_failed(slice, rows_in, e))?;
     let (outcome, version, added, mut by_part) = match commit.outcome {
         CommitOutcome::Committed { version } => (
             BatchOutcome::Committed,

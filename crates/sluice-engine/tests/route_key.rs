@@ -72,6 +72,19 @@ fn rows_of_files(table: &Path, files: &[String]) -> BTreeMap<i64, Vec<String>> {
     rows_by(&batches)
 }
 
+/// A folder with stable (v1) and candidate (v2) of pipeline `p`, and the table stable's first
+/// batch created (ids 1000..1003).
+async fn setup() -> (tempfile::TempDir, Pipeline, Pipeline) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("in")).unwrap();
+    let stable = pipeline(dir.path(), "v1", 1).await;
+    let candidate = pipeline(dir.path(), "v2", 2).await;
+    csv(dir.path(), "a.csv", 1000..1003);
+    let (id, slice) = slice_of(&stable, "a.csv").await;
+    stable.run_batch(&id, &slice).await.unwrap();
+    (dir, stable, candidate)
+}
+
 fn expected_side(route: &Route, id: i64) -> &'static str {
     match route.side_of(Some(id.to_string().as_bytes())) {
         Side::Stable => "v1",
@@ -126,14 +139,7 @@ fn the_route_hash_is_pinned_and_weights_move_keys_one_way() {
 
 #[tokio::test]
 async fn a_split_batch_commits_both_versions_once_and_records_their_files() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("in")).unwrap();
-    let stable = pipeline(dir.path(), "v1", 1).await;
-    let candidate = pipeline(dir.path(), "v2", 2).await;
-    // Stable's first batch creates the table.
-    csv(dir.path(), "a.csv", 1000..1003);
-    let (id, slice) = slice_of(&stable, "a.csv").await;
-    stable.run_batch(&id, &slice).await.unwrap();
+    let (dir, stable, candidate) = setup().await;
 
     let route = Route::new("id", 30).unwrap();
     csv(dir.path(), "b.csv", 0..200);
@@ -263,13 +269,7 @@ async fn a_split_batch_commits_both_versions_once_and_records_their_files() {
 
 #[tokio::test]
 async fn weights_0_and_100_put_every_row_on_one_side() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("in")).unwrap();
-    let stable = pipeline(dir.path(), "v1", 1).await;
-    let candidate = pipeline(dir.path(), "v2", 2).await;
-    csv(dir.path(), "a.csv", 1000..1001);
-    let (id, slice) = slice_of(&stable, "a.csv").await;
-    stable.run_batch(&id, &slice).await.unwrap();
+    let (dir, stable, candidate) = setup().await;
     for (w, name, tag) in [(0, "b.csv", "v1"), (100, "c.csv", "v2")] {
         let base = if w == 0 { 0 } else { 500 };
         csv(dir.path(), name, base..base + 50);
