@@ -235,9 +235,23 @@ pub enum SinkError {
 /// whole log, and files expire after days (`delta.logRetentionDuration`, 30 by default).
 const CLEANUP_EVERY: Duration = Duration::from_secs(600);
 
+/// What a commit left: the table delta-rs brought to it, or (`append_on`) only its version
+/// and whether it changed the table's metadata (merged new columns).
+enum Committed {
+    Table(DeltaTable),
+    Appended { version: u64, changed: bool },
+}
+
 /// A Delta table sluice appends batches to. Cheap to share between the workers of a process:
 /// it keeps one snapshot and the table's batch markers, and moves both forward by the commits
 /// that appear in the log, never by replaying it.
+///
+/// The snapshot carries the table's file list, which delta-rs rebuilds (parsing every file's
+/// statistics) whenever the snapshot moves forward: a cost that grows with the table's file
+/// count. A plain append needs none of it (its conflicts are a marker, a metadata or protocol
+/// change, all read from the new commits), so appends are committed straight into the log
+/// and the snapshot only moves when something reads the files (`register`, `may_hold_range`,
+/// removes), the metadata changed, or a checkpoint is due.
 pub struct DeltaSink {
     url: Url,
     handle: Mutex<Option<Handle>>,
@@ -247,6 +261,7 @@ pub struct DeltaSink {
 
 /// The table as this process knows it.
 struct Handle {
+    /// The table with its file list; may lag behind the markers (see [`DeltaSink`]).
     table: DeltaTable,
     /// Every marker of the table through its version; `None` when the log could not be read
     /// here (`unreadable`) or not yet: lookups then ask delta-rs, which replays the log.
@@ -284,6 +299,28 @@ impl Handle {
                 self.unreadable = Some(Instant::now());
             }
         }
+    }
+
+    /// The latest version this handle knows of: the snapshot's or, past it, the markers'.
+    fn latest(&self) -> Option<u64> {
+        let markers = self
+            .markers
+            .as_ref()
+            .and_then(|m| m.through())
+            .map(|v| v as u64);
+        self.table.version().max(markers)
+    }
+
+    /// The version a lagging snapshot may append on top of: the latest known, when the markers
+    /// are read through it, no commit since the snapshot changed metadata or protocol, and the
+    /// log store writes commits with a conditional put (the default log store). `None`: bring
+    /// the snapshot up to date and commit through delta-rs.
+    fn append_base(&self) -> Option<i64> {
+        let snapshot = self.table.version()? as i64;
+        let m = self.markers.as_ref()?;
+        let current = m.changed_at().is_none_or(|at| at <= snapshot);
+        (current && self.table.log_store().name() == "DefaultLogStore")
+            .then(|| m.through().unwrap_or(snapshot).max(snapshot))
     }
 
     /// `app_id`'s recorded version from memory; `None` when the markers are behind the table.
@@ -377,21 +414,42 @@ impl DeltaSink {
         }
     }
 
-    /// Brings the handle up to date: the snapshot to the latest version and the markers with
-    /// it. Asks for the next version's commit file first: no new commit, no log read at all.
-    async fn refresh(&self, slot: &mut Option<Handle>) -> Result<(), SinkError> {
+    /// Brings the handle up to date: the markers to the latest version and, when `files` is
+    /// set or an append could not commit on top of it (see [`Handle::append_base`]), the
+    /// snapshot with them. Asks for the next version's commit file first: no new commit, no
+    /// log read at all.
+    async fn refresh(&self, slot: &mut Option<Handle>, files: bool) -> Result<(), SinkError> {
         match slot.as_mut() {
             Some(h) if h.table.version().is_some() => {
-                let next = h.table.version().unwrap_or_default() + 1;
-                let probe = Path::from(format!("_delta_log/{next:020}.json"));
-                match h.table.object_store().head(&probe).await {
-                    Err(object_store::Error::NotFound { .. }) => {}
-                    // Found, or the store could not say: the update reads the log (and reports).
-                    _ => h
-                        .table
+                let known = h.latest().unwrap_or_default();
+                let probe = Path::from(format!("_delta_log/{:020}.json", known + 1));
+                let found = match h.table.object_store().head(&probe).await {
+                    Err(object_store::Error::NotFound { .. }) => false,
+                    // Found, or the store could not say: read the new commits' markers (the
+                    // listing reports what went wrong).
+                    _ => {
+                        let latest = h
+                            .table
+                            .log_store()
+                            .get_latest_version(known)
+                            .await
+                            .map_err(|e| self.err(e))?;
+                        let store = h.table.object_store();
+                        if let Some(m) = h.markers.as_mut()
+                            && let Err(e) = m.advance(store.as_ref(), latest as i64).await
+                        {
+                            tracing::debug!(error = %e, "batch markers fell behind; reading them again");
+                            h.markers = None;
+                        }
+                        true
+                    }
+                };
+                let behind = h.table.version() < h.latest() || (found && h.markers.is_none());
+                if behind && (files || h.append_base().is_none()) {
+                    h.table
                         .update_incremental(None)
                         .await
-                        .map_err(|e| self.err(e))?,
+                        .map_err(|e| self.err(e))?;
                 }
             }
             _ => {
@@ -409,30 +467,38 @@ impl DeltaSink {
         Ok(())
     }
 
-    /// An up-to-date handle on the table (not yet created: `version()` is `None`).
+    /// An up-to-date handle on the table with its files (not yet created: `version()` is
+    /// `None`).
     async fn refreshed(&self) -> Result<DeltaTable, SinkError> {
         let mut slot = self.handle.lock().await;
-        self.refresh(&mut slot).await?;
+        self.refresh(&mut slot, true).await?;
         slot.as_ref()
             .map(|h| h.table.clone())
             .ok_or_else(|| self.err(DeltaTableError::Generic("table handle vanished".into())))
     }
 
-    /// The up-to-date table and the version recorded for `app_id`'s marker, if any. A commit by
-    /// another process is in the log before the lookup, so it is found; one landing after it
-    /// is refused by Delta's conflict check at commit time.
-    async fn marker(&self, app_id: &str) -> Result<(DeltaTable, Option<i64>), SinkError> {
+    /// The table, the version recorded for `app_id`'s marker, if any, and the version an
+    /// append may commit on top of without bringing the table's files up to date (see
+    /// [`Handle::append_base`]; `None`: the table is up to date). A commit by another process
+    /// is in the log before the lookup, so it is found; one landing after it is refused at
+    /// commit time (by Delta's conflict check, or by `append_on`).
+    async fn marker(
+        &self,
+        app_id: &str,
+        files: bool,
+    ) -> Result<(DeltaTable, Option<i64>, Option<i64>), SinkError> {
         let mut slot = self.handle.lock().await;
-        self.refresh(&mut slot).await?;
+        self.refresh(&mut slot, files).await?;
         let Some(h) = slot.as_ref() else {
             return Err(self.err(DeltaTableError::Generic("table handle vanished".into())));
         };
         let table = h.table.clone();
         if table.version().is_none() {
-            return Ok((table, None));
+            return Ok((table, None, None));
         }
+        let base = if files { None } else { h.append_base() };
         if let Some(known) = h.known_marker(app_id) {
-            return Ok((table, known));
+            return Ok((table, known, base));
         }
         drop(slot);
         let snapshot = table.snapshot().map_err(|e| self.err(e))?;
@@ -440,7 +506,7 @@ impl DeltaSink {
             .transaction_version(table.log_store().as_ref(), app_id)
             .await
             .map_err(|e| self.err(e))?;
-        Ok((table, v))
+        Ok((table, v, None))
     }
 
     /// Whether the table already records this app id (at any generation).
@@ -452,46 +518,77 @@ impl DeltaSink {
     /// generation is done. A marker of an earlier generation (a run a repair removed) is not.
     pub async fn is_committed_at(&self, app_id: &str, generation: i64) -> Result<bool, SinkError> {
         Ok(self
-            .marker(app_id)
+            .marker(app_id, false)
             .await?
             .1
             .is_some_and(|v| v >= generation))
     }
 
-    /// Takes in the table a commit of `app_id` returned, and every few commits (a checkpoint
-    /// was just written) cleans up expired log files beside the batches.
-    async fn adopt(&self, txns: &[(String, i64)], table: DeltaTable) {
-        let Some(version) = table.version() else {
-            return;
+    /// Takes in a commit carrying the markers `txns` (the table delta-rs returned, or what
+    /// `append_on` wrote), and every few commits (a checkpoint is due) cleans up expired log
+    /// files beside the batches.
+    async fn adopt(&self, txns: &[(String, i64)], committed: Committed) {
+        let (version, table, changed) = match committed {
+            Committed::Table(t) => match t.version() {
+                Some(v) => (v, Some(t), false),
+                None => return,
+            },
+            Committed::Appended { version, changed } => (version, None, changed),
         };
+        let ours = table.is_none();
         let mut slot = self.handle.lock().await;
-        let h = match slot.as_mut() {
-            Some(h) => {
-                if h.table.version() < Some(version) {
-                    h.table = table.clone();
+        let h = match (slot.as_mut(), table) {
+            (Some(h), table) => {
+                if let Some(t) = table.filter(|_| h.table.version() < Some(version)) {
+                    h.table = t;
                 }
                 h
             }
-            None => slot.insert(Handle {
-                table: table.clone(),
+            (None, Some(table)) => slot.insert(Handle {
+                table,
                 markers: None,
                 unreadable: None,
             }),
+            // Appended through a handle: it is there.
+            (None, None) => return,
         };
+        let store = h.table.object_store();
         if let Some(m) = h.markers.as_mut() {
-            let store = table.object_store();
             if let Err(e) = m.committed(store.as_ref(), txns, version as i64).await {
                 tracing::debug!(error = %e, "batch markers fell behind; reading them again");
                 h.markers = None;
             }
+            if let Some(m) = h.markers.as_mut().filter(|_| changed) {
+                m.changed(version as i64);
+            }
         }
-        let Ok(state) = table.snapshot() else {
+        let Ok(state) = h.table.snapshot() else {
             return;
         };
         let config = state.table_config();
         if !(version + 1).is_multiple_of(config.checkpoint_interval().get()) {
             return;
         }
+        if ours {
+            // delta-rs checkpoints its own commits; this one is ours to write, from the
+            // snapshot brought to it (the one file-list rebuild in a checkpoint interval).
+            let moved = match h.table.version() < Some(version) {
+                true => h.table.update_incremental(Some(version)).await,
+                false => Ok(()),
+            };
+            let written = match moved {
+                Ok(()) => deltalake::checkpoints::create_checkpoint(&h.table, None).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
+                tracing::warn!(version, error = %e, "writing a Delta checkpoint failed; the next interval tries again");
+                return;
+            }
+        }
+        let Ok(state) = h.table.snapshot() else {
+            return;
+        };
+        let config = state.table_config();
         let now = sluice_core::now_millis();
         if let (Some(m), Some(keep)) = (
             h.markers.as_mut(),
@@ -510,7 +607,7 @@ impl DeltaSink {
             *cleaned = Some(Instant::now());
         }
         let cutoff = now - config.log_retention_duration().as_millis() as i64;
-        let log_store = table.log_store();
+        let log_store = h.table.log_store();
         tokio::spawn(async move {
             match deltalake::checkpoints::cleanup_expired_logs_for(
                 version,
@@ -608,7 +705,9 @@ impl DeltaSink {
         // being created concurrently): refresh, look again, retry a few times.
         let mut last_error = None;
         for _ in 0..5 {
-            let (table, marker) = self.marker(app_id).await?;
+            // Removes are looked up in the table's files; an append needs none of them.
+            let needs_files = !extras.removes.is_empty() || split.is_some();
+            let (table, marker, base) = self.marker(app_id, needs_files).await?;
             if marker.is_some_and(|v| v >= extras.generation) {
                 return Ok(Commit::already());
             }
@@ -617,6 +716,38 @@ impl DeltaSink {
                     url: self.url.to_string(),
                     reason: "a route_key split commits into an existing table (stable's first batch creates it)".into(),
                 });
+            }
+            if let Some(base) = base.filter(|_| !needs_files) {
+                match self
+                    .append_on(
+                        &table,
+                        base,
+                        app_id,
+                        extras.generation,
+                        batches.clone(),
+                        &extras.metadata,
+                    )
+                    .await
+                {
+                    Ok(None) => return Ok(Commit::already()),
+                    Ok(Some((commit, changed))) => {
+                        if let CommitOutcome::Committed { version } = commit.outcome {
+                            let version = version as u64;
+                            self.adopt(
+                                &[(app_id.to_string(), extras.generation)],
+                                Committed::Appended { version, changed },
+                            )
+                            .await;
+                        }
+                        return Ok(commit);
+                    }
+                    Err(e) if crate::storage_outage(&e).is_some() => return Err(self.err(e)),
+                    Err(e) => {
+                        tracing::debug!(app_id, error = %e, "append refused; refreshing");
+                        last_error = Some(e);
+                        continue;
+                    }
+                }
             }
             let removes = self.removes_in(&table, &extras.removes, extras.missing)?;
             let txn = Transaction::new_with_last_update(
@@ -642,8 +773,11 @@ impl DeltaSink {
             };
             match attempt {
                 Ok((t, commit)) => {
-                    self.adopt(&[(app_id.to_string(), extras.generation)], t)
-                        .await;
+                    self.adopt(
+                        &[(app_id.to_string(), extras.generation)],
+                        Committed::Table(t),
+                    )
+                    .await;
                     return Ok(commit);
                 }
                 // A full or read-only disk will not clear up in a retry; the worker waits for it.
@@ -655,7 +789,7 @@ impl DeltaSink {
             }
         }
         if self
-            .marker(app_id)
+            .marker(app_id, false)
             .await?
             .1
             .is_some_and(|v| v >= extras.generation)
@@ -720,7 +854,7 @@ impl DeltaSink {
             let now = sluice_core::now_millis();
             for b in batches {
                 // Never lower a marker: Delta keeps the latest txn action per app id.
-                let recorded = self.marker(&b.app_id).await?.1.unwrap_or(0);
+                let recorded = self.marker(&b.app_id, false).await?.1.unwrap_or(0);
                 txns.push(Transaction::new_with_last_update(
                     &b.app_id,
                     recorded.max(b.generation),
@@ -762,7 +896,7 @@ impl DeltaSink {
                     t.update_incremental(Some(version))
                         .await
                         .map_err(|e| self.err(e))?;
-                    self.adopt(&adopted, t).await;
+                    self.adopt(&adopted, Committed::Table(t)).await;
                     return Ok(Repaired {
                         version: version as i64,
                         removed,
@@ -983,20 +1117,101 @@ impl DeltaSink {
         Ok((t, commit))
     }
 
-    /// Adds and removes in one commit: the data files are written first, then one commit
-    /// carries their adds, the removes, the txn marker and (when the batch brings new columns)
-    /// the merged schema, so readers see the old rows or the new ones, never both or neither.
-    ///
-    /// Each of `parts` is flushed to files of its own; `record`, when given, turns the files
-    /// of each part into the commit's `commitInfo` entries (which version wrote which files).
-    async fn replace(
+    /// Appends on top of version `base` without moving `table` (whose metadata and protocol
+    /// are those of `base`; see [`Handle::append_base`]): writes the data files, then puts the
+    /// commit (adds, marker, merged schema) at `base + 1`, or, when another commit took that
+    /// version, at the next free one. A taken version is read as delta-rs's conflict check
+    /// would for a blind append: carrying `app_id`, the batch is in (`None`); a metadata or
+    /// protocol change refuses the commit (the caller refreshes and retries); anything else
+    /// (other batches' appends) commutes with this one. Returns the commit and whether it
+    /// changed the table's metadata.
+    async fn append_on(
+        &self,
+        table: &DeltaTable,
+        base: i64,
+        app_id: &str,
+        generation: i64,
+        batches: Vec<RecordBatch>,
+        metadata: &[(String, serde_json::Value)],
+    ) -> Result<Option<(Commit, bool)>, DeltaTableError> {
+        use deltalake::kernel::transaction::{CommitData, PROTOCOL, TransactionError};
+        use deltalake::logstore::CommitOrBytes;
+        let (actions, added, _, changed) = self.write_files(table, vec![batches]).await?;
+        let snapshot = table.snapshot()?;
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: None,
+            predicate: None,
+        };
+        let txn =
+            Transaction::new_with_last_update(app_id, generation, Some(sluice_core::now_millis()));
+        let data = CommitData::new(
+            actions,
+            operation,
+            metadata.iter().cloned().collect(),
+            vec![txn],
+        );
+        PROTOCOL.can_commit(snapshot, &data.actions, &data.operation)?;
+        let bytes = data.get_bytes()?;
+        let log_store = table.log_store();
+        let mut version = base as u64 + 1;
+        for _ in 0..50 {
+            let put = CommitOrBytes::LogBytes(bytes.clone());
+            match log_store
+                .write_commit_entry(version, put, uuid::Uuid::new_v4())
+                .await
+            {
+                Ok(()) => {
+                    let commit = Commit {
+                        outcome: CommitOutcome::Committed {
+                            version: version as i64,
+                        },
+                        added: added.clone(),
+                        removed: Vec::new(),
+                        parts: vec![added],
+                    };
+                    return Ok(Some((commit, changed)));
+                }
+                Err(TransactionError::VersionAlreadyExists(_)) => {
+                    let Some(winner) = log_store.read_commit_entry(version).await? else {
+                        return Err(DeltaTableError::Generic(format!(
+                            "version {version} exists but cannot be read"
+                        )));
+                    };
+                    for action in deltalake::logstore::get_actions(version, &winner)? {
+                        match action {
+                            // This batch's marker at this run's generation or later: it is in.
+                            // An earlier generation's (a repair fencing a removed run) is not.
+                            Action::Txn(t) if t.app_id == app_id && t.version >= generation => {
+                                return Ok(None);
+                            }
+                            Action::Metadata(_) | Action::Protocol(_) => {
+                                return Err(DeltaTableError::Generic(format!(
+                                    "version {version} changed the table's metadata or protocol"
+                                )));
+                            }
+                            _ => {}
+                        }
+                    }
+                    version += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(DeltaTableError::Generic(format!(
+            "no free version after {base} in 50 attempts"
+        )))
+    }
+
+    /// Writes `parts` as data files of `table` (new columns merged), each part flushed to files
+    /// of its own: the add actions, then a metadata action carrying the merged schema when the
+    /// batches brought new columns. Returns the actions, the files' paths, the paths per part
+    /// and whether the schema changed.
+    async fn write_files(
         &self,
         table: &DeltaTable,
         parts: Vec<Vec<RecordBatch>>,
-        removes: Vec<deltalake::kernel::Remove>,
-        props: CommitProperties,
-        record: Option<&RecordParts>,
-    ) -> Result<(DeltaTable, Commit), DeltaTableError> {
+    ) -> Result<(Vec<Action>, Vec<String>, Vec<Vec<String>>, bool), DeltaTableError> {
         use deltalake::kernel::MetadataExt as _;
         use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
         use deltalake::writer::{DeltaWriter as _, RecordBatchWriter, WriteMode};
@@ -1017,20 +1232,40 @@ impl DeltaSink {
             adds.extend(flushed);
         }
         let after = writer.arrow_schema();
-        let props = match record {
-            Some(record) => props.with_metadata(record(&by_part)),
-            None => props,
-        };
         let added: Vec<String> = adds.iter().map(|a| a.path.clone()).collect();
-        let removed: Vec<String> = removes.iter().map(|r| r.path.clone()).collect();
         let mut actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
-        actions.extend(removes.into_iter().map(Action::Remove));
-        if after != before {
+        let changed = after != before;
+        if changed {
             let schema: deltalake::kernel::StructType = after.as_ref().try_into_kernel()?;
             actions.push(Action::Metadata(
                 snapshot.metadata().clone().with_schema(&schema)?,
             ));
         }
+        Ok((actions, added, by_part, changed))
+    }
+
+    /// Adds and removes in one commit: the data files are written first, then one commit
+    /// carries their adds, the removes, the txn marker and (when the batch brings new columns)
+    /// the merged schema, so readers see the old rows or the new ones, never both or neither.
+    ///
+    /// Each of `parts` is flushed to files of its own; `record`, when given, turns the files
+    /// of each part into the commit's `commitInfo` entries (which version wrote which files).
+    async fn replace(
+        &self,
+        table: &DeltaTable,
+        parts: Vec<Vec<RecordBatch>>,
+        removes: Vec<deltalake::kernel::Remove>,
+        props: CommitProperties,
+        record: Option<&RecordParts>,
+    ) -> Result<(DeltaTable, Commit), DeltaTableError> {
+        let snapshot = table.snapshot()?;
+        let (mut actions, added, by_part, _) = self.write_files(table, parts).await?;
+        let props = match record {
+            Some(record) => props.with_metadata(record(&by_part)),
+            None => props,
+        };
+        let removed: Vec<String> = removes.iter().map(|r| r.path.clone()).collect();
+        actions.extend(removes.into_iter().map(Action::Remove));
         let operation = DeltaOperation::Write {
             mode: SaveMode::Append,
             partition_by: None,

@@ -26,6 +26,9 @@ struct Marker {
 pub(super) struct Markers {
     through: Option<i64>,
     markers: HashMap<String, Marker>,
+    /// The newest version read whose commit may change the table's metadata or protocol
+    /// (a `metaData` or `protocol` action): a snapshot older than it has a stale schema.
+    changed_at: Option<i64>,
 }
 
 fn commit_path(version: i64) -> Path {
@@ -57,6 +60,16 @@ impl Markers {
     }
 
     /// The recorded version of `app_id`, if any.
+    /// See [`Markers::changed_at`]'s field.
+    pub(super) fn changed_at(&self) -> Option<i64> {
+        self.changed_at
+    }
+
+    /// Records that the commit at `version` changed the table's metadata or protocol.
+    pub(super) fn changed(&mut self, version: i64) {
+        self.changed_at = self.changed_at.max(Some(version));
+    }
+
     pub(super) fn get(&self, app_id: &str) -> Option<i64> {
         self.markers.get(app_id).map(|m| m.version)
     }
@@ -117,8 +130,12 @@ impl Markers {
         let mut next = self.through.map_or(0, |t| t + 1);
         while next <= version {
             let bytes = read(store, &commit_path(next)).await?;
-            self.read_commit(&bytes)
-                .map_err(|e| format!("{}: {e}", commit_path(next)))?;
+            if self
+                .read_commit(&bytes)
+                .map_err(|e| format!("{}: {e}", commit_path(next)))?
+            {
+                self.changed(next);
+            }
             self.through = Some(next);
             next += 1;
         }
@@ -158,10 +175,16 @@ impl Markers {
             .retain(|_, m| m.last_updated.is_none_or(|t| t >= cutoff_ms));
     }
 
-    fn read_commit(&mut self, bytes: &[u8]) -> Result<(), String> {
+    /// Takes in a commit's markers; `true` when it may change the metadata or protocol.
+    fn read_commit(&mut self, bytes: &[u8]) -> Result<bool, String> {
+        let mut changes = false;
         for line in bytes.split(|b| *b == b'\n') {
-            // Only the txn lines matter; skip the others without decoding them.
+            // Only the txn lines matter; skip the others without decoding them. A line naming
+            // a metaData or protocol action (or only mentioning one) counts as a change: a
+            // false alarm costs one snapshot refresh.
             if line.is_empty() || memchr::memmem::find(line, b"\"txn\"").is_none() {
+                changes |= memchr::memmem::find(line, b"\"metaData\"").is_some()
+                    || memchr::memmem::find(line, b"\"protocol\"").is_some();
                 continue;
             }
             let line: Line = serde_json::from_slice(line).map_err(|e| e.to_string())?;
@@ -175,7 +198,7 @@ impl Markers {
                 );
             }
         }
-        Ok(())
+        Ok(changes)
     }
 
     fn read_checkpoint(&mut self, bytes: Bytes) -> Result<(), String> {
