@@ -378,3 +378,42 @@ fn a_tailed_json_lines_file_is_read_exactly_once_across_kills() {
     let status = p.status(&store);
     assert_eq!(status["pipelines"][0]["quarantined"], 0, "{status:#}");
 }
+
+fn gzip(text: &str) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(text.as_bytes()).unwrap();
+    enc.finish().unwrap()
+}
+
+/// A gzip file that grows by a second member (`cat more.gz >> a.csv.gz`, as log shippers
+/// append) keeps its first bytes, but its appended bytes are no text of their own: it is taken
+/// in again whole, as a replacement, and its earlier rows are swapped out in the same commit.
+#[test]
+fn a_compressed_file_that_grows_is_reprocessed_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Project { dir, keys: vec![] };
+    let landing = p.dir.path().join("landing");
+    std::fs::create_dir_all(&landing).unwrap();
+    let file = landing.join("a.csv.gz");
+    std::fs::write(&file, gzip(&csv(&[1, 2, 3]))).unwrap();
+    p.write(
+        "p.yaml",
+        "pipeline: changes\nsource:\n  files: landing/*.csv.gz\n  columns: {id: int64, name: string}\n  settle: 0s\n  on_change: reprocess\nbatch:\n  max_rows: 2\ntransform: SELECT id, name FROM input\nsink:\n  delta: out\n  key: [id]\n",
+    );
+    let out = run(&p);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(keys(&p), set(1..=3));
+
+    // A second gzip member: the first bytes stay the same, the text grows by two rows.
+    let mut more = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .unwrap();
+    more.write_all(&gzip("4,n4\n5,n5\n")).unwrap();
+    drop(more);
+    let out = run(&p);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(keys(&p), set(1..=5), "every row of the grown file, once");
+    let status = p.status(&p.sqlite());
+    assert_eq!(status["pipelines"][0]["quarantined"], 0, "{status}");
+}
