@@ -2,36 +2,17 @@
 //! rows; a rollback's repair), the data files a commit added, and what happens when files to
 //! remove are gone (removed by a racing commit, or rewritten).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
+use common::*;
 use sluice_engine::sink::{
     CommitExtras, CommitOutcome, DeltaSink, MissingRemoves, SinkError, table_url,
 };
-
-fn batch(ids: std::ops::Range<i64>) -> RecordBatch {
-    let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
-    RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values(ids))]).unwrap()
-}
-
-async fn ids(sink: &DeltaSink) -> BTreeMap<i64, usize> {
-    let mut out = BTreeMap::new();
-    for b in sink.read_all().await.unwrap() {
-        let col = b.column_by_name("id").unwrap();
-        for v in col
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap()
-            .iter()
-            .flatten()
-        {
-            *out.entry(v).or_default() += 1;
-        }
-    }
-    out
-}
 
 fn removing(files: &[String], missing: MissingRemoves) -> CommitExtras {
     CommitExtras {

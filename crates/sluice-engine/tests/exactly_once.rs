@@ -1,18 +1,16 @@
 //! The sink's exactly-once protocol, attacked directly: batches committed out of order, the
 //! same batch committed again, and the same batch raced by many writers at once.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
+use common::*;
 use sluice_engine::deltalake;
 use sluice_engine::sink::{CommitOutcome, DeltaSink, table_url};
-
-fn batch(ids: std::ops::Range<i64>) -> RecordBatch {
-    let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
-    RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values(ids))]).unwrap()
-}
 
 fn sink(dir: &std::path::Path) -> DeltaSink {
     DeltaSink::new(table_url("t", dir).unwrap())

@@ -2,40 +2,17 @@
 //! batch re-runs under the next generation exactly once, and every run of the repaired
 //! generation (in flight or later) is fenced off.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+mod common;
 
-use arrow::array::{Array, Int64Array, RecordBatch};
-use arrow::datatypes::{DataType, Field, Schema};
+use std::collections::BTreeMap;
+
+use common::*;
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
 use sluice_engine::sink::{
     CommitExtras, CommitOutcome, DeltaSink, Part, RepairBatch, SinkError, table_url,
 };
-
-fn batch(ids: std::ops::Range<i64>) -> RecordBatch {
-    let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
-    RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values(ids))]).unwrap()
-}
-
-async fn ids(sink: &DeltaSink) -> BTreeMap<i64, usize> {
-    let mut out = BTreeMap::new();
-    for b in sink.read_all().await.unwrap() {
-        let col = b.column_by_name("id").unwrap();
-        let col = arrow::compute::cast(col, &DataType::Int64).unwrap();
-        for v in col
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap()
-            .iter()
-            .flatten()
-        {
-            *out.entry(v).or_default() += 1;
-        }
-    }
-    out
-}
 
 fn once(range: std::ops::Range<i64>) -> BTreeMap<i64, usize> {
     range.map(|i| (i, 1)).collect()
