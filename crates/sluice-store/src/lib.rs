@@ -55,6 +55,7 @@
 //! clock skew between worker machines cannot make a live lease look expired.
 
 mod changes;
+mod deploy;
 mod error;
 mod measurements;
 mod postgres;
@@ -69,6 +70,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sluice_core::{BatchId, BatchOutcome, BatchSlice, ErrorKind, LeaseToken, TaskState, WorkerId};
 
+pub use deploy::{
+    AnalysisTemplateRecord, DeploymentEvent, DeploymentOutcome, DeploymentRecord,
+    DeploymentRequest, DeploymentUpdate, Fence, LeaderRecord, MeasurementRecord, NewDeployment,
+    NewMeasurement, Requeue, Route, RouteMode, Split,
+};
 pub use error::StoreError;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -227,6 +233,12 @@ pub struct Lease {
     pub attempt: i32,
     pub max_attempts: i32,
     pub expires_at: i64,
+    /// The batch's generation: 0, raised by each repair that removed its rows. Its commit is
+    /// made (and found) under this generation.
+    pub generation: i64,
+    /// Set when the batch is routed by key: its rows are split between `version` (stable) and
+    /// the candidate.
+    pub split: Option<Split>,
 }
 
 /// The measurements of a finished run, stored for status, checks and analysis.
@@ -299,6 +311,13 @@ pub struct TaskRecord {
     pub rows_out: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// See [`Lease::generation`].
+    pub generation: i64,
+    /// See [`Lease::split`].
+    pub split: Option<Split>,
+    /// When the router chose the version (the first lease); `None` while the batch waits to
+    /// be routed.
+    pub routed_at: Option<i64>,
 }
 
 /// One run of one batch: the measurement history.
@@ -599,4 +618,91 @@ pub trait Store: Send + Sync + 'static {
 
     /// The mode a dataset is checked under: its own, else the registry default.
     async fn compatibility(&self, dataset: &str) -> Result<String>;
+
+    // ---- leadership ----
+
+    /// Takes or renews the leadership of `duty` for `holder` until now + `ttl` (store clock).
+    /// Taken when no one holds it, its holder's lease expired, or `holder` holds it already
+    /// (renewal keeps the epoch); a change of hands raises the epoch by one. `None`: someone
+    /// else holds it.
+    async fn lead(&self, duty: &str, holder: &str, ttl: Duration) -> Result<Option<Fence>>;
+    /// Gives the leadership up at once (a clean shutdown), if `fence` still holds it.
+    async fn resign(&self, fence: &Fence) -> Result<()>;
+    async fn leader(&self, duty: &str) -> Result<Option<LeaderRecord>>;
+
+    // ---- deployments ----
+
+    /// Starts a deployment, with a first event. `Ok(Err(active))`: the pipeline already has an
+    /// active deployment, which is returned and nothing is written.
+    async fn start_deployment(
+        &self,
+        new: &NewDeployment,
+    ) -> Result<std::result::Result<DeploymentRecord, DeploymentRecord>>;
+    async fn deployment(&self, id: i64) -> Result<Option<DeploymentRecord>>;
+    /// The pipeline's active deployment (outcome not set), if any.
+    async fn active_deployment(&self, pipeline: &str) -> Result<Option<DeploymentRecord>>;
+    /// Every active deployment, oldest first: the controller's work list.
+    async fn active_deployments(&self) -> Result<Vec<DeploymentRecord>>;
+    /// Deployments of a pipeline (or of all), newest first, at most `limit`.
+    async fn deployments(
+        &self,
+        pipeline: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DeploymentRecord>>;
+    /// A command's request on an active deployment, with an event. `Abort` also routes every
+    /// new batch to stable at once (weight 0, mode `batch`) in the same transaction, without
+    /// waiting for the controller. False if the deployment is not active.
+    async fn request_deployment(
+        &self,
+        id: i64,
+        request: DeploymentRequest,
+        message: &str,
+    ) -> Result<bool>;
+    /// Applies a controller transition, with an event, if the deployment is active and in
+    /// `update.from_state` and `fence` is still the leadership of its duty (checked in the
+    /// same transaction). A route change restarts the router's counters and `step_started_at`
+    /// moves to now when the step or the route changes. An outcome ends the deployment;
+    /// `Promoted` sets the pipeline's current version to the candidate. False: nothing changed.
+    async fn transition_deployment(
+        &self,
+        fence: &Fence,
+        id: i64,
+        update: &DeploymentUpdate,
+    ) -> Result<bool>;
+    /// A deployment's events, oldest first.
+    async fn deployment_events(&self, id: i64) -> Result<Vec<DeploymentEvent>>;
+
+    /// Records a measurement if `fence` still holds. False: not recorded.
+    async fn record_measurement(&self, fence: &Fence, m: &NewMeasurement) -> Result<bool>;
+    /// A deployment's measurements, oldest first.
+    async fn measurements(&self, deployment_id: i64) -> Result<Vec<MeasurementRecord>>;
+
+    /// Runs of one version of a pipeline that finished at or after `since`, oldest first:
+    /// an analysis window.
+    async fn version_runs(&self, pipeline: &str, version: i64, since: i64)
+    -> Result<Vec<BatchRun>>;
+    /// Check results of one version recorded at or after `since`, oldest first.
+    async fn version_checks(
+        &self,
+        pipeline: &str,
+        version: i64,
+        since: i64,
+    ) -> Result<Vec<CheckRecord>>;
+
+    /// Re-pins the pipeline's pending batches of version `from` to `to` (an abort sends the
+    /// candidate's retries to stable), if `fence` holds. Returns how many.
+    async fn repin_pending(&self, fence: &Fence, pipeline: &str, from: i64, to: i64)
+    -> Result<u64>;
+    /// Queues repaired batches again (see [`Requeue`]), whatever state they are in except
+    /// leased (a leased one is skipped: its holder finishes or loses it first), if `fence`
+    /// holds. Their recorded data files are forgotten (the repair removed them). Returns how
+    /// many were queued.
+    async fn requeue(&self, fence: &Fence, requeue: &Requeue) -> Result<u64>;
+
+    // ---- analysis templates ----
+
+    /// Creates or replaces a named analysis template.
+    async fn put_analysis_template(&self, name: &str, spec: &str) -> Result<()>;
+    async fn analysis_template(&self, name: &str) -> Result<Option<AnalysisTemplateRecord>>;
+    async fn analysis_templates(&self) -> Result<Vec<AnalysisTemplateRecord>>;
 }
