@@ -16,6 +16,35 @@
 
 use sluice_core::BatchId;
 
+/// `as_str` and `FromStr` for an enum stored as text, from one list of names (so the two can
+/// never disagree): the serde names, which the store's CHECK constraints list too.
+macro_rules! names {
+    ($ty:ident, $what:literal { $($variant:ident = $name:literal),+ $(,)? }) => {
+        impl $ty {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name),+
+                }
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = String;
+
+            /// The names [`Self::as_str`] gives.
+            fn from_str(s: &str) -> Result<$ty, String> {
+                match s {
+                    $($name => Ok($ty::$variant),)+
+                    other => Err(format!(
+                        concat!("unknown ", $what, " {:?}; expected one of ", $($name, " "),+),
+                        other
+                    )),
+                }
+            }
+        }
+    };
+}
+
 /// How the router sends batches of a pipeline with an active deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -36,16 +65,12 @@ pub enum RouteMode {
     Hold,
 }
 
-impl RouteMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RouteMode::Batch => "batch",
-            RouteMode::Slots => "slots",
-            RouteMode::Key => "key",
-            RouteMode::Hold => "hold",
-        }
-    }
-}
+names!(RouteMode, "route mode" {
+    Batch = "batch",
+    Slots = "slots",
+    Key = "key",
+    Hold = "hold",
+});
 
 /// The route a deployment sets: how, and the candidate's share in percent (0..=100).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -123,17 +148,13 @@ pub enum DeploymentRequest {
     Abort,
 }
 
-impl DeploymentRequest {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeploymentRequest::Promote => "promote",
-            DeploymentRequest::PromoteFull => "promote_full",
-            DeploymentRequest::Pause => "pause",
-            DeploymentRequest::Resume => "resume",
-            DeploymentRequest::Abort => "abort",
-        }
-    }
-}
+names!(DeploymentRequest, "deployment request" {
+    Promote = "promote",
+    PromoteFull = "promote_full",
+    Pause = "pause",
+    Resume = "resume",
+    Abort = "abort",
+});
 
 /// How a deployment ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -147,15 +168,11 @@ pub enum DeploymentOutcome {
     RolledBack,
 }
 
-impl DeploymentOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeploymentOutcome::Promoted => "promoted",
-            DeploymentOutcome::Aborted => "aborted",
-            DeploymentOutcome::RolledBack => "rolled_back",
-        }
-    }
-}
+names!(DeploymentOutcome, "deployment outcome" {
+    Promoted = "promoted",
+    Aborted = "aborted",
+    RolledBack = "rolled_back",
+});
 
 /// A change the controller makes to a deployment, applied only if the deployment is still in
 /// `from_state` and `fence` still holds (see [`crate::Store::transition_deployment`]).
@@ -167,7 +184,12 @@ pub struct DeploymentUpdate {
     /// A new route; the router's counters restart when it changes.
     pub route: Route,
     pub reason: Option<String>,
-    /// Clear the request it acted on.
+    /// The request the controller saw when it decided (`None`: none was waiting). The
+    /// transition applies only while this is still the deployment's request, so a command that
+    /// arrives meanwhile is neither overwritten (an abort's weight 0) nor cleared unseen: the
+    /// transition returns false and the next pass sees the command.
+    pub seen_request: Option<DeploymentRequest>,
+    /// Clear the request it acted on (`seen_request`).
     pub clear_request: bool,
     pub data: String,
     /// Ending it. `Promoted` also makes the candidate the pipeline's current version, in the
@@ -263,4 +285,44 @@ pub struct Requeue {
     pub pipeline: String,
     pub version: i64,
     pub batches: Vec<(BatchId, i64)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The store writes `as_str` and reads it back with `parse`; the API speaks serde.
+    fn round_trips<T>(all: &[T], as_str: fn(T) -> &'static str)
+    where
+        T: Copy + PartialEq + std::fmt::Debug + std::str::FromStr + serde::Serialize,
+        T::Err: std::fmt::Debug,
+    {
+        for &v in all {
+            assert_eq!(as_str(v).parse::<T>().ok(), Some(v));
+            let json = serde_json::to_value(v).expect("serializing a name");
+            assert_eq!(json.as_str(), Some(as_str(v)));
+        }
+    }
+
+    #[test]
+    fn names_round_trip_and_are_the_serde_names() {
+        use DeploymentOutcome as O;
+        use DeploymentRequest as R;
+        round_trips(
+            &[
+                RouteMode::Batch,
+                RouteMode::Slots,
+                RouteMode::Key,
+                RouteMode::Hold,
+            ],
+            RouteMode::as_str,
+        );
+        round_trips(
+            &[R::Promote, R::PromoteFull, R::Pause, R::Resume, R::Abort],
+            R::as_str,
+        );
+        round_trips(&[O::Promoted, O::Aborted, O::RolledBack], O::as_str);
+        let err = "paused".parse::<R>().expect_err("not a request");
+        assert!(err.contains("promote_full"), "{err}");
+    }
 }

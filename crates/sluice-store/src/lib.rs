@@ -2,7 +2,10 @@
 //!
 //! Everything sluice must remember lives behind one trait, [`Store`]: pipelines and their
 //! immutable versions, the files a source has taken in, the batch queue with its leases, the
-//! workers seen, and the measurements of every finished batch run. Two backends implement it:
+//! workers seen, the measurements of every finished batch run, and deployments: the route that
+//! decides which version a batch runs with at its first lease, the controller's state and
+//! leadership, and its analyses' measurements (see [`DeploymentRecord`], [`RouteMode`],
+//! [`Fence`]). Two backends implement it:
 //!
 //! * SQLite ([`SqliteStore`]), the embedded default: one file under `.sluice/`. Leasing uses
 //!   short `BEGIN IMMEDIATE` transactions, so several processes on one machine can share it.
@@ -56,6 +59,7 @@
 
 mod changes;
 mod deploy;
+mod deployments;
 mod error;
 mod measurements;
 mod postgres;
@@ -224,7 +228,8 @@ pub struct LeaseRequest {
 pub struct Lease {
     pub batch_id: BatchId,
     pub pipeline: String,
-    /// The pipeline version pinned when the batch was queued: the version that must run it.
+    /// The pipeline version the router chose at the batch's first lease (see
+    /// [`Store::lease`]): the version that must run it, through every retry.
     pub version: i64,
     pub slice: BatchSlice,
     pub token: LeaseToken,
@@ -299,6 +304,8 @@ pub struct WorkerRecord {
 pub struct TaskRecord {
     pub batch_id: BatchId,
     pub pipeline: String,
+    /// The version that runs the batch once routed; until then (`routed_at` unset) the
+    /// pipeline's current version when it was queued, which the router may still change.
     pub version: i64,
     pub slice: BatchSlice,
     pub state: TaskState,
@@ -469,8 +476,9 @@ pub trait Store: Send + Sync + 'static {
     /// Paths of the files this pipeline has taken in, so discovery can skip them cheaply.
     async fn known_files(&self, pipeline: &str) -> Result<Vec<String>>;
 
-    /// Takes a file in and queues its batches, atomically, each pinned to `version`.
-    /// Returns false (and queues nothing) if the (pipeline, path) was taken in before.
+    /// Takes a file in and queues its batches, atomically, with `version` (the current one) as
+    /// their version until the router chooses at their first lease. Returns false (and queues
+    /// nothing) if the (pipeline, path) was taken in before.
     async fn register_file(
         &self,
         file: &NewFile,
@@ -521,6 +529,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Leases up to `limit` pending tasks whose back-off has passed, oldest first. Each lease
     /// increments the task's attempt count and carries a fresh token.
+    ///
+    /// A batch leased for the first time since it was queued (or retried) is routed in the same
+    /// transaction: by its pipeline's active deployment's route (see [`RouteMode`]; the
+    /// deployment's counters move with it), else to the pipeline's current version. The choice
+    /// is kept on the task: later leases (after a failed attempt, a rescue, a release) run the
+    /// same version. While a deployment's route is [`RouteMode::Hold`], its pipeline's batches
+    /// not routed yet are not leased.
     async fn lease(&self, req: &LeaseRequest) -> Result<Vec<Lease>>;
 
     /// Extends a lease to now + `extend`. False if the lease is no longer held (expired and
@@ -556,8 +571,9 @@ pub trait Store: Send + Sync + 'static {
     /// run for each. Returns how many were taken back.
     async fn rescue_expired(&self) -> Result<u64>;
 
-    /// Puts quarantined batches back in the queue with fresh attempts, pinned to their
-    /// pipeline's current version (so a fixed spec is what runs them). Returns how many.
+    /// Puts quarantined batches back in the queue with fresh attempts, to be routed again at
+    /// their next lease like newly queued ones (so a fixed spec, made current or deployed, is
+    /// what runs them). Returns how many.
     async fn retry(&self, target: &RetryTarget) -> Result<u64>;
 
     async fn task(&self, batch: &BatchId) -> Result<Option<TaskRecord>>;
@@ -624,10 +640,13 @@ pub trait Store: Send + Sync + 'static {
     /// Takes or renews the leadership of `duty` for `holder` until now + `ttl` (store clock).
     /// Taken when no one holds it, its holder's lease expired, or `holder` holds it already
     /// (renewal keeps the epoch); a change of hands raises the epoch by one. `None`: someone
-    /// else holds it.
+    /// else holds it. Concurrent callers take turns: one of them wins.
     async fn lead(&self, duty: &str, holder: &str, ttl: Duration) -> Result<Option<Fence>>;
-    /// Gives the leadership up at once (a clean shutdown), if `fence` still holds it.
+    /// Gives the leadership up at once (a clean shutdown), if `fence` still holds it: it
+    /// expires now, and the next `lead` of another holder takes it with the next epoch.
     async fn resign(&self, fence: &Fence) -> Result<()>;
+    /// The duty's last holder, as stored: compare `expires_at` with [`Store::now`] to tell
+    /// whether it still holds.
     async fn leader(&self, duty: &str) -> Result<Option<LeaderRecord>>;
 
     // ---- deployments ----
@@ -649,20 +668,23 @@ pub trait Store: Send + Sync + 'static {
         pipeline: Option<&str>,
         limit: i64,
     ) -> Result<Vec<DeploymentRecord>>;
-    /// A command's request on an active deployment, with an event. `Abort` also routes every
-    /// new batch to stable at once (weight 0, mode `batch`) in the same transaction, without
-    /// waiting for the controller. False if the deployment is not active.
+    /// A command's request on an active deployment, with an event (epoch 0). `Abort` also
+    /// routes every new batch to stable at once (weight 0, mode `batch`) in the same
+    /// transaction, without waiting for the controller. A waiting abort is not replaced by a
+    /// later request. False (nothing written) if the deployment is not active, or an abort
+    /// waits and `request` is not one.
     async fn request_deployment(
         &self,
         id: i64,
         request: DeploymentRequest,
         message: &str,
     ) -> Result<bool>;
-    /// Applies a controller transition, with an event, if the deployment is active and in
-    /// `update.from_state` and `fence` is still the leadership of its duty (checked in the
-    /// same transaction). A route change restarts the router's counters and `step_started_at`
-    /// moves to now when the step or the route changes. An outcome ends the deployment;
-    /// `Promoted` sets the pipeline's current version to the candidate. False: nothing changed.
+    /// Applies a controller transition, with an event, if the deployment is active, in
+    /// `update.from_state` with `update.seen_request` waiting, and `fence` is still the
+    /// leadership of its duty (checked in the same transaction). A route change restarts the
+    /// router's counters and `step_started_at` moves to now when the step or the route
+    /// changes. An outcome ends the deployment; `Promoted` sets the pipeline's current version
+    /// to the candidate. False: nothing changed.
     async fn transition_deployment(
         &self,
         fence: &Fence,
@@ -689,14 +711,17 @@ pub trait Store: Send + Sync + 'static {
         since: i64,
     ) -> Result<Vec<CheckRecord>>;
 
-    /// Re-pins the pipeline's pending batches of version `from` to `to` (an abort sends the
-    /// candidate's retries to stable), if `fence` holds. Returns how many.
+    /// Re-pins the pipeline's pending batches routed to version `from` to `to` (an abort sends
+    /// the candidate's retries to stable), if `fence` holds; a pending batch split by key with
+    /// `from` as its candidate loses the split (all its rows go to its version). Batches not
+    /// routed yet are left to the router. Returns how many changed.
     async fn repin_pending(&self, fence: &Fence, pipeline: &str, from: i64, to: i64)
     -> Result<u64>;
     /// Queues repaired batches again (see [`Requeue`]), whatever state they are in except
     /// leased (a leased one is skipped: its holder finishes or loses it first), if `fence`
-    /// holds. Their recorded data files are forgotten (the repair removed them). Returns how
-    /// many were queued.
+    /// holds. A batch already at the generation given is skipped too, so a repeated requeue
+    /// changes nothing (and a batch that ran again since keeps its result). Their recorded data
+    /// files are forgotten (the repair removed them). Returns how many were queued.
     async fn requeue(&self, fence: &Fence, requeue: &Requeue) -> Result<u64>;
 
     // ---- analysis templates ----

@@ -17,7 +17,7 @@ use sqlx::{Postgres, Transaction};
 
 use crate::rows::{self, SliceColumns, TaskRow, task_columns};
 use crate::shared::{Backend, Queue, RowsAffected};
-use crate::{Lease, LeaseRequest, NewTask, Result, StoreError};
+use crate::{LeaseRequest, NewTask, Result, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -116,6 +116,11 @@ impl Backend for PostgresStore {
     const NOW: &'static str = db_now!();
     /// Leasers and rescuers on many machines split the rows between them instead of waiting.
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+    /// A deployment a leaser routes by or a command changes: they take turns on it.
+    const FOR_UPDATE: &'static str = " FOR UPDATE";
+    /// The leadership a fenced write relies on: a takeover waits for the write, or the write
+    /// waits for a takeover in flight and then sees it.
+    const FOR_SHARE: &'static str = " FOR SHARE";
     const BEGIN_SNAPSHOT: &'static str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
 
     fn pool(&self) -> &PgPool {
@@ -236,14 +241,15 @@ impl Backend for PostgresStore {
             .store(rows.unwrap_or(0.0).max(0.0) as u64, Ordering::Relaxed);
     }
 
-    async fn lease_pending(conn: &mut PgConnection, req: &LeaseRequest) -> Result<Vec<Lease>> {
+    async fn lease_pending(conn: &mut PgConnection, req: &LeaseRequest) -> Result<Vec<TaskRow>> {
         let limit = i64::try_from(req.limit).unwrap_or(i64::MAX);
         // SKIP LOCKED: rows another leaser is taking right now are passed over, not waited on.
         let seqs: Vec<i64> = sqlx::query_scalar(concat!(
             "SELECT seq FROM tasks WHERE state = 'pending' AND run_after <= ",
             db_now!(),
-            " AND ($1::text[] IS NULL OR pipeline = ANY($1)) \
-             ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED"
+            " AND ($1::text[] IS NULL OR pipeline = ANY($1)) AND ",
+            rows::not_held!(),
+            " ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED"
         ))
         .bind(req.pipelines.as_deref())
         .bind(limit)
@@ -254,11 +260,12 @@ impl Backend for PostgresStore {
             return Ok(Vec::new());
         }
         let tokens: Vec<String> = seqs.iter().map(|_| LeaseToken::random().0).collect();
-        let rows: Vec<TaskRow> = sqlx::query_as(concat!(
+        sqlx::query_as(concat!(
             "WITH leased AS (UPDATE tasks t SET state = 'leased', attempts = t.attempts + 1, \
              lease_owner = $1, lease_token = l.token, leased_at = c.now, \
-             lease_expires_at = c.now + $2, updated_at = c.now \
-             FROM UNNEST($3::bigint[], $4::text[]) AS l(seq, token), (SELECT ",
+             lease_expires_at = c.now + $2, updated_at = c.now, ",
+            rows::route_to_current!("c.now"),
+            " FROM UNNEST($3::bigint[], $4::text[]) AS l(seq, token), (SELECT ",
             db_now!(),
             " AS now) c \
              WHERE t.seq = l.seq AND t.state = 'pending' RETURNING t.*) \
@@ -272,8 +279,7 @@ impl Backend for PostgresStore {
         .bind(&tokens)
         .fetch_all(conn)
         .await
-        .map_err(StoreError::postgres)?;
-        rows.into_iter().map(TaskRow::into_lease).collect()
+        .map_err(StoreError::postgres)
     }
 }
 

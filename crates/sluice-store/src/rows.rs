@@ -7,7 +7,7 @@ use sluice_core::{BatchId, BatchOutcome, BatchSlice, ErrorKind, LeaseToken, Task
 
 use crate::{
     BatchRun, FailDisposition, Lease, PipelineRecord, PipelineStatus, PipelineVersion, Result,
-    RunReport, StoreError, TaskRecord, WorkerRecord,
+    RunReport, Split, StoreError, TaskRecord, WorkerRecord,
 };
 
 /// Columns a task query selects (or a lease update returns), in [`TaskRow`]'s shape. A macro so
@@ -16,10 +16,43 @@ macro_rules! task_columns {
     () => {
         "batch_id, pipeline, version, path, slice_index, byte_start, byte_end, row_start, \
          row_count, state, attempts, max_attempts, lease_owner, lease_token, lease_expires_at, \
-         last_error, error_kind, rows_in, rows_out, created_at, updated_at"
+         last_error, error_kind, rows_in, rows_out, created_at, updated_at, generation, \
+         split_version, split_percent, routed_at"
     };
 }
 pub(crate) use task_columns;
+
+/// The lease update's routing of a batch not routed yet, for a pipeline without an active
+/// deployment: the pipeline's current version, now (`$now`: the statement's instant). The
+/// common case is decided in the lease statement itself, without another statement; a batch of a pipeline
+/// with an active deployment comes back unrouted and the router decides (`shared.rs`). The
+/// updated table is `t`. SET expressions read the row as it was, so both see `routed_at` unset.
+macro_rules! route_to_current {
+    ($now:literal) => {
+        concat!(
+            "version = CASE WHEN t.routed_at IS NULL AND NOT EXISTS (SELECT 1 FROM deployments d \
+             WHERE d.pipeline = t.pipeline AND d.outcome IS NULL) \
+             THEN (SELECT p.current_version FROM pipelines p WHERE p.name = t.pipeline) \
+             ELSE t.version END, \
+             routed_at = CASE WHEN t.routed_at IS NULL AND NOT EXISTS (SELECT 1 FROM deployments d \
+             WHERE d.pipeline = t.pipeline AND d.outcome IS NULL) THEN ",
+            $now,
+            " ELSE t.routed_at END"
+        )
+    };
+}
+pub(crate) use route_to_current;
+
+/// The lease query's filter of held batches: a batch not routed yet is not leased while its
+/// pipeline's active deployment routes nothing (`hold`, recreate while stable drains). The
+/// selected table is `tasks`.
+macro_rules! not_held {
+    () => {
+        "(routed_at IS NOT NULL OR NOT EXISTS (SELECT 1 FROM deployments d \
+         WHERE d.pipeline = tasks.pipeline AND d.outcome IS NULL AND d.route_mode = 'hold'))"
+    };
+}
+pub(crate) use not_held;
 
 /// Columns of a version query, in [`VersionRow`]'s shape.
 macro_rules! version_columns {
@@ -147,9 +180,50 @@ pub(crate) struct TaskRow {
     rows_out: Option<i64>,
     created_at: i64,
     updated_at: i64,
+    generation: i64,
+    split_version: Option<i64>,
+    split_percent: Option<i64>,
+    routed_at: Option<i64>,
 }
 
 impl TaskRow {
+    pub(crate) fn batch_id(&self) -> &str {
+        &self.batch_id
+    }
+
+    pub(crate) fn pipeline(&self) -> &str {
+        &self.pipeline
+    }
+
+    /// Whether the router has chosen this batch's version.
+    pub(crate) fn is_routed(&self) -> bool {
+        self.routed_at.is_some()
+    }
+
+    /// Records what the router chose, as the statement that stored it did.
+    pub(crate) fn route(&mut self, version: i64, split: Option<Split>, at: i64) {
+        self.version = version;
+        self.split_version = split.map(|s| s.candidate_version);
+        self.split_percent = split.map(|s| i64::from(s.percent));
+        self.routed_at = Some(at);
+    }
+
+    fn split(&self) -> Result<Option<Split>> {
+        match (self.split_version, self.split_percent) {
+            (None, None) => Ok(None),
+            (Some(candidate_version), Some(percent)) => Ok(Some(Split {
+                candidate_version,
+                percent: from_db(percent, || {
+                    format!("tasks.split_percent of batch {}", self.batch_id)
+                })?,
+            })),
+            _ => Err(StoreError::Corrupt(format!(
+                "batch {} has only one of tasks.split_version and tasks.split_percent",
+                self.batch_id
+            ))),
+        }
+    }
+
     fn slice(&self) -> Result<BatchSlice> {
         let what = |column: &str| format!("tasks.{column} of batch {}", self.batch_id);
         Ok(BatchSlice {
@@ -172,6 +246,7 @@ impl TaskRow {
             .as_deref()
             .map(|k| parse_error_kind(k, &self.batch_id))
             .transpose()?;
+        let split = self.split()?;
         Ok(TaskRecord {
             batch_id: BatchId(self.batch_id),
             pipeline: self.pipeline,
@@ -187,12 +262,16 @@ impl TaskRow {
             rows_out: self.rows_out,
             created_at: self.created_at,
             updated_at: self.updated_at,
+            generation: self.generation,
+            split,
+            routed_at: self.routed_at,
         })
     }
 
     /// For rows just leased: the lease columns must be set.
     pub(crate) fn into_lease(self) -> Result<Lease> {
         let slice = self.slice()?;
+        let split = self.split()?;
         let missing = |column: &str| {
             StoreError::Corrupt(format!(
                 "batch {} was just leased but tasks.{column} is empty",
@@ -220,6 +299,8 @@ impl TaskRow {
             attempt: self.attempts,
             max_attempts: self.max_attempts,
             expires_at,
+            generation: self.generation,
+            split,
         })
     }
 }
@@ -484,7 +565,7 @@ fn parse_error_kind(s: &str, batch: &str) -> Result<ErrorKind> {
     }
 }
 
-fn from_db<T: TryFrom<i64>>(v: i64, what: impl FnOnce() -> String) -> Result<T> {
+pub(crate) fn from_db<T: TryFrom<i64>>(v: i64, what: impl FnOnce() -> String) -> Result<T> {
     T::try_from(v).map_err(|_| StoreError::Corrupt(format!("{} is out of range: {v}", what())))
 }
 

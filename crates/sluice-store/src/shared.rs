@@ -28,6 +28,10 @@ use sqlx::{
 };
 
 use crate::changes::{self, BatchFileRow, TakenFileRow};
+use crate::deployments::{
+    self, DeploymentRow, EventRow, FenceRow, LeaderRow, MeasurementRow, RouteRow, Routed, Router,
+    TemplateRow,
+};
 use crate::measurements;
 use crate::registry::{self, DatasetRow, SchemaVersionRow};
 use crate::rows::{
@@ -36,10 +40,13 @@ use crate::rows::{
     task_columns, version_columns,
 };
 use crate::{
-    BatchFile, BatchRun, CheckRecord, DatasetRecord, FailDisposition, FileChange, FileUpdate,
-    Lease, LeaseRequest, NewFile, NewSchemaVersion, NewTask, PipelineRecord, PipelineStatus,
-    PipelineVersion, Result, RetryTarget, RunReport, SchemaRegistration, SchemaVersionRecord,
-    Store, StoreError, TakenFile, TaskRecord, WorkerBeat, WorkerRecord,
+    AnalysisTemplateRecord, BatchFile, BatchRun, CheckRecord, DatasetRecord, DeploymentEvent,
+    DeploymentOutcome, DeploymentRecord, DeploymentRequest, DeploymentUpdate, FailDisposition,
+    Fence, FileChange, FileUpdate, LeaderRecord, Lease, LeaseRequest, MeasurementRecord,
+    NewDeployment, NewFile, NewMeasurement, NewSchemaVersion, NewTask, PipelineRecord,
+    PipelineStatus, PipelineVersion, Requeue, Result, RetryTarget, Route, RouteMode, RunReport,
+    SchemaRegistration, SchemaVersionRecord, Store, StoreError, TakenFile, TaskRecord, WorkerBeat,
+    WorkerRecord,
 };
 
 /// A backend's connection (what a transaction or a pooled connection derefs to).
@@ -60,6 +67,14 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// lock them and pass over rows other transactions hold, or nothing where the transaction
     /// already excludes every other writer.
     const SKIP_LOCKED: &'static str;
+    /// What `{for_update}` stands for, after a `SELECT` of one row the transaction will change
+    /// on what it read: lock it (waiting for another holder), or nothing where the transaction
+    /// already excludes every other writer.
+    const FOR_UPDATE: &'static str;
+    /// What `{for_share}` stands for, after a `SELECT` of a row the transaction's writes rely
+    /// on staying as read (a leadership): keep writers of it waiting until the end of the
+    /// transaction, or nothing where the transaction already excludes them.
+    const FOR_SHARE: &'static str;
     /// Begins a read-only transaction whose statements all see one snapshot.
     const BEGIN_SNAPSHOT: &'static str;
 
@@ -103,15 +118,27 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn queued(&self, n: u64) -> impl Future<Output = ()> + Send;
 
     /// Leases up to `req.limit` (at least 1) pending tasks whose back-off has passed, oldest
-    /// first, inside `conn`'s [`Backend::queue_tx`].
+    /// first, inside `conn`'s [`Backend::queue_tx`], passing over batches not routed yet of a
+    /// pipeline whose deployment holds them ([`rows::not_held`]). Each batch not routed yet
+    /// whose pipeline has no active deployment is routed by the same statement
+    /// ([`rows::route_to_current`]); the others come back unrouted, for the router.
     fn lease_pending(
         conn: &mut Conn<Self>,
         req: &LeaseRequest,
-    ) -> impl Future<Output = Result<Vec<Lease>>> + Send;
+    ) -> impl Future<Output = Result<Vec<TaskRow>>> + Send;
 
-    /// A shared statement in this backend's words: `{now}` and `{skip_locked}` replaced.
+    /// A shared statement in this backend's words: `{now}`, `{skip_locked}`, `{for_update}`
+    /// and `{for_share}` replaced.
     fn sql(template: &'static str) -> Cow<'static, str> {
-        render(template, Self::NOW, Self::SKIP_LOCKED)
+        render(
+            template,
+            &[
+                ("{now}", Self::NOW),
+                ("{skip_locked}", Self::SKIP_LOCKED),
+                ("{for_update}", Self::FOR_UPDATE),
+                ("{for_share}", Self::FOR_SHARE),
+            ],
+        )
     }
 
     fn db_error(source: sqlx::Error) -> StoreError {
@@ -149,15 +176,14 @@ impl<DB: Database, T> Value<DB> for T where
 {
 }
 
-fn render(template: &'static str, now: &str, skip_locked: &str) -> Cow<'static, str> {
+/// `template` with each `(token, words)` token replaced.
+fn render(template: &'static str, words: &[(&str, &str)]) -> Cow<'static, str> {
     if !template.contains('{') {
         return Cow::Borrowed(template);
     }
-    Cow::Owned(
-        template
-            .replace("{now}", now)
-            .replace("{skip_locked}", skip_locked),
-    )
+    Cow::Owned(words.iter().fold(template.to_string(), |sql, (token, w)| {
+        sql.replace(token, w)
+    }))
 }
 
 /// The bounds say what the shared statements need of a backend's driver: run on its
@@ -178,6 +204,8 @@ where
     i64: Value<B::DB>,
     i32: Value<B::DB>,
     bool: Value<B::DB>,
+    f64: Value<B::DB>,
+    for<'q> Option<f64>: Encode<'q, B::DB>,
 {
     fn backend(&self) -> &'static str {
         B::NAME
@@ -462,9 +490,13 @@ where
             return Ok(Vec::new());
         }
         let mut tx = self.queue_tx().await?;
-        let leases = B::lease_pending(&mut tx, req).await?;
+        let mut leased = B::lease_pending(&mut tx, req).await?;
+        // Without an active deployment the lease statement routed every batch itself.
+        if !leased.iter().all(TaskRow::is_routed) {
+            leased = route::<B>(&mut tx, req, leased).await?;
+        }
         tx.commit().await.map_err(B::db_error)?;
-        Ok(leases)
+        leased.into_iter().map(TaskRow::into_lease).collect()
     }
 
     async fn heartbeat(
@@ -606,11 +638,13 @@ where
     }
 
     async fn retry(&self, target: &RetryTarget) -> Result<u64> {
-        // Re-pinned to the current version: a fixed spec is what the user retries with.
+        // Routed again at the next lease, like a batch just queued (whose version is the
+        // current one until then): a fixed spec is what the user retries with.
         macro_rules! reset {
             () => {
                 "UPDATE tasks SET state = 'pending', attempts = 0, \
                  version = (SELECT current_version FROM pipelines WHERE name = tasks.pipeline), \
+                 routed_at = NULL, split_version = NULL, split_percent = NULL, \
                  run_after = {now}, last_error = NULL, error_kind = NULL, rows_in = NULL, \
                  rows_out = NULL, updated_at = {now} WHERE state = 'quarantined' "
             };
@@ -890,6 +924,388 @@ where
             .map_err(B::db_error)?;
         registry::compatibility_or_corrupt(mode)
     }
+
+    async fn lead(&self, duty: &str, holder: &str, ttl: Duration) -> Result<Option<Fence>> {
+        let row: Option<FenceRow> = sqlx::query_as(&B::sql(deployments::LEAD_SQL))
+            .bind(duty)
+            .bind(holder)
+            .bind(rows::millis(ttl))
+            .fetch_optional(self.pool())
+            .await
+            .map_err(B::db_error)?;
+        Ok(row.map(Fence::from))
+    }
+
+    async fn resign(&self, fence: &Fence) -> Result<()> {
+        sqlx::query(&B::sql(deployments::RESIGN_SQL))
+            .bind(fence.duty.as_str())
+            .bind(fence.holder.as_str())
+            .bind(fence.epoch)
+            .execute(self.pool())
+            .await
+            .map_err(B::db_error)?;
+        Ok(())
+    }
+
+    async fn leader(&self, duty: &str) -> Result<Option<LeaderRecord>> {
+        let row: Option<LeaderRow> = sqlx::query_as(deployments::LEADER_SQL)
+            .bind(duty)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(B::db_error)?;
+        Ok(row.map(LeaderRecord::from))
+    }
+
+    async fn start_deployment(
+        &self,
+        new: &NewDeployment,
+    ) -> Result<std::result::Result<DeploymentRecord, DeploymentRecord>> {
+        let pipeline = new.pipeline.as_str();
+        deployments::check_route(&new.route, &format!("deployment of {pipeline}"))?;
+        let mut tx = self.write_tx().await?;
+        for version in [new.stable_version, new.candidate_version] {
+            if !version_exists::<B>(&mut tx, pipeline, version).await? {
+                return Err(rows::no_such_version(pipeline, version));
+            }
+        }
+        let insert = B::sql(deployments::INSERT_DEPLOYMENT_SQL);
+        // The unique index on active deployments decides: an insert that conflicts (after
+        // waiting for a concurrent start to commit) finds the active one. Should that one end
+        // before it is read, the insert is tried again.
+        for _ in 0..3 {
+            let inserted: Option<DeploymentRow> = sqlx::query_as(&insert)
+                .bind(pipeline)
+                .bind(new.stable_version)
+                .bind(new.candidate_version)
+                .bind(new.strategy.as_str())
+                .bind(new.policy.as_str())
+                .bind(new.state.as_str())
+                .bind(new.route.mode.as_str())
+                .bind(i64::from(new.route.weight))
+                .bind(new.started_by.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(B::db_error)?;
+            if let Some(row) = inserted {
+                let started = row.into_record()?;
+                let event = DeploymentEvent {
+                    deployment_id: started.id,
+                    at: started.created_at,
+                    from_state: None,
+                    to_state: started.state.clone(),
+                    step: started.step,
+                    route: started.route,
+                    message: deployments::started_message(&started),
+                    epoch: 0,
+                };
+                insert_event::<B>(&mut tx, &event).await?;
+                tx.commit().await.map_err(B::db_error)?;
+                return Ok(Ok(started));
+            }
+            let active: Option<DeploymentRow> = sqlx::query_as(deployments::ACTIVE_DEPLOYMENT_SQL)
+                .bind(pipeline)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(B::db_error)?;
+            if let Some(active) = active {
+                return Ok(Err(active.into_record()?));
+            }
+        }
+        Err(StoreError::Invalid(format!(
+            "starting a deployment of {pipeline}: deployments kept starting and ending \
+             concurrently; try again"
+        )))
+    }
+
+    async fn deployment(&self, id: i64) -> Result<Option<DeploymentRecord>> {
+        let row: Option<DeploymentRow> = sqlx::query_as(deployments::DEPLOYMENT_SQL)
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(B::db_error)?;
+        row.map(DeploymentRow::into_record).transpose()
+    }
+
+    async fn active_deployment(&self, pipeline: &str) -> Result<Option<DeploymentRecord>> {
+        let row: Option<DeploymentRow> = sqlx::query_as(deployments::ACTIVE_DEPLOYMENT_SQL)
+            .bind(pipeline)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(B::db_error)?;
+        row.map(DeploymentRow::into_record).transpose()
+    }
+
+    async fn active_deployments(&self) -> Result<Vec<DeploymentRecord>> {
+        let rows: Vec<DeploymentRow> = sqlx::query_as(deployments::ACTIVE_DEPLOYMENTS_SQL)
+            .fetch_all(self.pool())
+            .await
+            .map_err(B::db_error)?;
+        rows.into_iter().map(DeploymentRow::into_record).collect()
+    }
+
+    async fn deployments(
+        &self,
+        pipeline: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DeploymentRecord>> {
+        let rows: Vec<DeploymentRow> = sqlx::query_as(deployments::DEPLOYMENTS_SQL)
+            .bind(pipeline)
+            .bind(limit.max(0))
+            .fetch_all(self.pool())
+            .await
+            .map_err(B::db_error)?;
+        rows.into_iter().map(DeploymentRow::into_record).collect()
+    }
+
+    async fn request_deployment(
+        &self,
+        id: i64,
+        request: DeploymentRequest,
+        message: &str,
+    ) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let Some(d) = active_for_update::<B>(&mut tx, id).await? else {
+            return Ok(false);
+        };
+        if !deployments::replaces(d.request, request) {
+            return Ok(false);
+        }
+        let route = match request {
+            DeploymentRequest::Abort => deployments::ABORT_ROUTE,
+            _ => d.route,
+        };
+        let change = DeploymentChange {
+            state: &d.state,
+            step: d.step,
+            route,
+            restart: route != d.route,
+            request: Some(request),
+            reason: d.reason.as_deref(),
+            data: &d.data,
+            outcome: None,
+            // a command is not a controller write: the epoch of the last one stays
+            epoch: None,
+        };
+        let event = DeploymentEvent {
+            deployment_id: id,
+            at: 0,
+            from_state: Some(d.state.clone()),
+            to_state: d.state.clone(),
+            step: d.step,
+            route,
+            message: message.to_string(),
+            epoch: 0,
+        };
+        change_deployment::<B>(&mut tx, &d, &change, event).await?;
+        tx.commit().await.map_err(B::db_error)?;
+        Ok(true)
+    }
+
+    async fn transition_deployment(
+        &self,
+        fence: &Fence,
+        id: i64,
+        update: &DeploymentUpdate,
+    ) -> Result<bool> {
+        deployments::check_route(&update.route, &format!("deployment {id}"))?;
+        let Some(mut tx) = fenced_tx(self, fence).await? else {
+            return Ok(false);
+        };
+        let Some(d) = active_for_update::<B>(&mut tx, id).await? else {
+            return Ok(false);
+        };
+        if d.state != update.from_state || d.request != update.seen_request {
+            return Ok(false);
+        }
+        let route_changed = update.route != d.route;
+        let change = DeploymentChange {
+            state: &update.to_state,
+            step: update.step,
+            route: update.route,
+            restart: route_changed || update.step != d.step,
+            request: if update.clear_request {
+                None
+            } else {
+                d.request
+            },
+            reason: update.reason.as_deref(),
+            data: &update.data,
+            outcome: update.outcome,
+            epoch: Some(fence.epoch),
+        };
+        let event = DeploymentEvent {
+            deployment_id: id,
+            at: 0,
+            from_state: Some(d.state.clone()),
+            to_state: update.to_state.clone(),
+            step: update.step,
+            route: update.route,
+            message: update.message.clone(),
+            epoch: fence.epoch,
+        };
+        change_deployment::<B>(&mut tx, &d, &change, event).await?;
+        if update.outcome == Some(DeploymentOutcome::Promoted) {
+            set_current::<B>(&mut tx, &d.pipeline, d.candidate_version).await?;
+        }
+        tx.commit().await.map_err(B::db_error)?;
+        Ok(true)
+    }
+
+    async fn deployment_events(&self, id: i64) -> Result<Vec<DeploymentEvent>> {
+        let rows: Vec<EventRow> = sqlx::query_as(deployments::EVENTS_SQL)
+            .bind(id)
+            .fetch_all(self.pool())
+            .await
+            .map_err(B::db_error)?;
+        rows.into_iter().map(EventRow::into_event).collect()
+    }
+
+    async fn record_measurement(&self, fence: &Fence, m: &NewMeasurement) -> Result<bool> {
+        let Some(mut tx) = fenced_tx(self, fence).await? else {
+            return Ok(false);
+        };
+        sqlx::query(&B::sql(deployments::INSERT_MEASUREMENT_SQL))
+            .bind(m.deployment_id)
+            .bind(m.analysis.as_str())
+            .bind(m.metric.as_str())
+            .bind(m.phase.as_str())
+            .bind(m.value)
+            .bind(m.stable_value)
+            .bind(m.inputs.as_str())
+            .bind(m.message.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(B::db_error)?;
+        tx.commit().await.map_err(B::db_error)?;
+        Ok(true)
+    }
+
+    async fn measurements(&self, deployment_id: i64) -> Result<Vec<MeasurementRecord>> {
+        let rows: Vec<MeasurementRow> = sqlx::query_as(deployments::MEASUREMENTS_SQL)
+            .bind(deployment_id)
+            .fetch_all(self.pool())
+            .await
+            .map_err(B::db_error)?;
+        Ok(rows.into_iter().map(MeasurementRecord::from).collect())
+    }
+
+    async fn version_runs(
+        &self,
+        pipeline: &str,
+        version: i64,
+        since: i64,
+    ) -> Result<Vec<BatchRun>> {
+        let rows: Vec<RunRow> = sqlx::query_as(deployments::VERSION_RUNS_SQL)
+            .bind(pipeline)
+            .bind(version)
+            .bind(since)
+            .fetch_all(self.pool())
+            .await
+            .map_err(B::db_error)?;
+        rows.into_iter().map(RunRow::into_run).collect()
+    }
+
+    async fn version_checks(
+        &self,
+        pipeline: &str,
+        version: i64,
+        since: i64,
+    ) -> Result<Vec<CheckRecord>> {
+        let rows: Vec<measurements::CheckRow> = sqlx::query_as(deployments::VERSION_CHECKS_SQL)
+            .bind(pipeline)
+            .bind(version)
+            .bind(since)
+            .fetch_all(self.pool())
+            .await
+            .map_err(B::db_error)?;
+        Ok(rows.into_iter().map(CheckRecord::from).collect())
+    }
+
+    async fn repin_pending(
+        &self,
+        fence: &Fence,
+        pipeline: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<u64> {
+        let Some(mut tx) = fenced_tx(self, fence).await? else {
+            return Ok(0);
+        };
+        if !version_exists::<B>(&mut tx, pipeline, to).await? {
+            return Err(rows::no_such_version(pipeline, to));
+        }
+        let repinned = sqlx::query(&B::sql(deployments::REPIN_SQL))
+            .bind(pipeline)
+            .bind(from)
+            .bind(to)
+            .execute(&mut *tx)
+            .await
+            .map_err(B::db_error)?
+            .rows_affected();
+        tx.commit().await.map_err(B::db_error)?;
+        Ok(repinned)
+    }
+
+    async fn requeue(&self, fence: &Fence, requeue: &Requeue) -> Result<u64> {
+        let pipeline = requeue.pipeline.as_str();
+        let Some(mut tx) = fenced_tx(self, fence).await? else {
+            return Ok(0);
+        };
+        if !version_exists::<B>(&mut tx, pipeline, requeue.version).await? {
+            return Err(rows::no_such_version(pipeline, requeue.version));
+        }
+        let sql = B::sql(deployments::REQUEUE_SQL);
+        let mut queued = 0;
+        for (batch, generation) in &requeue.batches {
+            let n = sqlx::query(&sql)
+                .bind(batch.0.as_str())
+                .bind(pipeline)
+                .bind(requeue.version)
+                .bind(*generation)
+                .execute(&mut *tx)
+                .await
+                .map_err(B::db_error)?
+                .rows_affected();
+            if n > 0 {
+                sqlx::query(deployments::FORGET_BATCH_FILES_SQL)
+                    .bind(batch.0.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(B::db_error)?;
+            }
+            queued += n;
+        }
+        tx.commit().await.map_err(B::db_error)?;
+        Ok(queued)
+    }
+
+    async fn put_analysis_template(&self, name: &str, spec: &str) -> Result<()> {
+        sqlx::query(&B::sql(deployments::PUT_TEMPLATE_SQL))
+            .bind(name)
+            .bind(spec)
+            .execute(self.pool())
+            .await
+            .map_err(B::db_error)?;
+        Ok(())
+    }
+
+    async fn analysis_template(&self, name: &str) -> Result<Option<AnalysisTemplateRecord>> {
+        let row: Option<TemplateRow> = sqlx::query_as(deployments::TEMPLATES_SQL)
+            .bind(Some(name))
+            .fetch_optional(self.pool())
+            .await
+            .map_err(B::db_error)?;
+        Ok(row.map(AnalysisTemplateRecord::from))
+    }
+
+    async fn analysis_templates(&self) -> Result<Vec<AnalysisTemplateRecord>> {
+        let rows: Vec<TemplateRow> = sqlx::query_as(deployments::TEMPLATES_SQL)
+            .bind(None::<&str>)
+            .fetch_all(self.pool())
+            .await
+            .map_err(B::db_error)?;
+        Ok(rows.into_iter().map(AnalysisTemplateRecord::from).collect())
+    }
 }
 
 async fn version_by_hash<B>(
@@ -957,7 +1373,7 @@ where
     Ok(true)
 }
 
-/// Tasks are pinned to a version, so it must exist before a file can be queued for it.
+/// Tasks carry a version, so it must exist before a file can be queued for it.
 async fn ensure_version<B>(
     conn: &mut Conn<B>,
     pipeline: &str,
@@ -972,17 +1388,10 @@ where
     for<'q> &'q str: Encode<'q, B::DB> + Type<B::DB>,
     i64: Value<B::DB>,
 {
-    let exists: Option<i64> = sqlx::query_scalar(
-        "SELECT version FROM pipeline_versions WHERE pipeline = $1 AND version = $2",
-    )
-    .bind(pipeline)
-    .bind(version)
-    .fetch_optional(conn)
-    .await
-    .map_err(B::db_error)?;
-    match exists {
-        Some(_) => Ok(()),
-        None => Err(rows::cannot_queue(pipeline, version, path)),
+    if version_exists::<B>(conn, pipeline, version).await? {
+        Ok(())
+    } else {
+        Err(rows::cannot_queue(pipeline, version, path))
     }
 }
 
@@ -1008,6 +1417,285 @@ where
         return Err(rows::no_such_version(pipeline, version));
     }
     Ok(())
+}
+
+/// Whether `version` of `pipeline` is registered.
+async fn version_exists<B>(conn: &mut Conn<B>, pipeline: &str, version: i64) -> Result<bool>
+where
+    B: Backend,
+    for<'c> &'c mut Conn<B>: Executor<'c, Database = B::DB>,
+    for<'q> Args<'q, B>: IntoArguments<'q, B::DB>,
+    usize: ColumnIndex<DbRow<B>>,
+    for<'q> &'q str: Encode<'q, B::DB> + Type<B::DB>,
+    i64: Value<B::DB>,
+{
+    let exists: Option<i64> = sqlx::query_scalar(
+        "SELECT version FROM pipeline_versions WHERE pipeline = $1 AND version = $2",
+    )
+    .bind(pipeline)
+    .bind(version)
+    .fetch_optional(conn)
+    .await
+    .map_err(B::db_error)?;
+    Ok(exists.is_some())
+}
+
+/// A write transaction for a controller's write, while `fence` is still the leadership of its
+/// duty (and kept so to the end of the transaction: see [`deployments::FENCE_SQL`]); `None`
+/// when it is not.
+async fn fenced_tx<B>(store: &B, fence: &Fence) -> Result<Option<Transaction<'static, B::DB>>>
+where
+    B: Backend,
+    for<'c> &'c mut Conn<B>: Executor<'c, Database = B::DB>,
+    for<'q> Args<'q, B>: IntoArguments<'q, B::DB>,
+    usize: ColumnIndex<DbRow<B>>,
+    for<'q> &'q str: Encode<'q, B::DB> + Type<B::DB>,
+    i64: Value<B::DB>,
+{
+    let mut tx = store.write_tx().await?;
+    let epoch: Option<i64> = sqlx::query_scalar(&B::sql(deployments::FENCE_SQL))
+        .bind(fence.duty.as_str())
+        .bind(fence.holder.as_str())
+        .bind(fence.epoch)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(B::db_error)?;
+    Ok(epoch.map(|_| tx))
+}
+
+/// A deployment while it is active, locked for a change to the end of `conn`'s transaction.
+async fn active_for_update<B>(conn: &mut Conn<B>, id: i64) -> Result<Option<DeploymentRecord>>
+where
+    B: Backend,
+    for<'c> &'c mut Conn<B>: Executor<'c, Database = B::DB>,
+    for<'q> Args<'q, B>: IntoArguments<'q, B::DB>,
+    for<'r> &'r str: ColumnIndex<DbRow<B>>,
+    String: Value<B::DB>,
+    i64: Value<B::DB>,
+{
+    let row: Option<DeploymentRow> =
+        sqlx::query_as(&B::sql(deployments::ACTIVE_DEPLOYMENT_FOR_UPDATE_SQL))
+            .bind(id)
+            .fetch_optional(conn)
+            .await
+            .map_err(B::db_error)?;
+    row.map(DeploymentRow::into_record).transpose()
+}
+
+/// What a request or a transition makes of a deployment's row.
+struct DeploymentChange<'a> {
+    state: &'a str,
+    step: i64,
+    route: Route,
+    /// The step (or the route) changes: `step_started_at` moves to now. The router's counters
+    /// restart when the route changes.
+    restart: bool,
+    request: Option<DeploymentRequest>,
+    reason: Option<&'a str>,
+    data: &'a str,
+    outcome: Option<DeploymentOutcome>,
+    /// The leader epoch writing; `None` keeps the last one (a command).
+    epoch: Option<i64>,
+}
+
+/// Writes `change` to the deployment `d` (read and locked in `conn`'s transaction) and appends
+/// `event`, both at the same instant.
+async fn change_deployment<B>(
+    conn: &mut Conn<B>,
+    d: &DeploymentRecord,
+    change: &DeploymentChange<'_>,
+    mut event: DeploymentEvent,
+) -> Result<()>
+where
+    B: Backend,
+    for<'c> &'c mut Conn<B>: Executor<'c, Database = B::DB>,
+    for<'q> Args<'q, B>: IntoArguments<'q, B::DB>,
+    for<'q> &'q str: Encode<'q, B::DB> + Type<B::DB>,
+    for<'q> Option<&'q str>: Encode<'q, B::DB>,
+    for<'q> Option<i64>: Encode<'q, B::DB>,
+    i64: Value<B::DB>,
+    bool: Value<B::DB>,
+{
+    let now = B::clock_in(conn).await?;
+    sqlx::query(deployments::UPDATE_DEPLOYMENT_SQL)
+        .bind(d.id)
+        .bind(change.state)
+        .bind(change.step)
+        .bind(change.route.mode.as_str())
+        .bind(i64::from(change.route.weight))
+        .bind(change.route != d.route)
+        .bind(change.restart)
+        .bind(change.request.map(DeploymentRequest::as_str))
+        .bind(change.reason)
+        .bind(change.data)
+        .bind(deployments::outcome_str(change.outcome))
+        .bind(change.epoch)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(B::db_error)?;
+    event.at = now;
+    insert_event::<B>(conn, &event).await
+}
+
+async fn insert_event<B>(conn: &mut Conn<B>, e: &DeploymentEvent) -> Result<()>
+where
+    B: Backend,
+    for<'c> &'c mut Conn<B>: Executor<'c, Database = B::DB>,
+    for<'q> Args<'q, B>: IntoArguments<'q, B::DB>,
+    for<'q> &'q str: Encode<'q, B::DB> + Type<B::DB>,
+    for<'q> Option<&'q str>: Encode<'q, B::DB>,
+    i64: Value<B::DB>,
+{
+    sqlx::query(deployments::INSERT_EVENT_SQL)
+        .bind(e.deployment_id)
+        .bind(e.at)
+        .bind(e.from_state.as_deref())
+        .bind(e.to_state.as_str())
+        .bind(e.step)
+        .bind(e.route.mode.as_str())
+        .bind(i64::from(e.route.weight))
+        .bind(e.message.as_str())
+        .bind(e.epoch)
+        .execute(conn)
+        .await
+        .map_err(B::db_error)?;
+    Ok(())
+}
+
+/// Where a pipeline's unrouted batches go, looked up once per lease call.
+enum PipelineRoute {
+    /// No active deployment (it ended since the lease statement ran): the current version.
+    Current(i64),
+    Deployment(Router),
+}
+
+/// The router: chooses the version of each leased batch that came back unrouted from
+/// [`Backend::lease_pending`] (its pipeline had an active deployment), by that deployment's
+/// route as it is now, and counts the choices on the deployment; all in the lease's
+/// transaction, with the deployment row locked on PostgreSQL so concurrent leasers take turns.
+/// A batch its deployment holds ([`RouteMode::Hold`], set since the lease statement ran) is
+/// given back unleased and left out.
+async fn route<B>(
+    conn: &mut Conn<B>,
+    req: &LeaseRequest,
+    leased: Vec<TaskRow>,
+) -> Result<Vec<TaskRow>>
+where
+    B: Backend,
+    for<'c> &'c mut Conn<B>: Executor<'c, Database = B::DB>,
+    for<'q> Args<'q, B>: IntoArguments<'q, B::DB>,
+    for<'r> &'r str: ColumnIndex<DbRow<B>>,
+    usize: ColumnIndex<DbRow<B>>,
+    for<'q> &'q str: Encode<'q, B::DB> + Type<B::DB>,
+    for<'q> Option<i64>: Encode<'q, B::DB>,
+    String: Value<B::DB>,
+    i64: Value<B::DB>,
+{
+    let mut routes: Vec<(String, PipelineRoute)> = Vec::new();
+    let mut kept = Vec::with_capacity(leased.len());
+    for mut row in leased {
+        if row.is_routed() {
+            kept.push(row);
+            continue;
+        }
+        let i = match routes.iter().position(|(p, _)| p == row.pipeline()) {
+            Some(i) => i,
+            None => {
+                let route = pipeline_route::<B>(&mut *conn, row.pipeline(), req).await?;
+                routes.push((row.pipeline().to_string(), route));
+                routes.len() - 1
+            }
+        };
+        let routed = match &mut routes[i].1 {
+            PipelineRoute::Current(version) => Routed {
+                version: *version,
+                split: None,
+                candidate: false,
+            },
+            PipelineRoute::Deployment(router) => match router.next() {
+                Some(routed) => routed,
+                None => {
+                    sqlx::query(deployments::UNLEASE_SQL)
+                        .bind(row.batch_id())
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(B::db_error)?;
+                    continue;
+                }
+            },
+        };
+        let split = routed.split;
+        let at: i64 = sqlx::query_scalar(&B::sql(deployments::ROUTE_TASK_SQL))
+            .bind(row.batch_id())
+            .bind(routed.version)
+            .bind(split.map(|s| s.candidate_version))
+            .bind(split.map(|s| i64::from(s.percent)))
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(B::db_error)?;
+        row.route(routed.version, split, at);
+        kept.push(row);
+    }
+    for (_, route) in &routes {
+        if let PipelineRoute::Deployment(router) = route
+            && let Some((total, to_candidate)) = router.counters()
+        {
+            sqlx::query(deployments::COUNT_ROUTED_SQL)
+                .bind(router.deployment)
+                .bind(total)
+                .bind(to_candidate)
+                .execute(&mut *conn)
+                .await
+                .map_err(B::db_error)?;
+        }
+    }
+    Ok(kept)
+}
+
+/// How `pipeline`'s batches are routed now, its deployment row locked on PostgreSQL.
+async fn pipeline_route<B>(
+    conn: &mut Conn<B>,
+    pipeline: &str,
+    req: &LeaseRequest,
+) -> Result<PipelineRoute>
+where
+    B: Backend,
+    for<'c> &'c mut Conn<B>: Executor<'c, Database = B::DB>,
+    for<'q> Args<'q, B>: IntoArguments<'q, B::DB>,
+    for<'r> &'r str: ColumnIndex<DbRow<B>>,
+    usize: ColumnIndex<DbRow<B>>,
+    for<'q> &'q str: Encode<'q, B::DB> + Type<B::DB>,
+    String: Value<B::DB>,
+    i64: Value<B::DB>,
+{
+    let active: Option<RouteRow> = sqlx::query_as(&B::sql(deployments::ROUTE_SQL))
+        .bind(pipeline)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(B::db_error)?;
+    let Some(active) = active else {
+        let current: Option<i64> = sqlx::query_scalar(deployments::CURRENT_VERSION_SQL)
+            .bind(pipeline)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(B::db_error)?;
+        return current.map(PipelineRoute::Current).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "tasks of pipeline {pipeline} are queued but the pipeline is not registered"
+            ))
+        });
+    };
+    let mut router = Router::new(active)?;
+    if router.mode() == RouteMode::Slots {
+        let live: Vec<String> = sqlx::query_scalar(&B::sql(deployments::LIVE_SLOTS_SQL))
+            .bind(deployments::LIVE_SLOT_MS)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(B::db_error)?;
+        router.rank_slots(live, &req.worker);
+    }
+    Ok(PipelineRoute::Deployment(router))
 }
 
 async fn insert_run<B>(conn: &mut Conn<B>, run: &NewRun<'_>) -> Result<()>
@@ -1074,13 +1762,14 @@ mod tests {
 
     #[test]
     fn templates_without_tokens_are_not_copied() {
+        let words = [("{now}", "N"), ("{skip_locked}", " FOR UPDATE SKIP LOCKED")];
         assert!(matches!(
-            render("SELECT 1", "now()", ""),
+            render("SELECT 1", &words),
             Cow::Borrowed("SELECT 1")
         ));
         assert_eq!(
-            render("SELECT {now} ORDER BY seq{skip_locked}", "N", " FOR UPDATE"),
-            "SELECT N ORDER BY seq FOR UPDATE"
+            render("SELECT {now}, {now} ORDER BY seq{skip_locked}", &words),
+            "SELECT N, N ORDER BY seq FOR UPDATE SKIP LOCKED"
         );
     }
 }

@@ -21,7 +21,7 @@ use sqlx::{ConnectOptions, Connection, Sqlite, Transaction};
 
 use crate::rows::{self, SliceColumns, TaskRow, task_columns};
 use crate::shared::{Backend, Queue, RowsAffected};
-use crate::{Lease, LeaseRequest, NewTask, Result, StoreError};
+use crate::{LeaseRequest, NewTask, Result, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -153,6 +153,9 @@ impl Backend for SqliteStore {
     const NOW: &'static str = "CAST(ROUND(unixepoch('subsec') * 1000) AS INTEGER)";
     /// Nothing to lock: the write transaction already excludes every other writer.
     const SKIP_LOCKED: &'static str = "";
+    // Nor here, for the same reason.
+    const FOR_UPDATE: &'static str = "";
+    const FOR_SHARE: &'static str = "";
     /// Deferred: the snapshot is taken at the first read and kept to the end.
     const BEGIN_SNAPSHOT: &'static str = "BEGIN";
 
@@ -243,7 +246,10 @@ impl Backend for SqliteStore {
         // SQLite plans the lease from the partial index without statistics.
     }
 
-    async fn lease_pending(conn: &mut SqliteConnection, req: &LeaseRequest) -> Result<Vec<Lease>> {
+    async fn lease_pending(
+        conn: &mut SqliteConnection,
+        req: &LeaseRequest,
+    ) -> Result<Vec<TaskRow>> {
         let limit = i64::try_from(req.limit).unwrap_or(i64::MAX);
         // The pipeline filter travels as one JSON array so the statement stays the same for any
         // number of pipelines.
@@ -255,11 +261,12 @@ impl Backend for SqliteStore {
             .map_err(|e| StoreError::Invalid(format!("encoding the pipeline filter: {e}")))?;
         let now = now_millis();
         let expires_at = now.saturating_add(rows::millis(req.lease_for));
-        let seqs: Vec<i64> = sqlx::query_scalar(
+        let seqs: Vec<i64> = sqlx::query_scalar(concat!(
             "SELECT seq FROM tasks WHERE state = 'pending' AND run_after <= $1 \
-             AND ($2 IS NULL OR pipeline IN (SELECT value FROM json_each($2))) \
-             ORDER BY seq LIMIT $3",
-        )
+             AND ($2 IS NULL OR pipeline IN (SELECT value FROM json_each($2))) AND ",
+            rows::not_held!(),
+            " ORDER BY seq LIMIT $3"
+        ))
         .bind(now)
         .bind(pipelines)
         .bind(limit)
@@ -270,9 +277,11 @@ impl Backend for SqliteStore {
         for seq in seqs {
             // The write lock makes the state check redundant; it stays as a second fence.
             let row: Option<TaskRow> = sqlx::query_as(concat!(
-                "UPDATE tasks SET state = 'leased', attempts = attempts + 1, lease_owner = $2, \
-                 lease_token = $3, leased_at = $4, lease_expires_at = $5, updated_at = $4 \
-                 WHERE seq = $1 AND state = 'pending' RETURNING ",
+                "UPDATE tasks AS t SET state = 'leased', attempts = t.attempts + 1, \
+                 lease_owner = $2, lease_token = $3, leased_at = $4, lease_expires_at = $5, \
+                 updated_at = $4, ",
+                rows::route_to_current!("$4"),
+                " WHERE t.seq = $1 AND t.state = 'pending' RETURNING ",
                 task_columns!()
             ))
             .bind(seq)
@@ -283,9 +292,7 @@ impl Backend for SqliteStore {
             .fetch_optional(&mut *conn)
             .await
             .map_err(StoreError::sqlite)?;
-            if let Some(row) = row {
-                leases.push(row.into_lease()?);
-            }
+            leases.extend(row);
         }
         Ok(leases)
     }

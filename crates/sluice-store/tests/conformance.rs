@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use sluice_core::{BatchId, BatchOutcome, BatchSlice, ErrorKind, LeaseToken, TaskState, WorkerId};
 use sluice_store::{
-    BatchFile, CheckRecord, FailDisposition, FileChange, FileUpdate, Lease, LeaseRequest, NewFile,
-    NewSchemaVersion, NewTask, RetryTarget, RunReport, SchemaRegistration, SchemaVersionRecord,
-    Store, StoreError, WorkerBeat, testing,
+    BatchFile, CheckRecord, DeploymentOutcome, DeploymentRecord, DeploymentRequest,
+    DeploymentUpdate, FailDisposition, Fence, FileChange, FileUpdate, Lease, LeaseRequest,
+    NewDeployment, NewFile, NewMeasurement, NewSchemaVersion, NewTask, Requeue, RetryTarget, Route,
+    RouteMode, RunReport, SchemaRegistration, SchemaVersionRecord, Split, Store, StoreError,
+    WorkerBeat, testing,
 };
 use sqlx::Connection;
 
@@ -125,7 +127,7 @@ conformance!(
     release_returns_the_attempt,
     rescue_expired_requeues,
     rescue_expired_quarantines_after_max_attempts,
-    retry_repins_to_current_version,
+    retry_routes_the_batch_again,
     status_numbers,
     workers_upsert,
     batch_runs_history,
@@ -136,6 +138,22 @@ conformance!(
     compatibility_defaults_and_overrides,
     datasets_list_versions_and_modes,
     concurrent_schema_registration_agrees,
+    router_batch_share_is_exact,
+    router_share_is_exact_under_concurrent_leasers,
+    routed_batches_keep_their_version,
+    hold_leases_only_routed_batches,
+    slots_route_by_worker_rank,
+    key_routing_carries_the_split,
+    unrouted_batches_run_the_current_version,
+    leadership_is_exclusive_until_it_expires,
+    concurrent_lead_has_one_winner,
+    one_active_deployment_per_pipeline,
+    transitions_are_checked_and_logged,
+    abort_request_routes_to_stable_at_once,
+    requeue_is_idempotent_and_skips_leased,
+    repin_pending_moves_routed_retries,
+    analysis_windows_and_measurements,
+    analysis_templates_are_named_and_replaced,
 );
 
 // ---- files that change after they were taken in ----
@@ -1218,22 +1236,14 @@ async fn rescue_expired_quarantines_after_max_attempts(
     Ok(())
 }
 
-async fn retry_repins_to_current_version(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+async fn retry_routes_the_batch_again(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
     let v1 = pipeline(&store, "orders").await?;
     let u1 = pipeline(&store, "users").await?;
     let ids = queue(&store, "orders", v1, "/in/a.csv", 3, 3).await?;
     let users = queue(&store, "users", u1, "/in/u.csv", 1, 3).await?;
     for _ in 0..4 {
         let lease = lease_one(&store, 1, LONG).await;
-        store
-            .fail(
-                &lease,
-                &report(BatchOutcome::Quarantined, 0, Some("bad row")),
-                ErrorKind::User,
-                true,
-                Duration::ZERO,
-            )
-            .await?;
+        quarantine(&store, &lease).await?;
     }
     assert_eq!(
         store
@@ -1243,7 +1253,8 @@ async fn retry_repins_to_current_version(_h: &Harness, store: Arc<dyn Store>) ->
         3
     );
 
-    // A fixed spec, registered but not current yet: retry pins to the current one.
+    // A fixed spec, registered but not current yet: the retried batch waits for the router,
+    // with the current version meanwhile.
     let v2 = store
         .register_pipeline_version("orders", "fixed", "spec 2", "/b", false)
         .await?
@@ -1251,8 +1262,8 @@ async fn retry_repins_to_current_version(_h: &Harness, store: Arc<dyn Store>) ->
     assert_eq!(store.retry(&RetryTarget::Batch(ids[0].clone())).await?, 1);
     let t = store.task(&ids[0]).await?.ok_or("missing")?;
     assert_eq!(
-        (t.state, t.version, t.attempts),
-        (TaskState::Pending, v1, 0)
+        (t.state, t.version, t.attempts, t.routed_at),
+        (TaskState::Pending, v1, 0, None)
     );
     assert_eq!((t.last_error, t.error_kind), (None, None));
     assert_eq!(
@@ -1278,8 +1289,9 @@ async fn retry_repins_to_current_version(_h: &Harness, store: Arc<dyn Store>) ->
             .iter()
             .map(|l| (l.batch_id.clone(), l.version, l.attempt))
             .collect::<Vec<_>>(),
-        [(ids[0].clone(), v1, 1), (ids[1].clone(), v2, 1)],
-        "a retried batch runs with fresh attempts under the version it was pinned to"
+        [(ids[0].clone(), v2, 1), (ids[1].clone(), v2, 1)],
+        "a retried batch runs with fresh attempts under the version the router chose when it \
+         was leased: the current one (v2 by then, for the batch retried under v1 too)"
     );
 
     assert_eq!(
@@ -1846,6 +1858,1007 @@ async fn concurrent_schema_registration_agrees(h: &Harness, store: Arc<dyn Store
     Ok(())
 }
 
+// ---- deployments: the router, leadership, fenced writes ----
+
+/// Registers `pipeline` with versions 1 (current) and 2 (the candidate, not current).
+async fn two_versions(store: &Arc<dyn Store>, pipeline: &str) -> Result<(i64, i64), StoreError> {
+    let v1 = self::pipeline(store, pipeline).await?;
+    let v2 = store
+        .register_pipeline_version(
+            pipeline,
+            &format!("hash-{pipeline}-2"),
+            "spec: 2",
+            "/base",
+            false,
+        )
+        .await?
+        .version;
+    Ok((v1, v2))
+}
+
+fn route(mode: RouteMode, weight: u8) -> Route {
+    Route { mode, weight }
+}
+
+fn new_deployment(pipeline: &str, stable: i64, candidate: i64, route: Route) -> NewDeployment {
+    NewDeployment {
+        pipeline: pipeline.into(),
+        stable_version: stable,
+        candidate_version: candidate,
+        strategy: "canary".into(),
+        policy: "{\"steps\":[]}".into(),
+        state: "progressing".into(),
+        route,
+        started_by: "test".into(),
+    }
+}
+
+/// Starts a deployment of `pipeline` from 1 to 2 and returns it.
+async fn deploy(
+    store: &Arc<dyn Store>,
+    pipeline: &str,
+    route: Route,
+) -> Result<DeploymentRecord, Box<dyn std::error::Error + Send + Sync>> {
+    let started = store
+        .start_deployment(&new_deployment(pipeline, 1, 2, route))
+        .await?
+        .map_err(|active| format!("deployment {} is active already", active.id))?;
+    Ok(started)
+}
+
+/// A controller's transition of `d` that keeps its state and sets `route`.
+fn reroute(d: &DeploymentRecord, route: Route) -> DeploymentUpdate {
+    DeploymentUpdate {
+        from_state: d.state.clone(),
+        to_state: d.state.clone(),
+        step: d.step,
+        route,
+        reason: None,
+        seen_request: d.request,
+        clear_request: false,
+        data: d.data.clone(),
+        outcome: None,
+        message: format!("route {} {}", route.mode.as_str(), route.weight),
+    }
+}
+
+async fn lead(store: &Arc<dyn Store>, holder: &str) -> Result<Fence, String> {
+    store
+        .lead("controller", holder, LONG)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{holder} could not take the leadership"))
+}
+
+/// Sets the route of the active deployment `d` as the controller holding `fence`; returns the
+/// deployment as it is then.
+async fn set_route(
+    store: &Arc<dyn Store>,
+    fence: &Fence,
+    d: &DeploymentRecord,
+    route: Route,
+) -> Result<DeploymentRecord, Box<dyn std::error::Error + Send + Sync>> {
+    let current = store.deployment(d.id).await?.ok_or("no such deployment")?;
+    if !store
+        .transition_deployment(fence, d.id, &reroute(&current, route))
+        .await?
+    {
+        return Err(format!("setting route {route:?} on deployment {} was refused", d.id).into());
+    }
+    Ok(store.deployment(d.id).await?.ok_or("no such deployment")?)
+}
+
+/// Fails `lease` as a worker would after a transient error: back in the queue after `backoff`.
+async fn fail_transiently(
+    store: &Arc<dyn Store>,
+    lease: &Lease,
+    backoff: Duration,
+) -> Result<FailDisposition, StoreError> {
+    let boom = report(BatchOutcome::Failed, 0, Some("boom"));
+    store
+        .fail(lease, &boom, ErrorKind::External, false, backoff)
+        .await
+}
+
+/// Runs `call` from 8 tasks at once, alternating between `store` and a second handle on the
+/// same data (another process); returns their answers in task order.
+async fn at_once<T, F, Fut>(
+    h: &Harness,
+    store: &Arc<dyn Store>,
+    call: F,
+) -> Result<Vec<T>, Box<dyn std::error::Error + Send + Sync>>
+where
+    T: Send + 'static,
+    F: Fn(usize, Arc<dyn Store>) -> Fut,
+    Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+{
+    let other = h.open_again().await;
+    let tasks: Vec<_> = (0..8)
+        .map(|n| {
+            let s = if n % 2 == 0 { store } else { &other };
+            tokio::spawn(call(n, s.clone()))
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await??);
+    }
+    Ok(answers)
+}
+
+/// Fails `lease` as a worker would on bad input: quarantined at once.
+async fn quarantine(store: &Arc<dyn Store>, lease: &Lease) -> Result<FailDisposition, StoreError> {
+    let bad = report(BatchOutcome::Quarantined, 0, Some("bad row"));
+    store
+        .fail(lease, &bad, ErrorKind::User, true, Duration::ZERO)
+        .await
+}
+
+/// Leases `n` batches one lease call at a time (limits 1, 2, 3, ... as they fit) and returns
+/// their versions in lease order.
+async fn lease_versions(store: &Arc<dyn Store>, n: usize) -> Result<Vec<i64>, StoreError> {
+    let mut versions = Vec::new();
+    let mut limit = 1;
+    while versions.len() < n {
+        let leases = store
+            .lease(&request(1, limit.min(n - versions.len()), LONG))
+            .await?;
+        assert!(!leases.is_empty(), "queue ran dry after {}", versions.len());
+        versions.extend(leases.iter().map(|l| l.version));
+        limit += 1;
+    }
+    Ok(versions)
+}
+
+async fn router_batch_share_is_exact(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let (v1, v2) = two_versions(&store, "orders").await?;
+    // Queued before the deployment starts: routed when leased, not when queued.
+    queue(&store, "orders", v1, "/in/a.csv", 40, 3).await?;
+    let d = deploy(&store, "orders", route(RouteMode::Batch, 25)).await?;
+    let versions = lease_versions(&store, 20).await?;
+    let expected: Vec<i64> = (1..=20).map(|i| if i % 4 == 0 { v2 } else { v1 }).collect();
+    assert_eq!(
+        versions, expected,
+        "exactly one in four, never ahead of its share"
+    );
+
+    // The route changes: the share restarts from zero. (Had the counters stayed at 20/5, the
+    // very next batch would have gone to the candidate.)
+    let fence = lead(&store, "ctl").await?;
+    set_route(&store, &fence, &d, route(RouteMode::Batch, 50)).await?;
+    assert_eq!(lease_versions(&store, 6).await?, [v1, v2, v1, v2, v1, v2]);
+    let routed = store.tasks("orders", Some(TaskState::Leased)).await?;
+    assert_eq!(routed.len(), 26);
+    assert!(
+        routed
+            .iter()
+            .all(|t| t.routed_at.is_some() && t.split.is_none())
+    );
+    assert_eq!(routed.iter().filter(|t| t.version == v2).count(), 5 + 3);
+    Ok(())
+}
+
+async fn router_share_is_exact_under_concurrent_leasers(
+    h: &Harness,
+    store: Arc<dyn Store>,
+) -> TestResult {
+    let (v1, v2) = two_versions(&store, "orders").await?;
+    queue(&store, "orders", v1, "/in/a.csv", 200, 3).await?;
+    deploy(&store, "orders", route(RouteMode::Batch, 25)).await?;
+    let leased = at_once(h, &store, |n, s| async move {
+        let mut versions = Vec::new();
+        loop {
+            let leases = s.lease(&request(n, 1 + n % 3, LONG)).await?;
+            if leases.is_empty() {
+                return Ok(versions);
+            }
+            versions.extend(leases.iter().map(|l| l.version));
+        }
+    })
+    .await?;
+    let versions: Vec<i64> = leased.into_iter().flatten().collect();
+    assert_eq!(versions.len(), 200, "every batch leased once");
+    assert_eq!(
+        versions.iter().filter(|&&v| v == v2).count(),
+        50,
+        "25% of 200, exactly"
+    );
+    Ok(())
+}
+
+async fn routed_batches_keep_their_version(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let (v1, v2) = two_versions(&store, "orders").await?;
+    queue(&store, "orders", v1, "/in/a.csv", 3, 5).await?;
+    let d = deploy(&store, "orders", route(RouteMode::Batch, 100)).await?;
+    let first = lease_one(&store, 1, LONG).await;
+    assert_eq!(first.version, v2);
+    // From now on every new batch goes to stable; the routed one must not follow.
+    let fence = lead(&store, "ctl").await?;
+    set_route(&store, &fence, &d, route(RouteMode::Batch, 0)).await?;
+    let failed = fail_transiently(&store, &first, Duration::from_millis(100)).await?;
+    assert_eq!(failed, FailDisposition::Retrying);
+    let t = store.task(&first.batch_id).await?.ok_or("missing")?;
+    assert_eq!((t.state, t.version), (TaskState::Pending, v2));
+    let second = lease_one(&store, 2, LONG).await;
+    assert_ne!(second.batch_id, first.batch_id, "still backing off");
+    assert_eq!(second.version, v1);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let retried = lease_one(&store, 3, Duration::from_millis(50)).await;
+    assert_eq!(
+        (retried.batch_id.clone(), retried.version, retried.attempt),
+        (first.batch_id.clone(), v2, 2)
+    );
+    // expiry and rescue
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(store.rescue_expired().await?, 1);
+    let rescued = lease_one(&store, 4, LONG).await;
+    assert_eq!(
+        (rescued.batch_id.clone(), rescued.version),
+        (first.batch_id.clone(), v2)
+    );
+    // release (a drain)
+    store.release(&rescued).await?;
+    let released = lease_one(&store, 5, LONG).await;
+    assert_eq!((released.batch_id, released.version), (first.batch_id, v2));
+    Ok(())
+}
+
+async fn hold_leases_only_routed_batches(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let (v1, v2) = two_versions(&store, "orders").await?;
+    let u1 = pipeline(&store, "users").await?;
+    let orders = queue(&store, "orders", v1, "/in/a.csv", 4, 3).await?;
+    let d = deploy(&store, "orders", route(RouteMode::Batch, 100)).await?;
+    let routed = lease_one(&store, 1, LONG).await;
+    assert_eq!(
+        (routed.batch_id.clone(), routed.version),
+        (orders[0].clone(), v2)
+    );
+    store.release(&routed).await?;
+
+    let fence = lead(&store, "ctl").await?;
+    set_route(&store, &fence, &d, route(RouteMode::Hold, 0)).await?;
+    let users = queue(&store, "users", u1, "/in/u.csv", 1, 3).await?;
+    // Two slots, two leasable batches: the held ones ahead of the second must not use a slot.
+    let leased = store.lease(&request(1, 2, LONG)).await?;
+    assert_eq!(
+        leased
+            .iter()
+            .map(|l| (l.batch_id.clone(), l.version))
+            .collect::<Vec<_>>(),
+        [(orders[0].clone(), v2), (users[0].clone(), u1)],
+        "the routed batch and other pipelines' batches are leased, new ones held"
+    );
+    assert!(store.lease(&request(1, 10, LONG)).await?.is_empty());
+    let held = store.tasks("orders", Some(TaskState::Pending)).await?;
+    assert_eq!(held.len(), 3);
+    assert!(
+        held.iter()
+            .all(|t| t.routed_at.is_none() && t.attempts == 0)
+    );
+
+    set_route(&store, &fence, &d, route(RouteMode::Batch, 0)).await?;
+    let rest = store.lease(&request(1, 10, LONG)).await?;
+    assert_eq!(ids(&rest), orders[1..].to_vec());
+    assert!(rest.iter().all(|l| l.version == v1 && l.attempt == 1));
+    Ok(())
+}
+
+async fn slots_route_by_worker_rank(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let (v1, v2) = two_versions(&store, "orders").await?;
+    queue(&store, "orders", v1, "/in/a.csv", 8, 3).await?;
+    let beat = |n: usize, state: &str| WorkerBeat {
+        worker: worker(n),
+        host: "testhost".into(),
+        pid: 4242,
+        state: state.into(),
+    };
+    for n in 0..4 {
+        store.worker_heartbeat(&beat(n, "running")).await?;
+    }
+    deploy(&store, "orders", route(RouteMode::Slots, 50)).await?;
+    // ceil(50% of 4 slots) = 2: the first two by id lease the candidate
+    let versions = |n: usize| {
+        let store = store.clone();
+        async move { Ok::<_, StoreError>(lease_one(&store, n, LONG).await.version) }
+    };
+    assert_eq!(
+        [
+            versions(0).await?,
+            versions(1).await?,
+            versions(2).await?,
+            versions(3).await?
+        ],
+        [v2, v2, v1, v1]
+    );
+    assert_eq!(versions(9).await?, v1, "a slot not live leases stable");
+    // A draining slot no longer counts: of 3 live slots, ceil(1.5) = 2 lease the candidate.
+    store.worker_heartbeat(&beat(0, "draining")).await?;
+    assert_eq!(versions(2).await?, v2);
+    assert_eq!(versions(3).await?, v1);
+    Ok(())
+}
+
+async fn key_routing_carries_the_split(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let (v1, v2) = two_versions(&store, "orders").await?;
+    let batches = queue(&store, "orders", v1, "/in/a.csv", 2, 3).await?;
+    deploy(&store, "orders", route(RouteMode::Key, 30)).await?;
+    let lease = lease_one(&store, 1, LONG).await;
+    let split = Some(Split {
+        candidate_version: v2,
+        percent: 30,
+    });
+    assert_eq!((lease.version, lease.split), (v1, split));
+    let t = store.task(&lease.batch_id).await?.ok_or("missing")?;
+    assert_eq!((t.version, t.split), (v1, split));
+    // A retried batch is routed again from scratch: its split goes with its route.
+    quarantine(&store, &lease).await?;
+    assert_eq!(
+        store.retry(&RetryTarget::Batch(batches[0].clone())).await?,
+        1
+    );
+    let t = store.task(&batches[0]).await?.ok_or("missing")?;
+    assert_eq!((t.split, t.routed_at), (None, None));
+    Ok(())
+}
+
+async fn unrouted_batches_run_the_current_version(
+    _h: &Harness,
+    store: Arc<dyn Store>,
+) -> TestResult {
+    let (v1, v2) = two_versions(&store, "orders").await?;
+    let backlog = queue(&store, "orders", v1, "/in/a.csv", 4, 3).await?;
+    let t = store.task(&backlog[0]).await?.ok_or("missing")?;
+    assert_eq!((t.version, t.routed_at, t.generation), (v1, None, 0));
+    let first = lease_one(&store, 1, LONG).await;
+    assert_eq!(first.version, v1);
+    let routed_at = store
+        .task(&first.batch_id)
+        .await?
+        .ok_or("missing")?
+        .routed_at;
+    assert!(routed_at.is_some_and(|at| at >= t.created_at));
+
+    // A promote: the backlog queued before it runs on the new version.
+    store.set_current_version("orders", v2).await?;
+    assert_eq!(lease_one(&store, 1, LONG).await.version, v2);
+    // ...and so through a deployment that ends promoted.
+    store.set_current_version("orders", v1).await?;
+    let d = deploy(&store, "orders", route(RouteMode::Batch, 0)).await?;
+    let fence = lead(&store, "ctl").await?;
+    let promote = DeploymentUpdate {
+        to_state: "promoted".into(),
+        outcome: Some(DeploymentOutcome::Promoted),
+        ..reroute(&d, route(RouteMode::Batch, 100))
+    };
+    assert!(store.transition_deployment(&fence, d.id, &promote).await?);
+    assert_eq!(
+        store.pipeline("orders").await?.map(|p| p.current_version),
+        Some(v2)
+    );
+    let rest = store.lease(&request(1, 10, LONG)).await?;
+    assert_eq!(rest.iter().map(|l| l.version).collect::<Vec<_>>(), [v2, v2]);
+    Ok(())
+}
+
+async fn leadership_is_exclusive_until_it_expires(
+    _h: &Harness,
+    store: Arc<dyn Store>,
+) -> TestResult {
+    let short = Duration::from_millis(300);
+    let a = store
+        .lead("controller", "a", short)
+        .await?
+        .ok_or("a leads")?;
+    assert_eq!(
+        (a.duty.as_str(), a.holder.as_str(), a.epoch),
+        ("controller", "a", 1)
+    );
+    assert_eq!(
+        store.lead("controller", "b", short).await?,
+        None,
+        "a holds it"
+    );
+    assert!(
+        store.lead("other-duty", "b", short).await?.is_some(),
+        "duties are separate"
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let renewed = store
+        .lead("controller", "a", short)
+        .await?
+        .ok_or("a renews")?;
+    assert_eq!(renewed.epoch, 1, "renewal keeps the epoch");
+    assert!(renewed.expires_at > a.expires_at);
+    let leader = store.leader("controller").await?.ok_or("a leader")?;
+    assert_eq!((leader.holder.as_str(), leader.epoch), ("a", 1));
+
+    // Some fenced state for a's writes to try.
+    let (v1, _) = two_versions(&store, "orders").await?;
+    let batches = queue(&store, "orders", v1, "/in/a.csv", 2, 3).await?;
+    let d = deploy(&store, "orders", route(RouteMode::Batch, 0)).await?;
+    assert!(
+        store
+            .transition_deployment(&a, d.id, &reroute(&d, route(RouteMode::Batch, 10)))
+            .await?
+    );
+    let d = store.deployment(d.id).await?.ok_or("missing")?;
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Expired: a's writes are refused even before anyone takes over.
+    assert!(
+        !store
+            .transition_deployment(&a, d.id, &reroute(&d, route(RouteMode::Batch, 20)))
+            .await?
+    );
+    let b = store
+        .lead("controller", "b", LONG)
+        .await?
+        .ok_or("b takes over")?;
+    assert_eq!(b.epoch, 2, "a change of hands raises the epoch");
+    assert_eq!(
+        store.lead("controller", "a", short).await?,
+        None,
+        "b holds it now"
+    );
+
+    let events = store.deployment_events(d.id).await?.len();
+    assert!(
+        !store
+            .transition_deployment(&a, d.id, &reroute(&d, route(RouteMode::Batch, 20)))
+            .await?
+    );
+    let m = NewMeasurement {
+        deployment_id: d.id,
+        analysis: "step-1".into(),
+        metric: "error_rate".into(),
+        phase: "successful".into(),
+        value: Some(0.0),
+        stable_value: None,
+        inputs: "{}".into(),
+        message: "ok".into(),
+    };
+    assert!(!store.record_measurement(&a, &m).await?);
+    let rq = Requeue {
+        pipeline: "orders".into(),
+        version: v1,
+        batches: vec![(batches[0].clone(), 1)],
+    };
+    assert_eq!(store.requeue(&a, &rq).await?, 0);
+    assert_eq!(store.repin_pending(&a, "orders", v1, v1).await?, 0);
+    store.resign(&a).await?;
+    // nothing of a's was written
+    assert_eq!(store.deployment(d.id).await?.ok_or("missing")?, d);
+    assert_eq!(store.deployment_events(d.id).await?.len(), events);
+    assert!(store.measurements(d.id).await?.is_empty());
+    assert_eq!(
+        store.task(&batches[0]).await?.ok_or("missing")?.generation,
+        0
+    );
+    assert_eq!(store.leader("controller").await?.ok_or("b")?.holder, "b");
+
+    // b's fence works, and a clean resign hands the duty on with the next epoch.
+    assert!(store.record_measurement(&b, &m).await?);
+    store.resign(&b).await?;
+    assert!(!store.record_measurement(&b, &m).await?, "resigned");
+    let c = store
+        .lead("controller", "c", LONG)
+        .await?
+        .ok_or("c leads")?;
+    assert_eq!(c.epoch, 3);
+    Ok(())
+}
+
+async fn concurrent_lead_has_one_winner(h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    for round in 0..3 {
+        let answers = at_once(h, &store, |n, s| async move {
+            let holder = format!("holder-{round}-{n}");
+            s.lead("controller", &holder, Duration::from_millis(200))
+                .await
+        })
+        .await?;
+        let winners: Vec<Fence> = answers.into_iter().flatten().collect();
+        assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
+        assert_eq!(winners[0].epoch, round + 1);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
+}
+
+async fn one_active_deployment_per_pipeline(h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    two_versions(&store, "orders").await?;
+    two_versions(&store, "users").await?;
+    let first = deploy(&store, "orders", route(RouteMode::Batch, 0)).await?;
+    assert_eq!((first.step, first.outcome, first.request), (0, None, None));
+    assert_eq!(first.data, "{}");
+    let second = store
+        .start_deployment(&new_deployment("orders", 1, 2, route(RouteMode::Batch, 50)))
+        .await?;
+    assert_eq!(second, Err(first.clone()), "refused with the active one");
+    assert!(
+        store
+            .start_deployment(&new_deployment("orders", 1, 7, route(RouteMode::Batch, 0)))
+            .await
+            .is_err(),
+        "an unregistered version"
+    );
+    let events = store.deployment_events(first.id).await?;
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0].from_state.as_deref(), events[0].epoch),
+        (None, 0)
+    );
+
+    // Concurrent starts of one pipeline: the unique index lets one through.
+    let starts = at_once(h, &store, |_, s| async move {
+        s.start_deployment(&new_deployment("users", 1, 2, route(RouteMode::Batch, 0)))
+            .await
+    })
+    .await?;
+    let (mut started, mut refused) = (Vec::new(), Vec::new());
+    for s in starts {
+        match s {
+            Ok(d) => started.push(d),
+            Err(active) => refused.push(active),
+        }
+    }
+    assert_eq!(started.len(), 1);
+    assert!(refused.iter().all(|a| a.id == started[0].id));
+    assert_eq!(
+        store
+            .active_deployments()
+            .await?
+            .iter()
+            .map(|d| d.id)
+            .collect::<Vec<_>>(),
+        [first.id, started[0].id]
+    );
+
+    // After an outcome the pipeline may deploy again.
+    let fence = lead(&store, "ctl").await?;
+    let abort = DeploymentUpdate {
+        to_state: "aborted".into(),
+        reason: Some("analysis failed".into()),
+        outcome: Some(DeploymentOutcome::Aborted),
+        ..reroute(&first, route(RouteMode::Batch, 0))
+    };
+    assert!(
+        store
+            .transition_deployment(&fence, first.id, &abort)
+            .await?
+    );
+    let ended = store.deployment(first.id).await?.ok_or("missing")?;
+    assert_eq!(ended.outcome, Some(DeploymentOutcome::Aborted));
+    assert!(ended.finished_at.is_some());
+    assert_eq!(
+        store.pipeline("orders").await?.map(|p| p.current_version),
+        Some(1)
+    );
+    assert_eq!(store.active_deployment("orders").await?, None);
+    assert!(
+        !store
+            .transition_deployment(&fence, first.id, &abort)
+            .await?,
+        "ended"
+    );
+    let again = deploy(&store, "orders", route(RouteMode::Batch, 0)).await?;
+    assert_eq!(
+        store.active_deployment("orders").await?,
+        Some(again.clone())
+    );
+    let history = store.deployments(Some("orders"), 10).await?;
+    assert_eq!(
+        history.iter().map(|d| d.id).collect::<Vec<_>>(),
+        [again.id, first.id]
+    );
+    assert_eq!(store.deployments(None, 10).await?.len(), 3);
+    assert_eq!(store.deployments(None, 1).await?.len(), 1);
+    Ok(())
+}
+
+async fn transitions_are_checked_and_logged(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let (_, v2) = two_versions(&store, "orders").await?;
+    let d = deploy(&store, "orders", route(RouteMode::Batch, 10)).await?;
+    let fence = lead(&store, "ctl").await?;
+    let stale = DeploymentUpdate {
+        from_state: "paused".into(),
+        ..reroute(&d, route(RouteMode::Batch, 20))
+    };
+    assert!(
+        !store.transition_deployment(&fence, d.id, &stale).await?,
+        "not in from_state"
+    );
+    assert!(
+        !store
+            .transition_deployment(&fence, d.id + 100, &reroute(&d, d.route))
+            .await?,
+        "no such deployment"
+    );
+    let mut bad = reroute(&d, route(RouteMode::Batch, 101));
+    bad.message = "too much".into();
+    assert!(
+        store
+            .transition_deployment(&fence, d.id, &bad)
+            .await
+            .is_err()
+    );
+
+    // Same step, same route: the step keeps its start.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let note = DeploymentUpdate {
+        to_state: "analysing".into(),
+        data: "{\"window\":1}".into(),
+        reason: Some("waiting for 10 batches".into()),
+        ..reroute(&d, d.route)
+    };
+    assert!(store.transition_deployment(&fence, d.id, &note).await?);
+    let after = store.deployment(d.id).await?.ok_or("missing")?;
+    assert_eq!(after.state, "analysing");
+    assert_eq!(after.data, "{\"window\":1}");
+    assert_eq!(after.reason.as_deref(), Some("waiting for 10 batches"));
+    assert_eq!(after.step_started_at, d.step_started_at);
+    assert!(after.updated_at > d.updated_at);
+    // The next step: it starts now.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let next = DeploymentUpdate {
+        step: 1,
+        ..reroute(&after, route(RouteMode::Batch, 50))
+    };
+    assert!(store.transition_deployment(&fence, d.id, &next).await?);
+    let stepped = store.deployment(d.id).await?.ok_or("missing")?;
+    assert_eq!(
+        (stepped.step, stepped.route),
+        (1, route(RouteMode::Batch, 50))
+    );
+    assert!(stepped.step_started_at > after.step_started_at);
+
+    // Promote: the candidate becomes current in the same transaction.
+    let promote = DeploymentUpdate {
+        to_state: "promoted".into(),
+        outcome: Some(DeploymentOutcome::Promoted),
+        message: "promoted".into(),
+        ..reroute(&stepped, route(RouteMode::Batch, 100))
+    };
+    assert!(store.transition_deployment(&fence, d.id, &promote).await?);
+    assert_eq!(
+        store.pipeline("orders").await?.map(|p| p.current_version),
+        Some(v2)
+    );
+    let events = store.deployment_events(d.id).await?;
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (
+                e.from_state.as_deref(),
+                e.to_state.as_str(),
+                e.step,
+                e.route.weight,
+                e.epoch
+            ))
+            .collect::<Vec<_>>(),
+        [
+            (None, "progressing", 0, 10, 0),
+            (Some("progressing"), "analysing", 0, 10, fence.epoch),
+            (Some("analysing"), "analysing", 1, 50, fence.epoch),
+            (Some("analysing"), "promoted", 1, 100, fence.epoch),
+        ]
+    );
+    assert_eq!(events[3].message, "promoted");
+    assert!(events.windows(2).all(|w| w[0].at <= w[1].at));
+    Ok(())
+}
+
+async fn abort_request_routes_to_stable_at_once(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let (v1, _) = two_versions(&store, "orders").await?;
+    queue(&store, "orders", v1, "/in/a.csv", 2, 3).await?;
+    let d = deploy(&store, "orders", route(RouteMode::Key, 60)).await?;
+    let fence = lead(&store, "ctl").await?;
+    assert!(
+        store
+            .request_deployment(d.id, DeploymentRequest::Pause, "pause by x")
+            .await?
+    );
+    let paused = store.deployment(d.id).await?.ok_or("missing")?;
+    assert_eq!(paused.request, Some(DeploymentRequest::Pause));
+    // The controller decided on what it read before the pause: refused, the pause stays.
+    assert!(
+        !store
+            .transition_deployment(&fence, d.id, &reroute(&d, d.route))
+            .await?
+    );
+
+    assert!(
+        store
+            .request_deployment(d.id, DeploymentRequest::Abort, "abort by x")
+            .await?
+    );
+    let aborting = store.deployment(d.id).await?.ok_or("missing")?;
+    assert_eq!(aborting.request, Some(DeploymentRequest::Abort));
+    assert_eq!(
+        aborting.route,
+        route(RouteMode::Batch, 0),
+        "without waiting for the controller"
+    );
+    let lease = lease_one(&store, 1, LONG).await;
+    assert_eq!((lease.version, lease.split), (v1, None));
+    assert!(
+        !store
+            .request_deployment(d.id, DeploymentRequest::Resume, "resume")
+            .await?,
+        "a waiting abort is not replaced"
+    );
+    assert_eq!(
+        store.deployment(d.id).await?.ok_or("missing")?.request,
+        Some(DeploymentRequest::Abort)
+    );
+    let events = store.deployment_events(d.id).await?;
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.message.as_str(), e.epoch))
+            .collect::<Vec<_>>(),
+        [
+            (events[0].message.as_str(), 0),
+            ("pause by x", 0),
+            ("abort by x", 0)
+        ]
+    );
+    // The controller acts on the abort it saw and clears it.
+    let act = DeploymentUpdate {
+        to_state: "aborting".into(),
+        clear_request: true,
+        ..reroute(&aborting, aborting.route)
+    };
+    assert!(store.transition_deployment(&fence, d.id, &act).await?);
+    let acted = store.deployment(d.id).await?.ok_or("missing")?;
+    assert_eq!((acted.state.as_str(), acted.request), ("aborting", None));
+    assert!(
+        !store
+            .request_deployment(d.id + 100, DeploymentRequest::Pause, "x")
+            .await?
+    );
+    Ok(())
+}
+
+async fn requeue_is_idempotent_and_skips_leased(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let (v1, v2) = two_versions(&store, "orders").await?;
+    let batches = queue(&store, "orders", v1, "/in/a.csv", 3, 3).await?;
+    let d = deploy(&store, "orders", route(RouteMode::Batch, 100)).await?;
+    let leases = store.lease(&request(1, 3, LONG)).await?;
+    assert!(leases.iter().all(|l| l.version == v2));
+    let done = |i: usize| BatchFile {
+        pipeline: "orders".into(),
+        batch_id: batches[i].clone(),
+        table_version: i as i64,
+        data_file: format!("part-{i}.parquet"),
+    };
+    for l in &leases[..2] {
+        assert!(
+            store
+                .complete(l, &report(BatchOutcome::Committed, 10, None))
+                .await?
+        );
+    }
+    store
+        .record_batch_files(&[done(0), done(1), done(2)])
+        .await?;
+
+    let fence = lead(&store, "ctl").await?;
+    let rq = Requeue {
+        pipeline: "orders".into(),
+        version: v1,
+        batches: batches.iter().map(|b| (b.clone(), 1)).collect(),
+    };
+    assert_eq!(
+        store.requeue(&fence, &rq).await?,
+        2,
+        "the leased one is skipped"
+    );
+    for b in &batches[..2] {
+        let t = store.task(b).await?.ok_or("missing")?;
+        assert_eq!(
+            (t.state, t.version, t.generation, t.attempts),
+            (TaskState::Pending, v1, 1, 0)
+        );
+        assert!(t.routed_at.is_some(), "pinned: the router leaves it alone");
+        assert_eq!((t.rows_in, t.rows_out), (None, None));
+    }
+    let leased = store.task(&batches[2]).await?.ok_or("missing")?;
+    assert_eq!(
+        (leased.state, leased.version, leased.generation),
+        (TaskState::Leased, v2, 0)
+    );
+    assert_eq!(store.batch_files(&batches).await?, vec![done(2)]);
+    assert_eq!(
+        store.requeue(&fence, &rq).await?,
+        0,
+        "a repeated requeue changes nothing"
+    );
+
+    // Pinned to stable although the route sends every new batch to the candidate.
+    let again = store.lease(&request(1, 5, LONG)).await?;
+    assert_eq!(
+        again
+            .iter()
+            .map(|l| (l.version, l.generation, l.attempt))
+            .collect::<Vec<_>>(),
+        [(v1, 1, 1), (v1, 1, 1)]
+    );
+    assert_eq!(store.requeue(&fence, &rq).await?, 0, "leased now");
+    assert_eq!(
+        store.deployment(d.id).await?.ok_or("missing")?.route.weight,
+        100
+    );
+    let unknown = Requeue {
+        version: 9,
+        ..rq.clone()
+    };
+    assert!(
+        store.requeue(&fence, &unknown).await.is_err(),
+        "no version 9"
+    );
+    Ok(())
+}
+
+async fn repin_pending_moves_routed_retries(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let (v1, v2) = two_versions(&store, "orders").await?;
+    let batches = queue(&store, "orders", v1, "/in/a.csv", 4, 3).await?;
+    let d = deploy(&store, "orders", route(RouteMode::Batch, 100)).await?;
+    let fence = lead(&store, "ctl").await?;
+    let leases = store.lease(&request(1, 2, LONG)).await?;
+    for l in &leases {
+        fail_transiently(&store, l, LONG).await?;
+    }
+    // One split by key and failed too.
+    set_route(&store, &fence, &d, route(RouteMode::Key, 50)).await?;
+    let split = lease_one(&store, 1, LONG).await;
+    assert_eq!(split.split.map(|s| s.candidate_version), Some(v2));
+    fail_transiently(&store, &split, LONG).await?;
+    assert_eq!(store.repin_pending(&fence, "orders", v2, v1).await?, 3);
+    for b in &batches[..3] {
+        let t = store.task(b).await?.ok_or("missing")?;
+        assert_eq!(
+            (t.state, t.version, t.split),
+            (TaskState::Pending, v1, None)
+        );
+    }
+    let unrouted = store.task(&batches[3]).await?.ok_or("missing")?;
+    assert_eq!(unrouted.routed_at, None, "left to the router");
+    assert_eq!(store.repin_pending(&fence, "orders", v2, v1).await?, 0);
+    assert!(store.repin_pending(&fence, "orders", v2, 9).await.is_err());
+    Ok(())
+}
+
+async fn analysis_windows_and_measurements(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let (v1, v2) = two_versions(&store, "orders").await?;
+    queue(&store, "orders", v1, "/in/a.csv", 4, 3).await?;
+    let d = deploy(&store, "orders", route(RouteMode::Batch, 50)).await?;
+    let since = store.now().await?;
+    for l in store.lease(&request(1, 4, LONG)).await? {
+        let mut r = report(BatchOutcome::Committed, 10 * l.version, None);
+        r.finished_at = since + 100 - l.slice.index as i64;
+        store.complete(&l, &r).await?;
+    }
+    let runs = store.version_runs("orders", v2, since).await?;
+    assert_eq!(runs.len(), 2);
+    assert!(runs.iter().all(|r| r.version == v2 && r.rows_in == 20));
+    assert!(runs[0].finished_at <= runs[1].finished_at, "oldest first");
+    assert_eq!(store.version_runs("orders", v1, since).await?.len(), 2);
+    assert!(
+        store
+            .version_runs("orders", v1, since + 101)
+            .await?
+            .is_empty()
+    );
+
+    let check = |version: i64, batch: &str| CheckRecord {
+        pipeline: "orders".into(),
+        version,
+        batch_id: BatchId(batch.into()),
+        check: "not_null(id)".into(),
+        kind: "not_null".into(),
+        level: "pass".into(),
+        considered: 10,
+        failing: 0,
+        dropped: 0,
+        detail: String::new(),
+        recorded_at: 0,
+    };
+    store
+        .record_checks(&[check(v2, "b1"), check(v1, "b2")])
+        .await?;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    store.record_checks(&[check(v2, "b3")]).await?;
+    let checks = store.version_checks("orders", v2, since).await?;
+    assert_eq!(
+        checks
+            .iter()
+            .map(|c| c.batch_id.0.as_str())
+            .collect::<Vec<_>>(),
+        ["b1", "b3"]
+    );
+    assert!(
+        store
+            .version_checks("orders", v2, store.now().await? + 1000)
+            .await?
+            .is_empty()
+    );
+
+    let fence = lead(&store, "ctl").await?;
+    let m = |metric: &str, value: Option<f64>, stable: Option<f64>| NewMeasurement {
+        deployment_id: d.id,
+        analysis: "step-1".into(),
+        metric: metric.into(),
+        phase: if value.is_some() {
+            "successful"
+        } else {
+            "error"
+        }
+        .into(),
+        value,
+        stable_value: stable,
+        inputs: "{\"samples\":2}".into(),
+        message: format!("{metric} measured"),
+    };
+    assert!(
+        store
+            .record_measurement(&fence, &m("error_rate", Some(0.25), Some(0.5)))
+            .await?
+    );
+    assert!(
+        store
+            .record_measurement(&fence, &m("latency", None, None))
+            .await?
+    );
+    let ms = store.measurements(d.id).await?;
+    assert_eq!(
+        ms.iter()
+            .map(|r| (r.metric.as_str(), r.phase.as_str(), r.value, r.stable_value))
+            .collect::<Vec<_>>(),
+        [
+            ("error_rate", "successful", Some(0.25), Some(0.5)),
+            ("latency", "error", None, None)
+        ]
+    );
+    assert!(
+        ms.iter()
+            .all(|r| r.deployment_id == d.id && r.measured_at >= since)
+    );
+    assert_eq!(ms[0].inputs, "{\"samples\":2}");
+    Ok(())
+}
+
+async fn analysis_templates_are_named_and_replaced(
+    _h: &Harness,
+    store: Arc<dyn Store>,
+) -> TestResult {
+    assert_eq!(store.analysis_template("errors").await?, None);
+    store
+        .put_analysis_template("errors", "metrics: [a]")
+        .await?;
+    store
+        .put_analysis_template("latency", "metrics: [b]")
+        .await?;
+    let first = store.analysis_template("errors").await?.ok_or("missing")?;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    store
+        .put_analysis_template("errors", "metrics: [c]")
+        .await?;
+    let replaced = store.analysis_template("errors").await?.ok_or("missing")?;
+    assert_eq!(replaced.spec, "metrics: [c]");
+    assert_eq!(replaced.created_at, first.created_at);
+    assert!(replaced.updated_at > first.updated_at);
+    assert_eq!(
+        store
+            .analysis_templates()
+            .await?
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>(),
+        ["errors", "latency"]
+    );
+    Ok(())
+}
+
 // ---- backend-specific: the things the generic suite cannot see ----
 
 /// Opens `url` from several handles at once on a store nobody has migrated yet: the migration
@@ -1880,6 +2893,112 @@ async fn postgres_first_opens_race() -> TestResult {
     };
     first_opens_race(&url).await?;
     let _ = testing::drop_postgres_database(&url).await;
+    Ok(())
+}
+
+/// Runs `change` in a transaction, then `call` beside it; checks that `call` waits for the
+/// rows `change` locked, commits, and returns what `call` got once it went on.
+async fn commit_while_waiting<T: Send + 'static>(
+    conn: &mut sqlx::PgConnection,
+    change: &[String],
+    call: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> Result<T, Box<dyn std::error::Error + Send + Sync>> {
+    let mut tx = conn.begin().await?;
+    for sql in change {
+        sqlx::query(sql).execute(&mut *tx).await?;
+    }
+    let call = tokio::spawn(call);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !call.is_finished(),
+        "the call waits for the rows the change holds"
+    );
+    tx.commit().await?;
+    Ok(call.await??)
+}
+
+/// The route changing while a lease waits for the deployment row (PostgreSQL, where leasers
+/// do not hold the whole store): the router reads the route as it is once the change commits.
+/// A `hold` set meanwhile gives the batches back unleased; a deployment ended meanwhile routes
+/// them to the current version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_route_changed_while_leasing_is_read_as_committed() -> TestResult {
+    let Some(h) = Harness::postgres().await else {
+        return Ok(());
+    };
+    let store = h.store.clone();
+    let (v1, v2) = two_versions(&store, "orders").await?;
+    let batches = queue(&store, "orders", v1, "/in/a.csv", 3, 3).await?;
+    let d = deploy(&store, "orders", route(RouteMode::Batch, 100)).await?;
+    let mut conn = sqlx::PgConnection::connect(&h.url).await?;
+    let lease = || {
+        let s = store.clone();
+        async move { s.lease(&request(1, 2, LONG)).await }
+    };
+
+    let hold = format!(
+        "UPDATE deployments SET route_mode = 'hold' WHERE id = {}",
+        d.id
+    );
+    assert!(
+        commit_while_waiting(&mut conn, &[hold], lease())
+            .await?
+            .is_empty()
+    );
+    let pending = store.tasks("orders", Some(TaskState::Pending)).await?;
+    assert_eq!(pending.len(), 3, "given back");
+    assert!(
+        pending
+            .iter()
+            .all(|t| t.attempts == 0 && t.routed_at.is_none() && t.lease_owner.is_none())
+    );
+
+    let back = format!(
+        "UPDATE deployments SET route_mode = 'batch' WHERE id = {}",
+        d.id
+    );
+    sqlx::query(&back).execute(&mut conn).await?;
+    let end = [
+        format!(
+            "UPDATE deployments SET outcome = 'promoted', finished_at = 1 WHERE id = {}",
+            d.id
+        ),
+        format!("UPDATE pipelines SET current_version = {v2} WHERE name = 'orders'"),
+    ];
+    let leased = commit_while_waiting(&mut conn, &end, lease()).await?;
+    assert_eq!(ids(&leased), batches[..2].to_vec());
+    assert!(leased.iter().all(|l| l.version == v2 && l.attempt == 1));
+    drop(conn);
+    h.finish().await;
+    Ok(())
+}
+
+/// A takeover in flight while the old leader writes (PostgreSQL): the fenced write waits for
+/// the leadership row, then sees the takeover and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_fenced_write_waits_for_a_takeover_in_flight() -> TestResult {
+    let Some(h) = Harness::postgres().await else {
+        return Ok(());
+    };
+    let store = h.store.clone();
+    two_versions(&store, "orders").await?;
+    let d = deploy(&store, "orders", route(RouteMode::Batch, 0)).await?;
+    let a = lead(&store, "a").await?;
+    let mut conn = sqlx::PgConnection::connect(&h.url).await?;
+    let takeover =
+        "UPDATE leadership SET holder = 'b', epoch = epoch + 1 WHERE duty = 'controller'";
+    let s = store.clone();
+    let update = reroute(&d, route(RouteMode::Batch, 50));
+    let write = async move { s.transition_deployment(&a, d.id, &update).await };
+    let written = commit_while_waiting(&mut conn, &[takeover.to_string()], write).await?;
+    assert!(!written, "refused: the leadership changed hands");
+    assert_eq!(
+        store.deployment(d.id).await?.ok_or("missing")?.route.weight,
+        0
+    );
+    assert_eq!(store.deployment_events(d.id).await?.len(), 1);
+    drop(conn);
+    h.finish().await;
     Ok(())
 }
 
