@@ -8,17 +8,24 @@
 //! * `SLUICE_BENCH_TASKS` — tasks queued per measurement (default 20000);
 //! * `SLUICE_BENCH_LEASERS` — comma-separated concurrency levels (default `1,4`);
 //! * `SLUICE_BENCH_JSON` — also write the figures as JSON to this path;
+//! * `SLUICE_BENCH_DEPLOY` — a candidate's weight in percent: lease while a deployment routes
+//!   that share of the batches to the candidate (`batch` mode), to see the router's cost
+//!   (default: no deployment, the common case);
 //! * `SLUICE_TEST_POSTGRES` — the PostgreSQL server (see `sluice_store::testing`); `skip` skips it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_core::{BatchId, BatchOutcome, BatchSlice, WorkerId};
-use sluice_store::{LeaseRequest, NewFile, NewTask, RunReport, Store};
+use sluice_store::{
+    LeaseRequest, NewDeployment, NewFile, NewTask, Route, RouteMode, RunReport, Store,
+};
 
 #[derive(Debug, Clone, serde::Serialize)]
 struct Figure {
     backend: String,
+    /// The active deployment's route (`batch 50`), or `none`.
+    route: String,
     leasers: usize,
     tasks: usize,
     /// Time to queue the tasks (one `register_file`).
@@ -79,17 +86,10 @@ async fn measure(
     round: usize,
     tasks: usize,
     leasers: usize,
+    route: &str,
 ) -> Result<Figure, Box<dyn std::error::Error>> {
     let pipeline = "bench";
-    let v = store
-        .register_pipeline_version(
-            pipeline,
-            "bench-spec-hash",
-            "pipeline: bench",
-            "/bench",
-            false,
-        )
-        .await?;
+    let v = register(&store, 1).await?;
     let path = format!("/landing/bench-{round}.csv");
     let file = NewFile {
         pipeline: pipeline.into(),
@@ -176,6 +176,7 @@ async fn measure(
     complete_ms.sort_by(f64::total_cmp);
     Ok(Figure {
         backend: store.backend().to_string(),
+        route: route.to_string(),
         leasers,
         tasks,
         register_s,
@@ -196,21 +197,62 @@ async fn bench_backend(
     url: &str,
     tasks: usize,
     levels: &[usize],
+    deploy: Option<u8>,
     out: &mut Vec<Figure>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let store = sluice_store::open(url).await?;
+    let route = match deploy {
+        Some(weight) => {
+            let (stable, candidate) = (register(&store, 1).await?, register(&store, 2).await?);
+            let route = Route {
+                mode: RouteMode::Batch,
+                weight,
+            };
+            let new = NewDeployment {
+                pipeline: "bench".into(),
+                stable_version: stable.version,
+                candidate_version: candidate.version,
+                strategy: "canary".into(),
+                policy: "{}".into(),
+                state: "progressing".into(),
+                route,
+                started_by: "bench".into(),
+            };
+            if let Err(active) = store.start_deployment(&new).await? {
+                return Err(format!("deployment {} is active already", active.id).into());
+            }
+            format!("batch {weight}")
+        }
+        None => "none".to_string(),
+    };
     for (round, &leasers) in levels.iter().enumerate() {
-        let f = measure(store.clone(), round, tasks, leasers).await?;
+        let f = measure(store.clone(), round, tasks, leasers, &route).await?;
         print_row(&f);
         out.push(f);
     }
     Ok(())
 }
 
+/// Version `n` of the bench pipeline (the first is its current one).
+async fn register(
+    store: &Arc<dyn Store>,
+    n: u32,
+) -> Result<sluice_store::PipelineVersion, sluice_store::StoreError> {
+    let hash = if n == 1 {
+        "bench-spec-hash".to_string()
+    } else {
+        format!("bench-spec-hash-{n}")
+    };
+    store
+        .register_pipeline_version("bench", &hash, "pipeline: bench", "/bench", false)
+        .await
+}
+
 fn print_header() {
     println!(
-        "{:<9} {:>7} {:>7} {:>10} {:>9} | {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>9}",
+        "{:<9} {:>9} {:>7} {:>7} {:>10} {:>9} | {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>9}",
         "backend",
+        "route",
         "leasers",
         "tasks",
         "ops/s",
@@ -227,8 +269,9 @@ fn print_header() {
 
 fn print_row(f: &Figure) {
     println!(
-        "{:<9} {:>7} {:>7} {:>10.0} {:>9.2} | {:>9.3} {:>9.3} {:>9.3} | {:>9.3} {:>9.3} {:>9.3} | {:>9.3}{}",
+        "{:<9} {:>9} {:>7} {:>7} {:>10.0} {:>9.2} | {:>9.3} {:>9.3} {:>9.3} | {:>9.3} {:>9.3} {:>9.3} | {:>9.3}{}",
         f.backend,
+        f.route,
         f.leasers,
         f.tasks,
         f.ops_per_s,
@@ -259,6 +302,16 @@ fn main() {
         .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
         .filter(|v: &Vec<usize>| !v.is_empty())
         .unwrap_or_else(|| vec![1, 4]);
+    let deploy: Option<u8> = match std::env::var("SLUICE_BENCH_DEPLOY") {
+        Ok(v) => match v.trim().parse() {
+            Ok(w) if w <= 100 => Some(w),
+            _ => {
+                eprintln!("SLUICE_BENCH_DEPLOY={v:?} is not a weight: give 0 to 100");
+                std::process::exit(2);
+            }
+        },
+        Err(_) => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -273,13 +326,13 @@ fn main() {
         // SQLite: a temporary file, as `sluice run` uses by default.
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("state.db").display().to_string();
-        if let Err(e) = bench_backend(&path, tasks, &levels, &mut figures).await {
+        if let Err(e) = bench_backend(&path, tasks, &levels, deploy, &mut figures).await {
             eprintln!("sqlite bench failed: {e}");
             failed = true;
         }
         match sluice_store::testing::fresh_postgres_url().await {
             Ok(Some(url)) => {
-                if let Err(e) = bench_backend(&url, tasks, &levels, &mut figures).await {
+                if let Err(e) = bench_backend(&url, tasks, &levels, deploy, &mut figures).await {
                     eprintln!("postgres bench failed: {e}");
                     failed = true;
                 }
