@@ -16,6 +16,15 @@
 //!
 //! Baseline comparisons ([`compare_rate`], [`compare_latency`], [`percentile`]) live here too,
 //! so suites and the controller's analysis judge a candidate against its predecessor the same way.
+//!
+//! - [`policy`]: the spec's `deploy:` section: strategy (recreate, rolling, canary), canary
+//!   steps, rolling limits, and its validation.
+//! - [`analysis`]: metrics over a version's batch runs and check results, the conditions that
+//!   judge them (`candidate.p95_ms < 1.2 * stable.p95_ms`), and Argo Rollouts' rules for
+//!   turning measurements into a verdict.
+
+pub mod analysis;
+pub mod policy;
 
 use serde::{Deserialize, Serialize};
 
