@@ -26,6 +26,7 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use sluice_core::Located;
+use sluice_quality::analysis::PathPart;
 
 /// A parsed pipeline spec, as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,27 +48,11 @@ pub struct PipelineSpec {
     pub deploy: Option<DeploySpec>,
 }
 
-/// Release settings. The rules turning a verify suite into PROCEED / INVESTIGATE / ROLLBACK
-/// are per pipeline; strategies and steps come with the deployment controller.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeploySpec {
-    /// More WARN items than this in a suite means INVESTIGATE (default 2).
-    #[serde(default = "default_max_warnings")]
-    pub max_warnings: usize,
-}
-
-fn default_max_warnings() -> usize {
-    sluice_quality::DecisionRules::default().max_warnings
-}
-
-impl DeploySpec {
-    pub fn rules(&self) -> sluice_quality::DecisionRules {
-        sluice_quality::DecisionRules {
-            max_warnings: self.max_warnings,
-        }
-    }
-}
+/// Release settings (`deploy:`): the rules turning a verify suite into PROCEED / INVESTIGATE /
+/// ROLLBACK, and the deployment policy (strategy, canary steps, analysis, rolling limits).
+/// Defined with the analysis in `sluice_quality::policy`, which validates it; a spec without
+/// the policy fields writes `deploy:` as before, so its version's hash is unchanged.
+pub use sluice_quality::policy::{DeploySpec, Pause, Slots, Step, Strategy};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -527,6 +512,38 @@ impl SpecFile {
                 "sink.delta is empty: give a table path or URL".into(),
             ));
         }
+        if let Some(deploy) = &s.deploy {
+            self.check_deploy(deploy)?;
+        }
+        Ok(())
+    }
+
+    /// `deploy:`: the policy's own rules (sluice_quality validates them), conditions naming
+    /// only this pipeline's checks, and a `route_key` among the declared columns.
+    fn check_deploy(&self, deploy: &DeploySpec) -> Result<(), SpecError> {
+        let mut checks: Vec<String> = self.spec.checks.iter().map(|c| c.name()).collect();
+        checks.push(crate::checks::BAD_ROWS.to_string());
+        deploy.validate(Some(&checks)).map_err(|e| {
+            let mut path = vec![PathPart::Key("deploy".into())];
+            path.extend(e.path.iter().cloned());
+            let message = if e.path.is_empty() {
+                format!("deploy: {}", e.message)
+            } else {
+                format!("deploy.{e}")
+            };
+            self.error_at_path(&path, message)
+        })?;
+        if let (Some(key), Some(columns)) = (&deploy.route_key, &self.spec.source.columns)
+            && !columns.contains_key(key)
+        {
+            return Err(self.error_at(
+                &["deploy", "route_key"],
+                format!(
+                    "deploy.route_key {key:?} is not among the declared columns ({}): name one of them",
+                    columns.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -542,6 +559,20 @@ impl SpecFile {
     /// An error located at a key path (e.g. `["sink", "delta"]`), or at the file if not found.
     pub fn error_at(&self, key_path: &[&str], message: String) -> SpecError {
         let (line, column) = locate_key(&self.text, key_path).unwrap_or((0, 0));
+        SpecError {
+            at: Located {
+                file: self.path.display().to_string(),
+                line,
+                column,
+            },
+            message,
+        }
+    }
+
+    /// An error located at a path of keys and list items (e.g. `deploy.steps[2].set_weight`),
+    /// or at the deepest part of it that is found.
+    pub fn error_at_path(&self, path: &[PathPart], message: String) -> SpecError {
+        let (line, column) = locate_path(&self.text, path).unwrap_or((0, 0));
         SpecError {
             at: Located {
                 file: self.path.display().to_string(),
@@ -588,6 +619,116 @@ pub fn locate_list_item(text: &str, key: &str, index: usize) -> Option<(usize, u
         }
     }
     None
+}
+
+/// Finds the 1-based (line, column) of the value at `path`: keys of block mappings and items
+/// of block lists, at any depth (`deploy`, `steps`, `2`, `analysis`, `metrics`, `0`, `name`).
+/// A list item is found at its `-`. Where the path goes into a flow collection (`{...}`,
+/// `[...]`) or is not there, the deepest part found is returned (`None`: not even the first).
+pub fn locate_path(text: &str, path: &[PathPart]) -> Option<(usize, usize)> {
+    /// A content line: its number (0-based), indent and text after the indent.
+    struct Line<'a> {
+        n: usize,
+        indent: usize,
+        text: &'a str,
+    }
+    /// Part of a line in the scope being searched: a whole line, or what follows a `- `.
+    struct Entry<'a> {
+        /// Index into `lines`.
+        line: usize,
+        col: usize,
+        text: &'a str,
+    }
+    let lines: Vec<Line> = text
+        .lines()
+        .enumerate()
+        .filter_map(|(n, l)| {
+            let t = l.trim_start();
+            (!t.is_empty() && !t.starts_with('#')).then(|| Line {
+                n,
+                indent: l.len() - t.len(),
+                text: t,
+            })
+        })
+        .collect();
+    let is_item = |t: &str| t == "-" || t.starts_with("- ");
+    // The lines after `lines[at]` while `inside` holds for them.
+    let following = |at: usize, inside: &dyn Fn(&Line) -> bool| -> Vec<Entry> {
+        lines[at + 1..]
+            .iter()
+            .enumerate()
+            .take_while(|(_, l)| inside(l))
+            .map(|(i, l)| Entry {
+                line: at + 1 + i,
+                col: l.indent,
+                text: l.text,
+            })
+            .collect()
+    };
+    let mut scope: Vec<Entry> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| Entry {
+            line: i,
+            col: l.indent,
+            text: l.text,
+        })
+        .collect();
+    let mut found = None;
+    for part in path {
+        let Some(child_col) = scope.first().map(|e| e.col) else {
+            break;
+        };
+        match part {
+            PathPart::Key(key) => {
+                let Some((e, rest)) = scope.iter().filter(|e| e.col == child_col).find_map(|e| {
+                    let unquoted = e.text.trim_start_matches(['"', '\'']);
+                    let rest = unquoted
+                        .strip_prefix(key.as_str())?
+                        .trim_start_matches(['"', '\''])
+                        .trim_start()
+                        .strip_prefix(':')?;
+                    (rest.is_empty() || rest.starts_with(' ')).then_some((e, rest.trim()))
+                }) else {
+                    break;
+                };
+                found = Some((lines[e.line].n, e.col));
+                let (at, col) = (e.line, e.col);
+                scope = if rest.is_empty() || rest.starts_with('#') {
+                    // A block value: deeper lines, or a list at the key's own indent.
+                    following(at, &|l: &Line| {
+                        l.indent > col || (l.indent == col && is_item(l.text))
+                    })
+                } else {
+                    Vec::new() // a value on the key's line
+                };
+            }
+            PathPart::Index(index) => {
+                let Some(e) = scope
+                    .iter()
+                    .filter(|e| e.col == child_col && is_item(e.text))
+                    .nth(*index)
+                else {
+                    break;
+                };
+                found = Some((lines[e.line].n, e.col));
+                let (at, col) = (e.line, e.col);
+                let inner = &e.text[1..];
+                let content = inner.trim_start();
+                let mut next = Vec::new();
+                if !content.is_empty() && !content.starts_with('#') {
+                    next.push(Entry {
+                        line: at,
+                        col: col + 1 + (inner.len() - content.len()),
+                        text: content,
+                    });
+                }
+                next.extend(following(at, &|l: &Line| l.indent > col));
+                scope = next;
+            }
+        }
+    }
+    found.map(|(n, c)| (n + 1, c + 1))
 }
 
 /// The key a "duplicate field `key`" error names.
@@ -841,6 +982,163 @@ deploy: {max_warnings: 1}
         assert_eq!(locate_list_item(text, "checks", 0), Some((3, 3)));
         assert_eq!(locate_list_item(text, "checks", 2), Some((6, 3)));
         assert_eq!(locate_list_item(text, "checks", 3), None);
+    }
+
+    const NESTED: &str = "pipeline: x\ndeploy:\n  strategy: canary\n  steps:\n    - set_weight: 10\n    # a comment\n    - analysis:\n        metrics:\n          - name: a\n            success_condition: batches > 0\n\n          - name: b\n            success_condition: candidate.p95_msx < 100\n    -\n      pause: {}\n  analysis: {templates: [{name: t}]}\nlist:\n- a\n- - b\n  - c\n";
+
+    #[test]
+    fn locate_path_walks_nested_list_items() {
+        let at = |path: &[PathPart]| locate_path(NESTED, path);
+        let k = |s: &str| PathPart::Key(s.into());
+        let i = PathPart::Index;
+        assert_eq!(at(&[k("deploy"), k("steps"), i(0)]), Some((5, 5)));
+        assert_eq!(
+            at(&[k("deploy"), k("steps"), i(0), k("set_weight")]),
+            Some((5, 7))
+        );
+        assert_eq!(
+            at(&[
+                k("deploy"),
+                k("steps"),
+                i(1),
+                k("analysis"),
+                k("metrics"),
+                i(1),
+                k("success_condition")
+            ]),
+            Some((13, 13))
+        );
+        assert_eq!(
+            at(&[
+                k("deploy"),
+                k("steps"),
+                i(1),
+                k("analysis"),
+                k("metrics"),
+                i(1)
+            ]),
+            Some((12, 11))
+        );
+        // An item whose content starts on the next line.
+        assert_eq!(
+            at(&[k("deploy"), k("steps"), i(2), k("pause")]),
+            Some((15, 7))
+        );
+        // Into a flow mapping: the deepest key found.
+        assert_eq!(
+            at(&[k("deploy"), k("analysis"), k("templates"), i(0), k("name")]),
+            Some((16, 3))
+        );
+        // Not there: the deepest part that is.
+        assert_eq!(at(&[k("deploy"), k("steps"), i(7)]), Some((4, 3)));
+        assert_eq!(at(&[k("deploy"), k("strategyx")]), Some((2, 1)));
+        assert_eq!(at(&[k("nope")]), None);
+        // A list at its key's indent, and a list in a list.
+        assert_eq!(at(&[k("list"), i(1), i(1)]), Some((20, 3)));
+        assert_eq!(at(&[k("list"), i(0)]), Some((18, 1)));
+        // `steps` is not taken for a key that starts with it.
+        assert_eq!(
+            locate_path("stepsx: 1\nsteps: 2\n", &[k("steps")]),
+            Some((2, 1))
+        );
+    }
+
+    fn deploy_spec(deploy: &str) -> Result<SpecFile, SpecError> {
+        let text = format!(
+            "{}checks:\n  - not_null: {{columns: [id]}}\ndeploy:\n{deploy}",
+            GOOD
+        );
+        SpecFile::parse(Path::new("p.yaml"), text)
+    }
+
+    /// GOOD is 9 lines, the checks 2 and `deploy:` 1: the deploy section starts at line 13.
+    const CANARY: &str = "  strategy: canary\n  route_key: id\n  steps:\n    - set_weight: 10\n    - pause: {duration: 30s}\n    - analysis:\n        metrics:\n          - name: latency\n            count: 3\n            success_condition: candidate.p95_ms < 1.2 * stable.p95_ms\n          - name: held\n            failure_condition: candidate.check_failures.\"not_null(id)\" > 0\n    - set_weight: 50\n    - pause: {}\n  analysis:\n    templates:\n      - name: error-rate\n        args: {max: 0.01}\n    metrics:\n      - name: errors\n        interval: 1m\n        failure_condition: error_rate > stable.error_rate + 0.01\n  progress_deadline: 30m\n";
+
+    #[test]
+    fn a_canary_with_steps_background_analysis_and_a_template_parses() {
+        let f = deploy_spec(CANARY).unwrap();
+        let d = f.spec.deploy.as_ref().unwrap();
+        assert_eq!(d.strategy, Strategy::Canary);
+        assert_eq!(d.route_key.as_deref(), Some("id"));
+        assert_eq!(d.steps.len(), 5);
+        assert_eq!(d.steps[0], Step::SetWeight(10));
+        assert_eq!(d.steps[4], Step::Pause(Pause { duration: None }));
+        let bg = d.analysis.as_ref().unwrap();
+        assert_eq!(bg.templates[0].name, "error-rate");
+        assert_eq!(bg.metrics[0].interval, Duration::from_secs(60));
+        assert_eq!(d.progress_deadline, Duration::from_secs(1800));
+        assert_eq!(d.max_warnings, 2);
+        // What the store keeps reads back as the same spec.
+        let back = SpecFile::parse(Path::new("p.yaml"), f.spec.to_yaml()).unwrap();
+        assert_eq!(back.spec, f.spec);
+    }
+
+    #[test]
+    fn a_typo_in_a_condition_is_refused_at_its_line() {
+        let text = CANARY.replace("candidate.p95_ms < 1.2", "candidate.p95_msx < 1.2");
+        let e = deploy_spec(&text).unwrap_err();
+        assert_eq!((e.at.line, e.at.column), (22, 13), "{e}");
+        assert!(
+            e.message.contains("unknown metric `candidate.p95_msx`"),
+            "{e}"
+        );
+        assert!(
+            e.message
+                .starts_with("deploy.steps[2].analysis.metrics[0].success_condition: "),
+            "{e}"
+        );
+        assert!(e.to_string().starts_with("p.yaml:22:13: "), "{e}");
+        // In the background analysis too.
+        let text = CANARY.replace("error_rate > stable", "eror_rate > stable");
+        let e = deploy_spec(&text).unwrap_err();
+        assert_eq!(e.at.line, 34, "{e}");
+        // A check the pipeline does not have.
+        let text = CANARY.replace("\"not_null(id)\"", "not_null_id");
+        let e = deploy_spec(&text).unwrap_err();
+        assert_eq!(e.at.line, 24, "{e}");
+        assert!(e.message.contains("not_null(id)"), "names the checks: {e}");
+    }
+
+    #[test]
+    fn deploy_policy_errors_point_at_the_offending_item() {
+        let e = deploy_spec("  strategy: rolling\n  steps:\n    - set_weight: 10\n").unwrap_err();
+        assert_eq!(e.at.line, 14, "{e}");
+        assert!(e.message.contains("strategy: canary"), "{e}");
+        let e = deploy_spec("  route_key: id\n").unwrap_err();
+        assert_eq!(e.at.line, 13, "{e}");
+        let e = deploy_spec(
+            "  strategy: canary\n  steps:\n    - set_weight: 10\n    - set_weight: 150\n",
+        )
+        .unwrap_err();
+        assert_eq!((e.at.line, e.at.column), (16, 7), "{e}");
+        assert!(e.message.contains("0 to 100"), "{e}");
+        let e =
+            deploy_spec("  strategy: canary\n  steps:\n    - pause: {duration: 0s}\n").unwrap_err();
+        assert_eq!(e.at.line, 15, "{e}");
+        let e = deploy_spec(
+            "  analysis:\n    metrics:\n      - name: a\n        interval: 100ms\n        success_condition: batches > 0\n",
+        )
+        .unwrap_err();
+        assert_eq!((e.at.line, e.at.column), (16, 9), "{e}");
+        let e = deploy_spec("  strategy: canary\n  route_key: customer\n").unwrap_err();
+        assert_eq!(e.at.line, 14, "{e}");
+        assert!(e.message.contains("(id, amount)"), "{e}");
+        let e = deploy_spec("  strategy: blue_green\n").unwrap_err();
+        assert_eq!(e.at.line, 13, "{e}");
+        // Unknown fields keep being refused with their line.
+        let e = deploy_spec("  strategy: canary\n  stpes: []\n").unwrap_err();
+        assert!(e.message.contains("unknown field `stpes`"), "{e}");
+        assert_eq!(e.at.line, 14, "{e}");
+    }
+
+    #[test]
+    fn an_old_deploy_section_is_still_valid_and_means_the_same() {
+        let f = deploy_spec("  max_warnings: 1\n").unwrap();
+        let d = f.spec.deploy.as_ref().unwrap();
+        assert_eq!(d.rules().max_warnings, 1);
+        assert_eq!(d.strategy, Strategy::Recreate);
+        assert!(d.steps.is_empty() && d.analysis.is_none() && d.route_key.is_none());
+        assert!(f.spec.to_yaml().ends_with("deploy:\n  max_warnings: 1\n"));
     }
 
     #[test]

@@ -23,7 +23,7 @@
 //!             count: 3
 //!             success_condition: candidate.error_rate <= stable.error_rate + 0.01
 //!     - set_weight: 50
-//!     - pause: {}                  # until `sluice promote`
+//!     - pause: {}                  # until the deployment is promoted
 //!   analysis:
 //!     templates: [{name: latency, args: {max_ratio: 1.2}}]
 //! ```
