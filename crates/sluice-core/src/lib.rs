@@ -19,4 +19,4 @@ mod model;
 
 pub use error::{ErrorKind, Located};
 pub use ids::{BatchId, LeaseToken, WorkerId};
-pub use model::{BatchOutcome, BatchSlice, TaskState, now_millis};
+pub use model::{BatchOutcome, BatchSlice, TaskState, hostname, now_millis};

@@ -913,6 +913,23 @@ impl DeltaSink {
             .err(last_error.unwrap_or_else(|| DeltaTableError::Generic("repair failed".into()))))
     }
 
+    /// Which of `files` (paths relative to the table root) are in the table now: a repair that
+    /// finds none of its files left knows its commit landed before.
+    pub async fn live_files(&self, files: &[String]) -> Result<Vec<String>, SinkError> {
+        let table = self.refreshed().await?;
+        if files.is_empty() || table.version().is_none() {
+            return Ok(Vec::new());
+        }
+        let wanted: std::collections::HashSet<&str> = files.iter().map(String::as_str).collect();
+        let snapshot = table.snapshot().map_err(|e| self.err(e))?;
+        Ok(snapshot
+            .log_data()
+            .iter()
+            .filter(|f| wanted.contains(f.path().as_ref()))
+            .map(|f| f.path().to_string())
+            .collect())
+    }
+
     /// The data files added by commits after table version `from` that carry a marker of one
     /// of `batches` at or below its generation (a run the repair must remove too).
     async fn landed_since(

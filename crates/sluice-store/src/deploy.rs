@@ -192,8 +192,8 @@ pub struct DeploymentUpdate {
     /// Clear the request it acted on (`seen_request`).
     pub clear_request: bool,
     pub data: String,
-    /// Ending it. `Promoted` also makes the candidate the pipeline's current version, in the
-    /// same transaction.
+    /// Ending it. `Promoted` also makes the candidate the pipeline's current version, an abort
+    /// or rollback the stable version, in the same transaction.
     pub outcome: Option<DeploymentOutcome>,
     /// For the event log: what happened, in a sentence.
     pub message: String,

@@ -684,7 +684,7 @@ pub trait Store: Send + Sync + 'static {
     /// leadership of its duty (checked in the same transaction). A route change restarts the
     /// router's counters and `step_started_at` moves to now when the step or the route
     /// changes. An outcome ends the deployment; `Promoted` sets the pipeline's current version
-    /// to the candidate. False: nothing changed.
+    /// to the candidate, `Aborted` and `RolledBack` to stable. False: nothing changed.
     async fn transition_deployment(
         &self,
         fence: &Fence,

@@ -1144,8 +1144,17 @@ where
             epoch: fence.epoch,
         };
         change_deployment::<B>(&mut tx, &d, &change, event).await?;
-        if update.outcome == Some(DeploymentOutcome::Promoted) {
-            set_current::<B>(&mut tx, &d.pipeline, d.candidate_version).await?;
+        // The version new batches run once no deployment routes them: the candidate when it
+        // was promoted, stable otherwise (a rollback starts with the rolled-back version
+        // current).
+        match update.outcome {
+            Some(DeploymentOutcome::Promoted) => {
+                set_current::<B>(&mut tx, &d.pipeline, d.candidate_version).await?
+            }
+            Some(DeploymentOutcome::Aborted | DeploymentOutcome::RolledBack) => {
+                set_current::<B>(&mut tx, &d.pipeline, d.stable_version).await?
+            }
+            None => {}
         }
         tx.commit().await.map_err(B::db_error)?;
         Ok(true)

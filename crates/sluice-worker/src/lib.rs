@@ -33,10 +33,10 @@ use futures::FutureExt;
 
 use sluice_core::{BatchOutcome, ErrorKind, WorkerId, now_millis};
 use sluice_engine::checks::{CheckResult, Level};
-use sluice_engine::{BatchError, Pipeline};
+use sluice_engine::{BatchError, BatchResult, Pipeline, RunOptions};
 use sluice_store::{
-    BatchFile, CheckRecord, FailDisposition, Lease, LeaseRequest, RunReport, Store, StoreError,
-    WorkerBeat,
+    BatchFile, CheckRecord, FailDisposition, Lease, LeaseRequest, RunReport, Split, Store,
+    StoreError, WorkerBeat,
 };
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -173,15 +173,7 @@ impl WorkerPool {
         versions: Arc<VersionCache>,
         registry: Arc<dyn SchemaRegistry>,
     ) -> Self {
-        let host = std::env::var("HOSTNAME")
-            .ok()
-            .or_else(|| {
-                std::fs::read_to_string("/etc/hostname")
-                    .ok()
-                    .map(|h| h.trim().to_string())
-            })
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "localhost".into());
+        let host = sluice_core::hostname();
         WorkerPool {
             store,
             watch: Arc::new(StoreWatch::new(config.store_outage_limit)),
@@ -432,9 +424,20 @@ impl WorkerPool {
                         outage,
                     }
                 })?;
-            let result = pipeline
-                .run_batch_superseding(&lease.batch_id, &lease.slice, &recent, superseded)
-                .await;
+            // The task's generation counts repairs from 0; runs count from 1.
+            let opts = RunOptions {
+                generation: lease.generation + 1,
+                recent_rows: recent,
+                superseded,
+            };
+            let result = match lease.split {
+                Some(split) => self.run_split(&pipeline, lease, split, opts).await,
+                None => {
+                    pipeline
+                        .run_batch_with(&lease.batch_id, &lease.slice, opts)
+                        .await
+                }
+            };
             match result {
                 Err(mut e) if !e.new_columns.is_empty() => {
                     e.message = self.propose_version(&pipeline, &e).await;
@@ -553,6 +556,66 @@ impl WorkerPool {
             }
         }
         None
+    }
+
+    /// A batch routed by key: its rows split between the lease's version (stable) and the
+    /// candidate by the candidate's `deploy.route_key`, both parts in one commit. Reported as
+    /// one run of the batch (rows and checks of both sides).
+    async fn run_split(
+        &self,
+        stable: &Pipeline,
+        lease: &Lease,
+        split: Split,
+        opts: RunOptions,
+    ) -> Result<BatchResult, BatchError> {
+        let failed = |message: String| BatchError {
+            kind: ErrorKind::External,
+            quarantine: false,
+            message,
+            rows_in: 0,
+            checks: Vec::new(),
+            new_columns: Vec::new(),
+            outage: None,
+        };
+        let candidate = self
+            .versions
+            .get(&lease.pipeline, split.candidate_version)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let Some(column) = candidate
+            .spec
+            .deploy
+            .as_ref()
+            .and_then(|d| d.route_key.clone())
+        else {
+            return Err(failed(format!(
+                "batch {} is routed by key but {}@{} has no deploy.route_key",
+                lease.batch_id, lease.pipeline, split.candidate_version
+            )));
+        };
+        let route = sluice_engine::route::Route::new(&column, split.percent)
+            .map_err(|e| failed(format!("route_key {column}: {e}")))?;
+        let r = sluice_engine::route::run_batch_split(
+            stable,
+            &candidate,
+            &route,
+            &lease.batch_id,
+            &lease.slice,
+            opts,
+        )
+        .await?;
+        let mut checks = r.stable.checks;
+        checks.extend(r.candidate.checks);
+        Ok(BatchResult {
+            rows_in: r.stable.rows_in + r.candidate.rows_in,
+            rows_out: r.stable.rows_out + r.candidate.rows_out,
+            outcome: r.outcome,
+            duration_ms: r.stable.duration_ms.max(r.candidate.duration_ms),
+            checks,
+            table_version: r.table_version,
+            added: r.added,
+            removed: Vec::new(),
+        })
     }
 
     /// The table's storage (or the store) kept a batch from running: logged once a pause.
