@@ -10,6 +10,9 @@
 //!   immutable version, current or not.
 //! - [`drive`], [`work`]: discovery and a worker pool for one pipeline, or a pool for all of
 //!   them, until stopped or drained; progress on a `watch` channel of [`Progress`].
+//! - [`deploy`]: start a deployment from a spec, send it commands (promote, pause, resume,
+//!   abort, rollback), read its state and the history; [`leader`]: the duties (discovery,
+//!   the deployment controller) of the process holding the store's leader lease.
 //! - [`verify`]: the pre- and post-deploy suites, their thresholds as [`verify::PreOptions`]
 //!   and [`verify::PostOptions`], and the decision.
 //! - [`status`]: the store's pipelines, workers and quarantined batches; retrying batches and
@@ -29,7 +32,9 @@
 
 mod compile;
 pub mod datasets;
+pub mod deploy;
 mod error;
+pub mod leader;
 mod register;
 pub mod registry;
 mod run;
@@ -38,6 +43,7 @@ pub mod verify;
 
 pub use compile::{compile, open_store, redact};
 pub use error::{AppError, During, Result};
+pub use leader::{DEFAULT_LEADER_LEASE, Duties};
 pub use register::{probe_sink, register_current, register_version};
 pub use run::{Drive, Progress, Stopped, Work, drive, pipeline_status, work};
 pub use sluice_worker::{DEFAULT_STORE_OUTAGE_LIMIT, PoolReport};

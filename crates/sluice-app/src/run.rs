@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{AppError, During, Result};
+use crate::leader::Duties;
 use crate::registry::StoreRegistry;
 
 /// How [`drive`] runs.
@@ -27,6 +28,9 @@ pub struct Drive {
     pub until_drained: bool,
     /// How long the state store may be away before the process gives up.
     pub store_outage_limit: Duration,
+    /// How long this process's leader lease lasts without renewal (a successor takes over
+    /// after it expires).
+    pub leader_lease: Duration,
 }
 
 /// Where a driven pipeline is: its queue, and why the workers are waiting, while they are.
@@ -110,6 +114,7 @@ pub async fn drive(
         grace,
         until_drained,
         store_outage_limit,
+        leader_lease,
     } = opts;
     let config = PoolConfig {
         workers,
@@ -120,7 +125,12 @@ pub async fn drive(
         ..PoolConfig::default()
     };
     let registry = StoreRegistry::new(store.clone());
-    let pool = Arc::new(WorkerPool::new(store.clone(), config, versions, registry));
+    let pool = Arc::new(WorkerPool::new(
+        store.clone(),
+        config,
+        versions.clone(),
+        registry,
+    ));
     let watch = pool.watch().clone();
     let pool_task = tokio::spawn(pool.clone().run(stop.clone()));
     let report = |status: Option<PipelineStatus>| {
@@ -133,18 +143,28 @@ pub async fn drive(
             });
         }
     };
+    // Discovery of the other pipelines and the deployment controller are leader duties: done
+    // here while this process holds the store's leader lease, by another process otherwise.
+    // This pipeline's folder is watched here either way, with the spec being run (two
+    // discoverers take a file in once), so a run that is to drain knows what landed.
+    let name = pipeline.name().to_string();
+    let mut duties =
+        Duties::new(store.clone(), versions.clone(), None, leader_lease).without(&name);
     let mut discoverer = Discoverer::new(store.clone(), pipeline.clone())
         .await
         .during("loading the files already taken in")?;
     let result: Result<()> = async {
         let mut backoff = Backoff::default();
         while !stop.is_cancelled() && !watch.gave_up().is_cancelled() {
+            let what = "doing the leader duties (discovery, deployments)";
+            if ride_out(&watch, &mut backoff, &stop, what, duties.tick().await).await?.is_none() {
+                continue;
+            }
             let found = match discoverer.poll().await {
                 Ok(found) => found,
                 Err(DiscoverError::Store(e)) => {
                     let what = "discovering files";
-                    let outcome = ride_out(&watch, &mut backoff, &stop, what, Err::<(), _>(e));
-                    outcome.await?;
+                    ride_out(&watch, &mut backoff, &stop, what, Err::<(), _>(e)).await?;
                     continue;
                 }
                 Err(e) => return Err(AppError::External(format!("discovering files: {e}"))),
@@ -153,10 +173,9 @@ pub async fn drive(
             // (the discoverer logged it once); one that was to drain stops with the error (the
             // outside world changed a file: not the caller's input, so not a user error).
             if let (Some(reason), true) = (&found.failed, until_drained) {
-                let name = pipeline.name();
                 return Err(AppError::External(format!("pipeline {name} failed: {reason}")));
             }
-            let status = pipeline_status(&store, pipeline.name()).await;
+            let status = pipeline_status(&store, &name).await;
             let what = "reading the queue's status";
             let Some(status) = ride_out(&watch, &mut backoff, &stop, what, status).await? else {
                 report(None);
@@ -164,8 +183,16 @@ pub async fn drive(
             };
             let drained = status.pending + status.leased == 0;
             report(Some(status));
-            if until_drained && found.files == 0 && found.deferred == 0 && drained {
-                break;
+            if until_drained && drained && found.files == 0 && found.deferred == 0 {
+                // A deployment in progress is waited for unless it waits for a person.
+                let deployment = store.active_deployment(&name).await;
+                let what = "reading the pipeline's deployment";
+                let Some(deployment) = ride_out(&watch, &mut backoff, &stop, what, deployment).await? else {
+                    continue;
+                };
+                if deployment.is_none_or(|d| d.state == sluice_deploy::State::Paused.as_str()) {
+                    break;
+                }
             }
             tokio::select! {
                 _ = stop.cancelled() => {}
@@ -175,6 +202,7 @@ pub async fn drive(
         Ok(())
     }
     .await;
+    duties.resign().await;
     stop.cancel();
     let pool_report = finish(pool_task).await?;
     if let Ok(status) = pipeline_status(&store, pipeline.name()).await
@@ -200,6 +228,10 @@ pub struct Work {
     pub pipelines: Option<Vec<String>>,
     /// Stop once the queue of those pipelines has been empty for four checks (two seconds).
     pub until_drained: bool,
+    /// Take a turn at the leader duties (discovery of the pipelines, deployments).
+    pub leader: bool,
+    /// See [`Drive::leader_lease`].
+    pub leader_lease: Duration,
     /// How long the state store may be away before the process gives up.
     pub store_outage_limit: Duration,
 }
@@ -224,30 +256,74 @@ pub async fn work(store: Arc<dyn Store>, opts: Work, stop: CancellationToken) ->
     };
     let versions = Arc::new(VersionCache::new(store.clone()));
     let registry = StoreRegistry::new(store.clone());
-    let pool = Arc::new(WorkerPool::new(store.clone(), config, versions, registry));
+    let pool = Arc::new(WorkerPool::new(
+        store.clone(),
+        config,
+        versions.clone(),
+        registry,
+    ));
     let watch = pool.watch().clone();
     let pool_task = tokio::spawn(pool.run(stop.clone()));
-    if opts.until_drained {
-        let filter = opts.pipelines;
-        let mut empty_checks = 0;
-        let mut backoff = Backoff::default();
-        while !stop.is_cancelled() && !watch.gave_up().is_cancelled() {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let status = store.status().await;
-            let what = "reading the queue's status";
-            let Some(status) = ride_out(&watch, &mut backoff, &stop, what, status).await? else {
+    let filter = opts.pipelines.clone();
+    let mut duties = opts
+        .leader
+        .then(|| Duties::new(store.clone(), versions, opts.pipelines, opts.leader_lease));
+    let mut empty_checks = 0;
+    let mut backoff = Backoff::default();
+    while !stop.is_cancelled() && !watch.gave_up().is_cancelled() {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        let mut found = 0;
+        if let Some(duties) = duties.as_mut() {
+            let what = "doing the leader duties (discovery, deployments)";
+            let Some(duty) =
+                ride_out(&watch, &mut backoff, &stop, what, duties.tick().await).await?
+            else {
                 continue;
             };
-            let busy: i64 = status
-                .iter()
-                .filter(|s| filter.as_ref().is_none_or(|f| f.contains(&s.pipeline)))
-                .map(|s| s.pending + s.leased)
-                .sum();
-            empty_checks = if busy == 0 { empty_checks + 1 } else { 0 };
-            if empty_checks >= 4 {
-                stop.cancel();
-            }
+            found = duty
+                .discovered
+                .values()
+                .map(|r| r.files + r.deferred)
+                .sum::<u64>();
         }
+        if !opts.until_drained {
+            continue;
+        }
+        let status = store.status().await;
+        let what = "reading the queue's status";
+        let Some(status) = ride_out(&watch, &mut backoff, &stop, what, status).await? else {
+            continue;
+        };
+        let busy: i64 = status
+            .iter()
+            .filter(|s| filter.as_ref().is_none_or(|f| f.contains(&s.pipeline)))
+            .map(|s| s.pending + s.leased)
+            .sum();
+        // A deployment in progress is waited for unless it waits for a person.
+        let deployments = store.active_deployments().await;
+        let what = "reading the deployments";
+        let Some(deployments) = ride_out(&watch, &mut backoff, &stop, what, deployments).await?
+        else {
+            continue;
+        };
+        let moving = deployments.iter().any(|d| {
+            filter.as_ref().is_none_or(|f| f.contains(&d.pipeline))
+                && d.state != sluice_deploy::State::Paused.as_str()
+        });
+        empty_checks = if busy == 0 && found == 0 && !moving {
+            empty_checks + 1
+        } else {
+            0
+        };
+        if empty_checks >= 4 {
+            stop.cancel();
+        }
+    }
+    if let Some(duties) = duties.as_mut() {
+        duties.resign().await;
     }
     let report = finish(pool_task).await?;
     Ok(Stopped {

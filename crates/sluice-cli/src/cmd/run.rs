@@ -91,7 +91,26 @@ pub async fn drive(
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let store = super::open_store(&args.store.store).await?;
-    let pipeline = sluice_app::register_current(&store, &args.store.store, &args.file).await?;
+    // A changed spec of a pipeline with a stable version is deployed under its `deploy:`
+    // policy (recreate unless it says otherwise), never switched silently.
+    let opts = sluice_app::deploy::DeployOptions {
+        strategy: None,
+        pre_suite: false,
+        started_by: "sluice run".into(),
+    };
+    let deployed = sluice_app::deploy::deploy(&store, &args.store.store, &args.file, &opts).await?;
+    if let sluice_app::deploy::Deployed::Started { deployment, .. } = &deployed {
+        eprintln!(
+            "deploying {}: v{} -> v{} by {} (deployment #{}; `sluice deploy status {}`)",
+            deployment.pipeline,
+            deployment.stable_version,
+            deployment.candidate_version,
+            deployment.strategy,
+            deployment.id,
+            deployment.pipeline
+        );
+    }
+    let pipeline = deployed.pipeline().clone();
     eprintln!(
         "running {}@{} with {} worker(s); store {}; sink {}",
         pipeline.name(),
@@ -112,6 +131,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             grace: args.grace,
             until_drained: args.until_drained,
             store_outage_limit: args.store_outage_limit,
+            leader_lease: args.leader_lease,
         },
         stop,
         bar,
@@ -173,6 +193,8 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         pipelines: filter,
         until_drained: args.until_drained,
         store_outage_limit: args.store_outage_limit,
+        leader: !args.no_leader,
+        leader_lease: args.leader_lease,
     };
     let Stopped { report, gave_up } = sluice_app::work(store, opts, stop).await?;
     eprintln!(
