@@ -46,8 +46,57 @@ pub enum Command {
     },
     /// Run a pipeline: watch its landing folder, queue batches, process them with N workers.
     Run(RunArgs),
-    /// Join a store's pipelines as extra workers (this or another machine). No discovery.
+    /// Join a store's pipelines as extra workers (this or another machine); takes its turn at
+    /// the leader duties (discovery of every pipeline, deployments).
     Worker(WorkerArgs),
+    /// Deploy a new version of a pipeline under its `deploy:` policy (recreate, rolling,
+    /// canary), or show a deployment (`deploy status PIPELINE`).
+    Deploy(crate::cmd::deploy::DeployArgs),
+    /// Go past the current pause or analysis step of a deployment (`--full`: skip the rest).
+    Promote {
+        pipeline: String,
+        #[arg(long)]
+        full: bool,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Pause a deployment where it is (batches keep flowing on the current weights).
+    Pause {
+        pipeline: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Resume a paused deployment (an inconclusive analysis measures again).
+    Resume {
+        pipeline: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Abort a deployment: every new batch to stable at once, the candidate's rows repaired.
+    Abort {
+        pipeline: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Go back to the previous stable version (aborting a deployment in progress), skipping
+    /// every step, and repair the rows of the version rolled back.
+    Rollback {
+        pipeline: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Every deployment: outcome, duration, reason, and each metric before and after.
+    History {
+        pipeline: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Named analysis templates that pipelines' `deploy:` analyses reference.
+    Analysis(crate::cmd::deploy::AnalysisArgs),
     /// Per pipeline: batches pending / leased / done / quarantined, rows, throughput, workers.
     Status {
         #[command(flatten)]
@@ -112,6 +161,10 @@ pub struct RunArgs {
     /// locked) before the process gives up and exits 1; until then it waits and retries.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub store_outage_limit: Duration,
+    /// How long this process's leader lease lasts unless renewed; another process takes the
+    /// leader duties over after it expires.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub leader_lease: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -136,6 +189,12 @@ pub struct WorkerArgs {
     /// locked) before the process gives up and exits 1; until then it waits and retries.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub store_outage_limit: Duration,
+    /// See `sluice run --leader-lease`.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub leader_lease: Duration,
+    /// Never take the leader duties (only lease and run batches).
+    #[arg(long)]
+    pub no_leader: bool,
 }
 
 #[derive(Debug, Args)]

@@ -196,6 +196,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             grace: Duration::from_secs(30),
             until_drained: true,
             store_outage_limit: sluice_app::DEFAULT_STORE_OUTAGE_LIMIT,
+            leader_lease: sluice_app::DEFAULT_LEADER_LEASE,
         },
         stop,
         bar,
@@ -260,6 +261,17 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     checks.retain(|c| c.kind != "null_rate"); // measurements, not checks
     let warned: Vec<_> = checks.iter().filter(|c| c.level == "warn").collect();
     let errored = checks.iter().filter(|c| c.level == "error").count();
+    // The deployment act runs after the first act's summary (before it, for --json).
+    let store_url = store_path.display().to_string();
+    let deployment_act = || async {
+        super::demo_deploy::act(&dir, &store, &store_url, args.workers, &say)
+            .await
+            .context("the demo's deployment act")
+    };
+    let mut act = None;
+    if args.json {
+        act = Some(deployment_act().await?);
+    }
 
     if args.json {
         let out = serde_json::json!({
@@ -283,6 +295,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             "exactly_once": { "ok": ok, "table_rows": table_rows, "expected_keys": expected.len(),
                               "duplicates": duplicates, "missing": missing, "unexpected": unexpected,
                               "rows_from_quarantined_batches_in_table": leaked },
+            "deployments": act.as_ref().map(|a| serde_json::json!({ "ok": a.ok, "report": a.lines })),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
@@ -329,13 +342,18 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             missing,
             unexpected
         );
+        let a = deployment_act().await?;
+        for line in &a.lines {
+            println!("{line}");
+        }
+        act = Some(a);
         if args.dir.is_none() {
             println!(
                 "  (temporary project removed; pass --dir DIR to keep it and inspect the table)"
             );
         }
     }
-    Ok(if ok {
+    Ok(if ok && act.is_some_and(|a| a.ok) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

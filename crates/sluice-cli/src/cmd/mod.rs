@@ -2,6 +2,8 @@
 //! [`Exit`] when it is not the default 1.
 
 mod demo;
+mod demo_deploy;
+pub mod deploy;
 pub mod diff;
 pub mod quarantine;
 mod run;
@@ -84,6 +86,51 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Schema(args) => schema::schema(args).await,
         Command::Diff(args) => diff::diff(args).await,
         Command::Verify(args) => verify::verify(args).await,
+        Command::Deploy(args) => deploy::deploy(args).await,
+        Command::Promote {
+            pipeline,
+            full,
+            store,
+        } => {
+            let request = if full {
+                sluice_store::DeploymentRequest::PromoteFull
+            } else {
+                sluice_store::DeploymentRequest::Promote
+            };
+            deploy::request(&store.store, &pipeline, request).await
+        }
+        Command::Pause { pipeline, store } => {
+            deploy::request(
+                &store.store,
+                &pipeline,
+                sluice_store::DeploymentRequest::Pause,
+            )
+            .await
+        }
+        Command::Resume { pipeline, store } => {
+            deploy::request(
+                &store.store,
+                &pipeline,
+                sluice_store::DeploymentRequest::Resume,
+            )
+            .await
+        }
+        Command::Abort { pipeline, store } => {
+            deploy::request(
+                &store.store,
+                &pipeline,
+                sluice_store::DeploymentRequest::Abort,
+            )
+            .await
+        }
+        Command::Rollback { pipeline, store } => deploy::rollback(&store.store, &pipeline).await,
+        Command::History {
+            pipeline,
+            json,
+            limit,
+            store,
+        } => deploy::history(&store.store, pipeline.as_deref(), json, limit).await,
+        Command::Analysis(args) => deploy::analysis(args).await,
     }
 }
 

@@ -1,0 +1,364 @@
+//! Deployments end to end: a running pipeline under continuous input, a new version going out
+//! by canary, recreate (`sluice run` of a changed spec) and rollback, and bad candidates
+//! aborted by analysis with their rows repaired. Every test checks the table by key: every
+//! input key exactly once, and which version wrote it.
+
+mod common;
+
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A child process killed when the test ends, however it ends.
+struct Bg(Child);
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Bg {
+    /// SIGTERM, then wait for a clean exit.
+    fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.0.id() as i32;
+        unsafe { libc_kill(pid, 15) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the process did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// A spec of pipeline `crash` over the project's landing folder, writing `ver` = `version`,
+/// with `transform` (default: the plain one) and a `deploy:` block.
+fn spec(version: i64, transform: Option<&str>, deploy: &str) -> String {
+    let transform = transform.map(str::to_string).unwrap_or_else(|| {
+        format!("SELECT id, customer, amount * 2 AS doubled, CAST({version} AS BIGINT) AS ver FROM input")
+    });
+    format!(
+        "pipeline: crash\nsource:\n  files: landing/*.csv\n  columns: {{id: int64, customer: int64, amount: float64}}\n  required: [id]\n  settle: 0s\nbatch:\n  max_rows: 50\n  lease: 10s\n  max_attempts: 1\ntransform: {transform}\nsink:\n  delta: out\n  key: [id]\n{deploy}"
+    )
+}
+
+/// Lands a 50-row file every `every` until stopped; the keys go into the project.
+struct Lander {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Lander {
+    fn start(p: Arc<Mutex<Project>>, every: Duration) -> Lander {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut n = 0;
+            while !s.load(Ordering::SeqCst) {
+                p.lock().unwrap().land(&format!("live_{n:05}"), 50);
+                n += 1;
+                std::thread::sleep(every);
+            }
+        });
+        Lander {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            h.join().unwrap();
+        }
+    }
+}
+
+fn run_bg(p: &Project, spec: &str, store: &str, workers: &str) -> Bg {
+    Bg(p.sluice(&[
+        "run",
+        spec,
+        "--store",
+        store,
+        "--workers",
+        workers,
+        "--poll",
+        "200ms",
+        "--leader-lease",
+        "3s",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::inherit())
+    .spawn()
+    .unwrap())
+}
+
+/// Polls `status --json` until the pipeline has done at least `done` batches and nothing is
+/// pending or leased (with `drained`), within `limit`.
+fn wait_for(p: &Project, store: &str, done: i64, drained: bool, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let status = p.status(store);
+        let s = status["pipelines"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["pipeline"] == "crash"))
+            .cloned()
+            .unwrap_or_default();
+        let n = |k: &str| s[k].as_i64().unwrap_or(0);
+        if n("done") >= done && (!drained || n("pending") + n("leased") == 0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pipeline not at {done} done batches (drained: {drained}) within {limit:?}: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `sluice deploy FILE --wait` in project folder `dir`, killed past `limit`.
+fn deploy_wait(
+    dir: &std::path::Path,
+    file: &str,
+    store: &str,
+    limit: Duration,
+) -> std::process::Output {
+    let child = std::process::Command::new(BIN)
+        .args(["deploy", file, "--store", store, "--wait"])
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let watchdog = std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        unsafe { libc_kill(pid, 9) };
+    });
+    let out = child.wait_with_output().unwrap();
+    drop(watchdog);
+    out
+}
+
+fn history(p: &Project, store: &str) -> serde_json::Value {
+    let out = p.run(&["history", "crash", "--store", store, "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+const CANARY: &str = "deploy:\n  strategy: canary\n  steps:\n    - set_weight: 50\n    - analysis:\n        metrics:\n          - name: errors\n            interval: 1s\n            count: 2\n            success_condition: candidate.error_rate <= 0\n    - set_weight: 100\n";
+
+#[test]
+fn canary_goes_out_under_continuous_input_and_every_key_lands_once() {
+    let p = Arc::new(Mutex::new(Project::csv(2, 100, 50, "10s")));
+    let (store, v1, v2) = {
+        let p = p.lock().unwrap();
+        p.write("v1.yaml", &spec(1, None, ""));
+        p.write("v2.yaml", &spec(2, None, CANARY));
+        (p.sqlite(), "v1.yaml".to_string(), "v2.yaml".to_string())
+    };
+    let run = run_bg(&p.lock().unwrap(), &v1, &store, "2");
+    wait_for(
+        &p.lock().unwrap(),
+        &store,
+        4,
+        false,
+        Duration::from_secs(60),
+    );
+    let lander = Lander::start(p.clone(), Duration::from_millis(300));
+    let dir = p.lock().unwrap().dir.path().to_path_buf();
+    let out = deploy_wait(&dir, &v2, &store, Duration::from_secs(120));
+    lander.stop();
+    assert!(
+        out.status.success(),
+        "deploy --wait: {}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let p = p.lock().unwrap();
+    wait_for(&p, &store, 1, true, Duration::from_secs(60));
+    assert!(run.stop().success());
+    let h = history(&p, &store);
+    assert_eq!(h[0]["deployment"]["outcome"], "promoted", "{h}");
+    assert_eq!(h[0]["deployment"]["strategy"], "canary");
+    assert_exactly_once(&p.table_counts("out", "id"), &p.keys);
+    let by_version = p.table_counts("out", "ver");
+    assert!(
+        by_version.get(&1).copied().unwrap_or(0) > 0,
+        "{by_version:?}"
+    );
+    assert!(
+        by_version.get(&2).copied().unwrap_or(0) > 0,
+        "{by_version:?}"
+    );
+}
+
+/// Runs v1 under continuous input, deploys bad `v3` by canary (weight 50 for up to a minute,
+/// with the background analysis `analysis`), and checks it is aborted by the analysis, with
+/// none of its rows left and every key once. Returns the deployment's view. `{FROM}` in
+/// `transform` is where the bad rows start: in the live input only, so the pre-deploy suite's
+/// dry run passes and analysis is what catches the candidate, as in production.
+fn bad_candidate_is_rolled_back(transform: &str, extra: &str, analysis: &str) -> serde_json::Value {
+    let p = Arc::new(Mutex::new(Project::csv(2, 100, 50, "10s")));
+    let store = p.lock().unwrap().sqlite();
+    let deploy = format!(
+        "deploy:\n  strategy: canary\n  steps:\n    - set_weight: 50\n    - pause: {{duration: 60s}}\n    - set_weight: 100\n  analysis:\n{analysis}"
+    );
+    p.lock().unwrap().write("v1.yaml", &spec(1, None, ""));
+    let run = run_bg(&p.lock().unwrap(), "v1.yaml", &store, "2");
+    wait_for(
+        &p.lock().unwrap(),
+        &store,
+        4,
+        false,
+        Duration::from_secs(60),
+    );
+    let lander = Lander::start(p.clone(), Duration::from_millis(200));
+    {
+        // The bad rows start 300 keys past what has landed: the pre-deploy suite's dry run on
+        // recent batches passes, and the candidate publishes good batches before it meets
+        // them, so the repair has rows to remove.
+        let p = p.lock().unwrap();
+        let from = p.keys.iter().max().copied().unwrap_or(0) + 300;
+        let transform = transform.replace("{FROM}", &from.to_string());
+        p.write(
+            "v3.yaml",
+            &format!("{}{extra}", spec(3, Some(&transform), &deploy)),
+        );
+    }
+    let dir = p.lock().unwrap().dir.path().to_path_buf();
+    let started = Instant::now();
+    let out = deploy_wait(&dir, "v3.yaml", &store, Duration::from_secs(120));
+    let took = started.elapsed();
+    lander.stop();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a bad candidate ends aborted (exit 1): {}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let p = p.lock().unwrap();
+    wait_for(&p, &store, 1, true, Duration::from_secs(90));
+    assert!(run.stop().success());
+    let h = history(&p, &store);
+    let view = h[0].clone();
+    assert_eq!(view["deployment"]["outcome"], "aborted", "{view}");
+    let reason = view["deployment"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("analysis failed"), "{reason}");
+    assert_exactly_once(&p.table_counts("out", "id"), &p.keys);
+    let by_version = p.table_counts("out", "ver");
+    assert_eq!(
+        by_version.get(&3),
+        None,
+        "rows of the aborted version remain: {by_version:?}"
+    );
+    let data = &view["data"];
+    let detect = data["rerouted_at"].as_i64().unwrap() - data["detected_at"].as_i64().unwrap();
+    eprintln!(
+        "aborted in {took:?}; first failed measurement to every new batch on stable: {detect} ms; repaired {} batches",
+        data["repair"]["repaired"]
+            .as_array()
+            .map(|a| a.len())
+            .unwrap_or(0)
+    );
+    assert!(
+        (0..=1_000).contains(&detect),
+        "rerouted {detect} ms after detection"
+    );
+    view
+}
+
+const ERRORS: &str = "    metrics:\n      - name: errors\n        interval: 1s\n        failure_condition: candidate.error_rate > 0 OR candidate.quarantine_rate > 0\n";
+
+#[test]
+fn sql_that_errors_on_some_rows_is_aborted_and_its_rows_repaired() {
+    let view = bad_candidate_is_rolled_back(
+        "SELECT id, customer, amount * 2 AS doubled, CASE WHEN id >= {FROM} AND id % 70 = 3 THEN CAST(concat('x', CAST(id AS VARCHAR)) AS BIGINT) ELSE CAST(3 AS BIGINT) END AS ver FROM input",
+        "",
+        ERRORS,
+    );
+    assert!(
+        !view["data"]["repair"]["repaired"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "the candidate published batches before it failed, and they were repaired: {view}"
+    );
+}
+
+#[test]
+fn nulls_an_error_check_forbids_are_aborted_and_repaired() {
+    bad_candidate_is_rolled_back(
+        "SELECT id, customer, CASE WHEN id >= {FROM} AND id % 70 = 3 THEN NULL ELSE amount * 2 END AS doubled, CAST(3 AS BIGINT) AS ver FROM input",
+        "checks:\n  - not_null: {columns: [doubled]}\n",
+        ERRORS,
+    );
+}
+
+#[test]
+fn a_version_that_drops_a_fifth_of_the_rows_is_aborted_and_repaired() {
+    bad_candidate_is_rolled_back(
+        "SELECT id, customer, amount * 2 AS doubled, CAST(3 AS BIGINT) AS ver FROM input WHERE id % 5 <> 0",
+        "",
+        "    metrics:\n      - name: rows\n        interval: 1s\n        failure_condition: candidate.rows_ratio < 0.95 * stable.rows_ratio\n",
+    );
+}
+
+#[test]
+fn run_of_a_changed_spec_recreates_and_rollback_repairs_back_to_v1() {
+    let mut p = Project::csv(2, 100, 50, "10s");
+    let store = p.sqlite();
+    p.write("v1.yaml", &spec(1, None, ""));
+    p.write("v2.yaml", &spec(2, None, ""));
+    p.run_drained_spec(&p.dir.path().join("v1.yaml"));
+    p.land("more_0", 120);
+    let log = p.run_drained_spec(&p.dir.path().join("v2.yaml"));
+    assert!(log.contains("by recreate"), "{log}");
+    let h = history(&p, &store);
+    assert_eq!(h[0]["deployment"]["outcome"], "promoted", "{h}");
+    assert_eq!(h[0]["deployment"]["strategy"], "recreate");
+    assert!(
+        h[0]["data"]["gap_ms"].as_i64().is_some(),
+        "the switch's gap is reported: {h}"
+    );
+    assert_exactly_once(&p.table_counts("out", "id"), &p.keys);
+    let by_version = p.table_counts("out", "ver");
+    assert_eq!(by_version.get(&2).copied(), Some(120), "{by_version:?}");
+
+    // Back to v1: v2's 120 rows are removed and run again by v1.
+    let out = p.run(&["rollback", "crash", "--store", &store]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = p.run(&[
+        "worker",
+        "--store",
+        &store,
+        "--until-drained",
+        "--leader-lease",
+        "2s",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let h = history(&p, &store);
+    assert_eq!(h[0]["deployment"]["outcome"], "rolled_back", "{h}");
+    assert_exactly_once(&p.table_counts("out", "id"), &p.keys);
+    let by_version = p.table_counts("out", "ver");
+    assert_eq!(by_version.get(&2), None, "{by_version:?}");
+    let status = p.status(&store);
+    let current = status["pipelines"][0]["current_version"].as_i64();
+    assert_eq!(current, Some(1), "{status}");
+}
