@@ -163,16 +163,23 @@ fn history(p: &Project, store: &str) -> serde_json::Value {
 
 const CANARY: &str = "deploy:\n  strategy: canary\n  steps:\n    - set_weight: 50\n    - analysis:\n        metrics:\n          - name: errors\n            interval: 1s\n            count: 2\n            success_condition: candidate.error_rate <= 0\n    - set_weight: 100\n";
 
-#[test]
-fn canary_goes_out_under_continuous_input_and_every_key_lands_once() {
+/// Runs v1 (`sluice run` with 2 workers, and `extra` `sluice worker` processes of 2 workers
+/// each) on `store` under continuous input, deploys v2 with `deploy` and checks it is promoted
+/// with the table holding every input key once, some written by each version. Returns the
+/// deployment's view.
+fn goes_out_under_continuous_input(
+    store: Option<String>,
+    extra: usize,
+    deploy: &str,
+) -> serde_json::Value {
     let p = Arc::new(Mutex::new(Project::csv(2, 100, 50, "10s")));
-    let (store, v1, v2) = {
+    let store = {
         let p = p.lock().unwrap();
         p.write("v1.yaml", &spec(1, None, ""));
-        p.write("v2.yaml", &spec(2, None, CANARY));
-        (p.sqlite(), "v1.yaml".to_string(), "v2.yaml".to_string())
+        p.write("v2.yaml", &spec(2, None, deploy));
+        store.unwrap_or_else(|| p.sqlite())
     };
-    let run = run_bg(&p.lock().unwrap(), &v1, &store, "2");
+    let run = run_bg(&p.lock().unwrap(), "v1.yaml", &store, "2");
     wait_for(
         &p.lock().unwrap(),
         &store,
@@ -180,9 +187,28 @@ fn canary_goes_out_under_continuous_input_and_every_key_lands_once() {
         false,
         Duration::from_secs(60),
     );
+    let workers: Vec<Bg> = (0..extra)
+        .map(|_| {
+            Bg(p.lock()
+                .unwrap()
+                .sluice(&[
+                    "worker",
+                    "--store",
+                    &store,
+                    "--workers",
+                    "2",
+                    "--leader-lease",
+                    "3s",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap())
+        })
+        .collect();
     let lander = Lander::start(p.clone(), Duration::from_millis(300));
     let dir = p.lock().unwrap().dir.path().to_path_buf();
-    let out = deploy_wait(&dir, &v2, &store, Duration::from_secs(120));
+    let out = deploy_wait(&dir, "v2.yaml", &store, Duration::from_secs(120));
     lander.stop();
     assert!(
         out.status.success(),
@@ -192,10 +218,12 @@ fn canary_goes_out_under_continuous_input_and_every_key_lands_once() {
     );
     let p = p.lock().unwrap();
     wait_for(&p, &store, 1, true, Duration::from_secs(60));
+    for w in workers {
+        assert!(w.stop().success());
+    }
     assert!(run.stop().success());
     let h = history(&p, &store);
     assert_eq!(h[0]["deployment"]["outcome"], "promoted", "{h}");
-    assert_eq!(h[0]["deployment"]["strategy"], "canary");
     assert_exactly_once(&p.table_counts("out", "id"), &p.keys);
     let by_version = p.table_counts("out", "ver");
     assert!(
@@ -206,6 +234,68 @@ fn canary_goes_out_under_continuous_input_and_every_key_lands_once() {
         by_version.get(&2).copied().unwrap_or(0) > 0,
         "{by_version:?}"
     );
+    h[0].clone()
+}
+
+#[test]
+fn canary_goes_out_under_continuous_input_and_every_key_lands_once() {
+    let view = goes_out_under_continuous_input(None, 0, CANARY);
+    assert_eq!(view["deployment"]["strategy"], "canary");
+    // Each step was taken, in order, and the analysis measured twice.
+    let weights: Vec<i64> = view["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["route"]["weight"].as_i64())
+        .collect();
+    assert!(weights.windows(2).all(|w| w[0] <= w[1]), "{weights:?}");
+    assert!(
+        weights.contains(&50) && weights.contains(&100),
+        "{weights:?}"
+    );
+    let measured = view["measurements"].as_array().unwrap();
+    assert_eq!(measured.len(), 2, "{measured:?}");
+    assert!(
+        measured.iter().all(|m| m["phase"] == "successful"),
+        "{measured:?}"
+    );
+}
+
+#[test]
+fn canary_on_postgres_with_a_second_worker_process() {
+    let Some(url) = postgres() else { return };
+    goes_out_under_continuous_input(Some(url), 1, CANARY);
+}
+
+const ROLLING: &str = "deploy:\n  strategy: rolling\n  max_surge: 50%\n  healthy_batches: 2\n";
+
+#[test]
+fn rolling_moves_worker_slots_in_groups_on_sqlite_with_a_second_process() {
+    let view = goes_out_under_continuous_input(None, 1, ROLLING);
+    assert_eq!(view["deployment"]["strategy"], "rolling");
+    let events = view["events"].as_array().unwrap();
+    let groups: Vec<i64> = events
+        .iter()
+        .filter(|e| e["route"]["mode"] == "slots")
+        .filter_map(|e| e["route"]["weight"].as_i64())
+        .collect();
+    // 4 live slots, max_surge 50%: two groups of two slots.
+    assert_eq!(groups.first(), Some(&50), "{events:?}");
+    assert!(groups.contains(&100), "{events:?}");
+}
+
+#[test]
+fn rolling_on_postgres() {
+    let Some(url) = postgres() else { return };
+    goes_out_under_continuous_input(Some(url), 1, ROLLING);
+}
+
+#[test]
+fn recreate_on_postgres_under_continuous_input_reports_its_gap() {
+    let Some(url) = postgres() else { return };
+    let view = goes_out_under_continuous_input(Some(url), 1, "deploy:\n  strategy: recreate\n");
+    assert_eq!(view["deployment"]["strategy"], "recreate");
+    assert!(view["data"]["gap_ms"].as_i64().is_some(), "{view}");
 }
 
 /// Runs v1 under continuous input, deploys bad `v3` by canary (weight 50 for up to a minute,
@@ -361,4 +451,15 @@ fn run_of_a_changed_spec_recreates_and_rollback_repairs_back_to_v1() {
     let status = p.status(&store);
     let current = status["pipelines"][0]["current_version"].as_i64();
     assert_eq!(current, Some(1), "{status}");
+}
+
+#[test]
+fn a_version_three_times_slower_is_aborted_by_latency_analysis_and_repaired() {
+    // A sum over a three-way self join of the 50-row batch: ~125,000 rows more work per batch,
+    // about 3-5 times the batch time here (debug build), with the same rows out.
+    bad_candidate_is_rolled_back(
+        "SELECT id, customer, amount * 2 AS doubled, CAST(3 AS BIGINT) AS ver FROM input WHERE amount < 1 + (SELECT sum(a.amount + b.amount * c.amount) FROM input a CROSS JOIN input b CROSS JOIN input c)",
+        "",
+        "    metrics:\n      - name: latency\n        interval: 2s\n        failure_condition: candidate.p95_ms > 2 * stable.p95_ms\n",
+    );
 }
