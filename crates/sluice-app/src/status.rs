@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use sluice_core::{BatchId, TaskState, now_millis};
 use sluice_engine::checks::QuarantinedRow;
-use sluice_store::{PipelineStatus, RetryTarget, Store, TaskRecord, WorkerRecord};
+use sluice_store::{
+    DeploymentRecord, LeaderRecord, PipelineStatus, RetryTarget, Store, TaskRecord, WorkerRecord,
+};
 
 use crate::error::{AppError, Result};
 
@@ -37,6 +39,10 @@ pub struct Overview {
     pub workers: Vec<WorkerRecord>,
     pub quarantined: Vec<TaskRecord>,
     pub changed_files: Vec<ChangedFile>,
+    /// Deployments in progress.
+    pub deployments: Vec<DeploymentRecord>,
+    /// Who holds the leader duties (discovery, deployments), if anyone does now.
+    pub leader: Option<LeaderRecord>,
 }
 
 impl Overview {
@@ -101,11 +107,19 @@ pub async fn overview(store: &Arc<dyn Store>) -> Result<Overview> {
             }
         }
     }
+    let deployments = store.active_deployments().await?;
+    let clock = store.now().await?;
+    let leader = store
+        .leader(sluice_deploy::DUTY)
+        .await?
+        .filter(|l| l.expires_at > clock);
     Ok(Overview {
         pipelines,
         workers,
         quarantined,
         changed_files,
+        deployments,
+        leader,
     })
 }
 

@@ -434,6 +434,13 @@ fn run_of_a_changed_spec_recreates_and_rollback_repairs_back_to_v1() {
     // Back to v1: v2's 120 rows are removed and run again by v1.
     let out = p.run(&["rollback", "crash", "--store", &store]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // Nothing runs: status shows the rollback waiting, and that no process leads.
+    let status = p.status(&store);
+    assert_eq!(status["deployments"][0]["state"], "aborting", "{status}");
+    assert_eq!(status["deployments"][0]["strategy"], "rollback", "{status}");
+    assert!(status["leader"].is_null(), "{status}");
+    let text = stdout(&p.run(&["status", "--store", &store]));
+    assert!(text.contains("no process holds the leader duties"), "{text}");
     let out = p.run(&[
         "worker",
         "--store",

@@ -18,6 +18,8 @@ pub async fn status(store_url: &str, json: bool) -> anyhow::Result<ExitCode> {
         workers,
         quarantined,
         changed_files: changed,
+        deployments,
+        leader,
     } = &overview;
     if json {
         let out = serde_json::json!({
@@ -30,6 +32,8 @@ pub async fn status(store_url: &str, json: bool) -> anyhow::Result<ExitCode> {
             "workers": workers,
             "quarantined": quarantined,
             "changed_files": changed,
+            "deployments": deployments,
+            "leader": leader,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
@@ -88,6 +92,36 @@ pub async fn status(store_url: &str, json: bool) -> anyhow::Result<ExitCode> {
             };
             println!("  {}  {}\n      {what}", c.pipeline, c.change);
         }
+    }
+    if !deployments.is_empty() {
+        println!("\ndeployments in progress (`sluice deploy status PIPELINE`):");
+        for d in deployments {
+            println!(
+                "  {}  #{} v{} -> v{} by {}: {}, {}% to v{}{}",
+                d.pipeline,
+                d.id,
+                d.stable_version,
+                d.candidate_version,
+                d.strategy,
+                d.state,
+                d.route.weight,
+                d.candidate_version,
+                d.reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    match leader {
+        Some(l) => println!(
+            "\nleader duties (discovery, deployments): {} (epoch {})",
+            l.holder, l.epoch
+        ),
+        None if !deployments.is_empty() => println!(
+            "\nno process holds the leader duties: deployments move while `sluice run` or `sluice worker` runs"
+        ),
+        None => {}
     }
     print_workers(workers);
     let dropped: i64 = pipelines.iter().map(|p| p.dropped_rows).sum();
