@@ -131,28 +131,39 @@ fn wait_for(p: &Project, store: &str, done: i64, drained: bool, limit: Duration)
     }
 }
 
-/// `sluice deploy FILE --wait` in project folder `dir`, killed past `limit`.
+/// `sluice deploy FILE --wait` in project folder `dir`, killed past `limit` (and when the test
+/// ends early: a failed assertion must not leave it waiting forever).
 fn deploy_wait(
     dir: &std::path::Path,
     file: &str,
     store: &str,
     limit: Duration,
 ) -> std::process::Output {
-    let child = std::process::Command::new(BIN)
+    let out_path = dir.join(format!("{file}.deploy.out"));
+    let err_path = dir.join(format!("{file}.deploy.err"));
+    let mut child = Bg(std::process::Command::new(BIN)
         .args(["deploy", file, "--store", store, "--wait"])
         .current_dir(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
         .spawn()
-        .unwrap();
-    let pid = child.id() as i32;
-    let watchdog = std::thread::spawn(move || {
-        std::thread::sleep(limit);
-        unsafe { libc_kill(pid, 9) };
-    });
-    let out = child.wait_with_output().unwrap();
-    drop(watchdog);
-    out
+        .unwrap());
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.0.kill();
+            break child.0.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::process::Output {
+        status,
+        stdout: std::fs::read(&out_path).unwrap(),
+        stderr: std::fs::read(&err_path).unwrap(),
+    }
 }
 
 fn history(p: &Project, store: &str) -> serde_json::Value {
@@ -440,7 +451,10 @@ fn run_of_a_changed_spec_recreates_and_rollback_repairs_back_to_v1() {
     assert_eq!(status["deployments"][0]["strategy"], "rollback", "{status}");
     assert!(status["leader"].is_null(), "{status}");
     let text = stdout(&p.run(&["status", "--store", &store]));
-    assert!(text.contains("no process holds the leader duties"), "{text}");
+    assert!(
+        text.contains("no process holds the leader duties"),
+        "{text}"
+    );
     let out = p.run(&[
         "worker",
         "--store",
