@@ -317,10 +317,26 @@ fn recreate_on_postgres_under_continuous_input_reports_its_gap() {
 fn bad_candidate_is_rolled_back(transform: &str, extra: &str, analysis: &str) -> serde_json::Value {
     let p = Arc::new(Mutex::new(Project::csv(2, 100, 50, "10s")));
     let store = p.lock().unwrap().sqlite();
+    p.lock().unwrap().write("v1.yaml", &spec(1, None, ""));
+    // Analysis templates the candidate's spec references: `# template NAME` then its YAML.
+    for template in analysis.split("# template ").skip(1) {
+        let (name, text) = template.split_once('\n').unwrap();
+        let p = p.lock().unwrap();
+        p.write(&format!("{name}.yaml"), text);
+        let out = p.run(&[
+            "analysis",
+            "put",
+            name,
+            &format!("{name}.yaml"),
+            "--store",
+            &store,
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let analysis = analysis.split("# template ").next().unwrap();
     let deploy = format!(
         "deploy:\n  strategy: canary\n  steps:\n    - set_weight: 50\n    - pause: {{duration: 60s}}\n    - set_weight: 100\n  analysis:\n{analysis}"
     );
-    p.lock().unwrap().write("v1.yaml", &spec(1, None, ""));
     let run = run_bg(&p.lock().unwrap(), "v1.yaml", &store, "2");
     wait_for(
         &p.lock().unwrap(),
@@ -417,7 +433,8 @@ fn a_version_that_drops_a_fifth_of_the_rows_is_aborted_and_repaired() {
     bad_candidate_is_rolled_back(
         "SELECT id, customer, amount * 2 AS doubled, CAST(3 AS BIGINT) AS ver FROM input WHERE id % 5 <> 0",
         "",
-        "    metrics:\n      - name: rows\n        interval: 1s\n        failure_condition: candidate.rows_ratio < 0.95 * stable.rows_ratio\n",
+        // A named template with an argument, stored with `sluice analysis put`.
+        "    templates: [{name: rows, args: {ratio: 0.95}}]\n# template rows\nargs:\n  - name: ratio\nmetrics:\n  - name: rows\n    interval: 1s\n    failure_condition: candidate.rows_ratio < {{args.ratio}} * stable.rows_ratio\n",
     );
 }
 
