@@ -501,3 +501,142 @@ fn a_version_three_times_slower_is_aborted_by_latency_analysis_and_repaired() {
         "    metrics:\n      - name: latency\n        interval: 2s\n        failure_condition: candidate.p95_ms > 2 * stable.p95_ms\n",
     );
 }
+
+/// The deployment's state as `sluice status --json` shows it (`None`: none in progress).
+fn deployment_state(p: &Project, store: &str) -> Option<serde_json::Value> {
+    let status = p.status(store);
+    status["deployments"].as_array()?.first().cloned()
+}
+
+fn wait_state(
+    p: &Arc<Mutex<Project>>,
+    store: &str,
+    state: &str,
+    limit: Duration,
+) -> serde_json::Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let d = deployment_state(&p.lock().unwrap(), store);
+        if let Some(d) = d.as_ref().filter(|d| d["state"] == state) {
+            return d.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no deployment {state} within {limit:?}: {d:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn command(p: &Arc<Mutex<Project>>, args: &[&str]) {
+    let out = p.lock().unwrap().run(args);
+    assert!(out.status.success(), "sluice {args:?}: {}", stderr(&out));
+}
+
+#[test]
+fn a_person_promotes_past_a_pause_then_pauses_resumes_and_aborts_the_next() {
+    let p = Arc::new(Mutex::new(Project::csv(2, 100, 50, "10s")));
+    let store = {
+        let p = p.lock().unwrap();
+        p.write("v1.yaml", &spec(1, None, ""));
+        p.write(
+            "v2.yaml",
+            &spec(2, None, "deploy:\n  strategy: canary\n  steps:\n    - set_weight: 50\n    - pause: {}\n    - set_weight: 100\n"),
+        );
+        p.write(
+            "v3.yaml",
+            &spec(3, None, "deploy:\n  strategy: canary\n  steps:\n    - set_weight: 50\n    - pause: {duration: 10m}\n"),
+        );
+        p.sqlite()
+    };
+    let run = run_bg(&p.lock().unwrap(), "v1.yaml", &store, "2");
+    wait_for(
+        &p.lock().unwrap(),
+        &store,
+        4,
+        false,
+        Duration::from_secs(60),
+    );
+    let lander = Lander::start(p.clone(), Duration::from_millis(250));
+
+    command(&p, &["deploy", "v2.yaml", "--store", &store]);
+    let paused = wait_state(&p, &store, "paused", Duration::from_secs(30));
+    assert!(
+        paused["reason"]
+            .as_str()
+            .unwrap()
+            .contains("until `sluice promote`"),
+        "{paused}"
+    );
+    assert_eq!(
+        paused["route"]["weight"], 50,
+        "the pause holds the weight: {paused}"
+    );
+    command(&p, &["promote", "crash", "--store", &store]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while deployment_state(&p.lock().unwrap(), &store).is_some() {
+        assert!(Instant::now() < deadline, "v2 not promoted within 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        history(&p.lock().unwrap(), &store)[0]["deployment"]["outcome"],
+        "promoted"
+    );
+
+    command(&p, &["deploy", "v3.yaml", "--store", &store]);
+    // At weight 50, in its 10-minute pause: pause it, resume it, then abort it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let d = deployment_state(&p.lock().unwrap(), &store);
+        if d.as_ref().is_some_and(|d| d["route"]["weight"] == 50) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "v3 not at weight 50: {d:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2)); // let v3 publish some batches
+    command(&p, &["pause", "crash", "--store", &store]);
+    let paused = wait_state(&p, &store, "paused", Duration::from_secs(30));
+    assert!(
+        paused["reason"].as_str().unwrap().contains("sluice pause"),
+        "{paused}"
+    );
+    command(&p, &["resume", "crash", "--store", &store]);
+    wait_state(&p, &store, "progressing", Duration::from_secs(30));
+    command(&p, &["abort", "crash", "--store", &store]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while deployment_state(&p.lock().unwrap(), &store).is_some() {
+        assert!(Instant::now() < deadline, "v3 not aborted within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    lander.stop();
+    let p = p.lock().unwrap();
+    wait_for(&p, &store, 1, true, Duration::from_secs(60));
+    assert!(run.stop().success());
+    let h = history(&p, &store);
+    assert_eq!(h[0]["deployment"]["outcome"], "aborted", "{h}");
+    assert!(
+        h[0]["deployment"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("sluice abort"),
+        "{h}"
+    );
+    let repaired = h[0]["data"]["repair"]["repaired"].as_array().unwrap().len();
+    assert!(
+        repaired > 0,
+        "v3 published batches before the abort, and they were repaired: {h}"
+    );
+    assert_exactly_once(&p.table_counts("out", "id"), &p.keys);
+    let by_version = p.table_counts("out", "ver");
+    assert_eq!(by_version.get(&3), None, "{by_version:?}");
+    assert!(
+        by_version.get(&2).copied().unwrap_or(0) > 0,
+        "{by_version:?}"
+    );
+    // The history lists both, newest first, with their outcomes.
+    let text = stdout(&p.run(&["history", "crash", "--store", &store]));
+    let aborted = text.find("aborted").unwrap_or(usize::MAX);
+    let promoted = text.find("promoted").unwrap_or(0);
+    assert!(aborted < promoted, "{text}");
+}
