@@ -63,6 +63,7 @@ mod deployments;
 mod error;
 mod measurements;
 mod postgres;
+mod reads;
 mod registry;
 mod rows;
 mod shared;
@@ -438,6 +439,108 @@ pub struct CheckRecord {
     pub recorded_at: i64,
 }
 
+/// Which batches [`Store::batches`] lists: one pipeline's, in queue order, optionally only one
+/// state and one version, a page at a time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchQuery {
+    pub pipeline: String,
+    pub state: Option<TaskState>,
+    pub version: Option<i64>,
+    /// Only batches queued after this cursor (a previous page's [`BatchPage::next`]).
+    pub after: Option<i64>,
+    /// At most this many (a negative limit means none).
+    pub limit: i64,
+}
+
+/// A page of batches and the cursor of the next page (`None`: this was the last).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BatchPage {
+    pub batches: Vec<TaskRecord>,
+    pub next: Option<i64>,
+}
+
+/// The runs of one pipeline version that ended one way within a window, summed.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunTotals {
+    pub version: i64,
+    pub outcome: BatchOutcome,
+    pub runs: i64,
+    pub rows_in: i64,
+    pub rows_out: i64,
+    pub duration_ms_sum: i64,
+    pub duration_ms_max: i64,
+}
+
+/// The results of one check of one pipeline version at one level within a window, summed.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CheckTotals {
+    pub version: i64,
+    pub check: String,
+    /// `pass`, `warn` or `error`.
+    pub level: String,
+    /// Batch runs the check judged at this level.
+    pub results: i64,
+    /// Rows that failed it, summed over those runs.
+    pub failing: i64,
+}
+
+/// Upper bounds (milliseconds, inclusive) of the buckets [`StoreMetrics::durations`] counts
+/// committed runs into; a run longer than the last bound counts only in the total.
+pub const DURATION_BUCKETS_MS: [i64; 12] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 300_000, 900_000,
+];
+
+/// The batches of one pipeline version in one state, as [`Store::metrics`] counts them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TaskCount {
+    pub pipeline: String,
+    pub version: i64,
+    pub state: TaskState,
+    pub batches: i64,
+    /// Sums of the rows recorded on those batches (set once a batch is done).
+    pub rows_in: i64,
+    pub rows_out: i64,
+    /// When the longest-waiting of them last changed state (for pending ones: since when it
+    /// waits).
+    pub oldest_change: i64,
+}
+
+/// How long one live pipeline version's committed runs took: `buckets[i]` runs took at most
+/// [`DURATION_BUCKETS_MS`]`[i]` (cumulative, as Prometheus counts).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DurationHistogram {
+    pub pipeline: String,
+    pub version: i64,
+    pub runs: i64,
+    pub duration_ms_sum: i64,
+    pub buckets: Vec<i64>,
+}
+
+/// How often one check of a pipeline failed at one level (`warn` or `error`), over all time.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CheckFailures {
+    pub pipeline: String,
+    pub check: String,
+    pub level: String,
+    pub results: i64,
+}
+
+/// Everything `/metrics` reports, read in one snapshot by a handful of aggregate queries (none
+/// per series), so one server covers every worker of the store.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StoreMetrics {
+    /// The store clock when read.
+    pub now: i64,
+    /// Each pipeline and its current version.
+    pub current: Vec<(String, i64)>,
+    pub tasks: Vec<TaskCount>,
+    /// Live versions only: the current ones and those with pending or leased batches.
+    pub durations: Vec<DurationHistogram>,
+    /// Workers not stopped that reported within the `lost_after` given.
+    pub workers_alive: i64,
+    pub check_failures: Vec<CheckFailures>,
+}
+
 /// The state store. All methods are safe to call concurrently from many workers, processes and
 /// machines; the ones that change a leased task are fenced by the lease token.
 #[async_trait]
@@ -600,6 +703,36 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<CheckRecord>>;
 
     async fn status(&self) -> Result<Vec<PipelineStatus>>;
+
+    // ---- reads for the API and metrics ----
+
+    /// Every version of a pipeline, oldest first.
+    async fn pipeline_versions(&self, pipeline: &str) -> Result<Vec<PipelineVersion>>;
+
+    /// A page of a pipeline's batches in queue order (see [`BatchQuery`]).
+    async fn batches(&self, query: &BatchQuery) -> Result<BatchPage>;
+
+    /// Every run of one batch, oldest first.
+    async fn batch_runs_of(&self, batch: &BatchId) -> Result<Vec<BatchRun>>;
+
+    /// Every check result of one batch, oldest first.
+    async fn check_results_of(&self, batch: &BatchId) -> Result<Vec<CheckRecord>>;
+
+    /// A pipeline's runs that finished in `[since, until]`, summed per version and outcome.
+    async fn run_totals(&self, pipeline: &str, since: i64, until: i64) -> Result<Vec<RunTotals>>;
+
+    /// A pipeline's check results recorded in `[since, until]`, summed per version, check and
+    /// level.
+    async fn check_totals(
+        &self,
+        pipeline: &str,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<CheckTotals>>;
+
+    /// What `/metrics` reports (see [`StoreMetrics`]); a worker silent for `lost_after` is not
+    /// alive.
+    async fn metrics(&self, lost_after: Duration) -> Result<StoreMetrics>;
 
     // ---- schema registry ----
 

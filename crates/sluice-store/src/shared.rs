@@ -33,6 +33,7 @@ use crate::deployments::{
     TemplateRow,
 };
 use crate::measurements;
+use crate::reads::{self, PagedTaskRow};
 use crate::registry::{self, DatasetRow, SchemaVersionRow};
 use crate::rows::{
     self, DroppedCountRow, ExpiredRow, FileCountRow, INSERT_RUN_SQL, NewRun, PipelineRow, RunRow,
@@ -40,13 +41,13 @@ use crate::rows::{
     task_columns, version_columns,
 };
 use crate::{
-    AnalysisTemplateRecord, BatchFile, BatchRun, CheckRecord, DatasetRecord, DeploymentEvent,
-    DeploymentOutcome, DeploymentRecord, DeploymentRequest, DeploymentUpdate, FailDisposition,
-    Fence, FileChange, FileUpdate, LeaderRecord, Lease, LeaseRequest, MeasurementRecord,
-    NewDeployment, NewFile, NewMeasurement, NewSchemaVersion, NewTask, PipelineRecord,
-    PipelineStatus, PipelineVersion, Requeue, Result, RetryTarget, Route, RouteMode, RunReport,
-    SchemaRegistration, SchemaVersionRecord, Store, StoreError, TakenFile, TaskRecord, WorkerBeat,
-    WorkerRecord,
+    AnalysisTemplateRecord, BatchFile, BatchPage, BatchQuery, BatchRun, CheckFailures, CheckRecord,
+    CheckTotals, DatasetRecord, DeploymentEvent, DeploymentOutcome, DeploymentRecord,
+    DeploymentRequest, DeploymentUpdate, FailDisposition, Fence, FileChange, FileUpdate,
+    LeaderRecord, Lease, LeaseRequest, MeasurementRecord, NewDeployment, NewFile, NewMeasurement,
+    NewSchemaVersion, NewTask, PipelineRecord, PipelineStatus, PipelineVersion, Requeue, Result,
+    RetryTarget, Route, RouteMode, RunReport, RunTotals, SchemaRegistration, SchemaVersionRecord,
+    Store, StoreError, StoreMetrics, TakenFile, TaskRecord, WorkerBeat, WorkerRecord,
 };
 
 /// A backend's connection (what a transaction or a pooled connection derefs to).
@@ -794,6 +795,138 @@ where
         let dropped: Vec<DroppedCountRow> = fetch_all!(rows::STATUS_DROPPED_SQL);
         tx.commit().await.map_err(B::db_error)?;
         rows::assemble_status(pipelines, states, files, runs, dropped)
+    }
+
+    async fn pipeline_versions(&self, pipeline: &str) -> Result<Vec<PipelineVersion>> {
+        let rows: Vec<VersionRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            version_columns!(),
+            " FROM pipeline_versions WHERE pipeline = $1 ORDER BY version"
+        ))
+        .bind(pipeline)
+        .fetch_all(self.pool())
+        .await
+        .map_err(B::db_error)?;
+        Ok(rows.into_iter().map(PipelineVersion::from).collect())
+    }
+
+    async fn batches(&self, query: &BatchQuery) -> Result<BatchPage> {
+        let limit = reads::limit(query.limit);
+        // One more than asked for says whether there is a next page.
+        let rows: Vec<PagedTaskRow> = sqlx::query_as(reads::BATCHES_SQL)
+            .bind(query.pipeline.as_str())
+            .bind(query.state.map(TaskState::as_str))
+            .bind(query.version)
+            .bind(query.after.unwrap_or(0))
+            .bind(limit.saturating_add(1))
+            .fetch_all(self.pool())
+            .await
+            .map_err(B::db_error)?;
+        let more = rows.len() as i64 > limit;
+        let mut batches = Vec::with_capacity(rows.len());
+        let mut last = None;
+        for row in rows
+            .into_iter()
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+        {
+            last = Some(row.seq);
+            batches.push(row.task.into_record()?);
+        }
+        Ok(BatchPage {
+            batches,
+            next: if more { last } else { None },
+        })
+    }
+
+    async fn batch_runs_of(&self, batch: &BatchId) -> Result<Vec<BatchRun>> {
+        let rows: Vec<RunRow> = sqlx::query_as(reads::BATCH_RUNS_OF_SQL)
+            .bind(batch.0.as_str())
+            .fetch_all(self.pool())
+            .await
+            .map_err(B::db_error)?;
+        rows.into_iter().map(RunRow::into_run).collect()
+    }
+
+    async fn check_results_of(&self, batch: &BatchId) -> Result<Vec<CheckRecord>> {
+        let rows: Vec<measurements::CheckRow> = sqlx::query_as(reads::CHECK_RESULTS_OF_SQL)
+            .bind(batch.0.as_str())
+            .fetch_all(self.pool())
+            .await
+            .map_err(B::db_error)?;
+        Ok(rows.into_iter().map(CheckRecord::from).collect())
+    }
+
+    async fn run_totals(&self, pipeline: &str, since: i64, until: i64) -> Result<Vec<RunTotals>> {
+        let rows: Vec<reads::RunTotalsRow> = sqlx::query_as(reads::RUN_TOTALS_SQL)
+            .bind(pipeline)
+            .bind(since)
+            .bind(until)
+            .fetch_all(self.pool())
+            .await
+            .map_err(B::db_error)?;
+        rows.into_iter()
+            .map(reads::RunTotalsRow::into_totals)
+            .collect()
+    }
+
+    async fn check_totals(
+        &self,
+        pipeline: &str,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<CheckTotals>> {
+        let rows: Vec<reads::CheckTotalsRow> = sqlx::query_as(reads::CHECK_TOTALS_SQL)
+            .bind(pipeline)
+            .bind(since)
+            .bind(until)
+            .fetch_all(self.pool())
+            .await
+            .map_err(B::db_error)?;
+        Ok(rows.into_iter().map(CheckTotals::from).collect())
+    }
+
+    async fn metrics(&self, lost_after: Duration) -> Result<StoreMetrics> {
+        let now = self.clock().await?;
+        // One snapshot, so the series of one scrape agree with each other.
+        let mut tx = self
+            .pool()
+            .begin_with(B::BEGIN_SNAPSHOT)
+            .await
+            .map_err(B::db_error)?;
+        let current: Vec<(String, i64)> = sqlx::query_as(reads::METRICS_CURRENT_SQL)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(B::db_error)?;
+        let tasks: Vec<reads::TaskCountRow> = sqlx::query_as(reads::METRICS_TASKS_SQL)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(B::db_error)?;
+        let durations: Vec<reads::DurationBucketRow> =
+            sqlx::query_as(reads::METRICS_DURATIONS_SQL.as_str())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(B::db_error)?;
+        let workers_alive: i64 = sqlx::query_scalar(reads::METRICS_WORKERS_SQL)
+            .bind(now.saturating_sub(rows::millis(lost_after)))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(B::db_error)?;
+        let checks: Vec<reads::CheckFailuresRow> = sqlx::query_as(reads::METRICS_CHECKS_SQL)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(B::db_error)?;
+        tx.commit().await.map_err(B::db_error)?;
+        Ok(StoreMetrics {
+            now,
+            current,
+            tasks: tasks
+                .into_iter()
+                .map(reads::TaskCountRow::into_count)
+                .collect::<Result<_>>()?,
+            durations: reads::histograms(durations),
+            workers_alive,
+            check_failures: checks.into_iter().map(CheckFailures::from).collect(),
+        })
     }
 
     async fn register_schema_version(

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use sluice_core::{BatchId, BatchOutcome, BatchSlice, ErrorKind, LeaseToken, TaskState, WorkerId};
 use sluice_store::{
-    BatchFile, CheckRecord, DeploymentOutcome, DeploymentRecord, DeploymentRequest,
-    DeploymentUpdate, FailDisposition, Fence, FileChange, FileUpdate, Lease, LeaseRequest,
-    NewDeployment, NewFile, NewMeasurement, NewSchemaVersion, NewTask, Requeue, RetryTarget, Route,
-    RouteMode, RunReport, SchemaRegistration, SchemaVersionRecord, Split, Store, StoreError,
-    WorkerBeat, testing,
+    BatchFile, BatchQuery, CheckRecord, DURATION_BUCKETS_MS, DeploymentOutcome, DeploymentRecord,
+    DeploymentRequest, DeploymentUpdate, FailDisposition, Fence, FileChange, FileUpdate, Lease,
+    LeaseRequest, NewDeployment, NewFile, NewMeasurement, NewSchemaVersion, NewTask, Requeue,
+    RetryTarget, Route, RouteMode, RunReport, SchemaRegistration, SchemaVersionRecord, Split,
+    Store, StoreError, WorkerBeat, testing,
 };
 use sqlx::Connection;
 
@@ -138,22 +138,27 @@ conformance!(
     compatibility_defaults_and_overrides,
     datasets_list_versions_and_modes,
     concurrent_schema_registration_agrees,
+    a_batch_has_its_runs_and_checks,
+    abort_request_routes_to_stable_at_once,
+    analysis_templates_are_named_and_replaced,
+    analysis_windows_and_measurements,
+    batches_are_paged_and_filtered,
+    concurrent_lead_has_one_winner,
+    hold_leases_only_routed_batches,
+    key_routing_carries_the_split,
+    leadership_is_exclusive_until_it_expires,
+    metrics_aggregate_the_store,
+    one_active_deployment_per_pipeline,
+    pipeline_versions_are_listed_oldest_first,
+    repin_pending_moves_routed_retries,
+    requeue_is_idempotent_and_skips_leased,
+    routed_batches_keep_their_version,
     router_batch_share_is_exact,
     router_share_is_exact_under_concurrent_leasers,
-    routed_batches_keep_their_version,
-    hold_leases_only_routed_batches,
     slots_route_by_worker_rank,
-    key_routing_carries_the_split,
-    unrouted_batches_run_the_current_version,
-    leadership_is_exclusive_until_it_expires,
-    concurrent_lead_has_one_winner,
-    one_active_deployment_per_pipeline,
+    totals_over_a_window,
     transitions_are_checked_and_logged,
-    abort_request_routes_to_stable_at_once,
-    requeue_is_idempotent_and_skips_leased,
-    repin_pending_moves_routed_retries,
-    analysis_windows_and_measurements,
-    analysis_templates_are_named_and_replaced,
+    unrouted_batches_run_the_current_version,
 );
 
 // ---- files that change after they were taken in ----
@@ -3244,4 +3249,440 @@ async fn postgres_backlog_is_analyzed_when_queued() {
     );
     drop(conn);
     h.finish().await;
+}
+
+// ---- reads for the API and metrics ----
+
+async fn pipeline_versions_are_listed_oldest_first(
+    _h: &Harness,
+    store: Arc<dyn Store>,
+) -> TestResult {
+    assert!(store.pipeline_versions("orders").await?.is_empty());
+    for n in 1..=3 {
+        store
+            .register_pipeline_version(
+                "orders",
+                &format!("h{n}"),
+                &format!("spec {n}"),
+                "/b",
+                false,
+            )
+            .await?;
+    }
+    store
+        .register_pipeline_version("users", "u1", "spec u", "/b", false)
+        .await?;
+    let versions = store.pipeline_versions("orders").await?;
+    let numbers: Vec<i64> = versions.iter().map(|v| v.version).collect();
+    assert_eq!(numbers, vec![1, 2, 3]);
+    assert_eq!(versions[1].spec, "spec 2");
+    assert!(versions.iter().all(|v| v.pipeline == "orders"));
+    Ok(())
+}
+
+async fn batches_are_paged_and_filtered(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let v1 = pipeline(&store, "orders").await?;
+    let all = queue(&store, "orders", v1, "/in/a.csv", 5, 3).await?;
+    let v2 = store
+        .register_pipeline_version("orders", "hash-orders-2", "spec: 2", "/base", true)
+        .await?
+        .version;
+    let later = queue(&store, "orders", v2, "/in/b.csv", 2, 3).await?;
+    pipeline(&store, "users").await?;
+    queue(&store, "users", 1, "/in/u.csv", 2, 3).await?;
+    // two of orders@1 done, so states differ
+    for _ in 0..2 {
+        let lease = store
+            .lease(&LeaseRequest {
+                pipelines: Some(vec!["orders".into()]),
+                ..request(1, 1, LONG)
+            })
+            .await?
+            .remove(0);
+        assert!(
+            store
+                .complete(&lease, &report(BatchOutcome::Committed, 10, None))
+                .await?
+        );
+    }
+    let q = |state, version, after, limit| BatchQuery {
+        pipeline: "orders".into(),
+        state,
+        version,
+        after,
+        limit,
+    };
+    // pages of 3 walk the queue in order, each batch once, and the last has no next
+    let mut seen = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let page = store.batches(&q(None, None, after, 3)).await?;
+        pages += 1;
+        assert!(page.batches.len() <= 3);
+        seen.extend(page.batches.iter().map(|t| t.batch_id.clone()));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    let expected: Vec<BatchId> = all.iter().chain(&later).cloned().collect();
+    assert_eq!(seen, expected);
+    assert_eq!(pages, 3);
+    // a page that ends exactly at the last batch says there is no next one
+    let exact = store.batches(&q(None, None, None, 7)).await?;
+    assert_eq!((exact.batches.len(), exact.next), (7, None));
+    let done = store
+        .batches(&q(Some(TaskState::Done), None, None, 10))
+        .await?;
+    assert_eq!(
+        done.batches.iter().map(|t| &t.batch_id).collect::<Vec<_>>(),
+        all[..2].iter().collect::<Vec<_>>()
+    );
+    let of_v2 = store.batches(&q(None, Some(v2), None, 10)).await?;
+    assert_eq!(of_v2.batches.len(), 2);
+    assert!(of_v2.batches.iter().all(|t| t.version == v2));
+    let pending_v1 = store
+        .batches(&q(Some(TaskState::Pending), Some(v1), None, 10))
+        .await?;
+    assert_eq!(pending_v1.batches.len(), 3);
+    assert!(
+        store
+            .batches(&q(None, None, None, 0))
+            .await?
+            .batches
+            .is_empty()
+    );
+    assert!(
+        store
+            .batches(&q(None, None, None, -1))
+            .await?
+            .batches
+            .is_empty()
+    );
+    let nothing = BatchQuery {
+        pipeline: "nope".into(),
+        ..q(None, None, None, 10)
+    };
+    assert!(store.batches(&nothing).await?.batches.is_empty());
+    Ok(())
+}
+
+async fn a_batch_has_its_runs_and_checks(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let v = pipeline(&store, "orders").await?;
+    let ids = queue(&store, "orders", v, "/in/a.csv", 2, 3).await?;
+    let first = lease_one(&store, 1, LONG).await;
+    assert_eq!(first.batch_id, ids[0]);
+    store
+        .fail(
+            &first,
+            &report(BatchOutcome::Failed, 0, Some("boom")),
+            ErrorKind::External,
+            false,
+            Duration::ZERO,
+        )
+        .await?;
+    let again = lease_one(&store, 2, LONG).await;
+    assert_eq!(
+        again.batch_id, ids[0],
+        "the failed batch is first in the queue again"
+    );
+    assert!(
+        store
+            .complete(&again, &report(BatchOutcome::Committed, 8, None))
+            .await?
+    );
+    let check = |batch: &BatchId, level: &str| CheckRecord {
+        pipeline: "orders".into(),
+        version: v,
+        batch_id: batch.clone(),
+        check: "unique(id)".into(),
+        kind: "unique".into(),
+        level: level.into(),
+        considered: 8,
+        failing: 0,
+        dropped: 0,
+        detail: String::new(),
+        recorded_at: 0,
+    };
+    store
+        .record_checks(&[check(&ids[0], "pass"), check(&ids[1], "error")])
+        .await?;
+    let runs = store.batch_runs_of(&ids[0]).await?;
+    assert_eq!(runs.len(), 2);
+    assert_eq!(
+        (
+            runs[0].outcome,
+            runs[0].attempt,
+            runs[1].outcome,
+            runs[1].attempt
+        ),
+        (BatchOutcome::Failed, 1, BatchOutcome::Committed, 2),
+        "oldest first"
+    );
+    assert_eq!(runs[0].error.as_deref(), Some("boom"));
+    let checks = store.check_results_of(&ids[0]).await?;
+    assert_eq!(checks.len(), 1);
+    assert_eq!(
+        (checks[0].level.as_str(), &checks[0].batch_id),
+        ("pass", &ids[0])
+    );
+    assert!(store.batch_runs_of(&ids[1]).await?.is_empty());
+    assert!(
+        store
+            .check_results_of(&BatchId("b-none".into()))
+            .await?
+            .is_empty()
+    );
+    Ok(())
+}
+
+async fn totals_over_a_window(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let v = pipeline(&store, "orders").await?;
+    queue(&store, "orders", v, "/in/a.csv", 4, 3).await?;
+    let base = sluice_core::now_millis();
+    let run = |at: i64, ms: i64, rows: i64, outcome| RunReport {
+        started_at: base + at - ms,
+        finished_at: base + at,
+        rows_in: rows,
+        rows_out: rows - 1,
+        outcome,
+        error: None,
+    };
+    let leases = store.lease(&request(1, 4, LONG)).await?;
+    assert_eq!(leases.len(), 4);
+    // one run long before the window, two inside it, one failure inside it
+    assert!(
+        store
+            .complete(&leases[0], &run(-100_000, 10, 5, BatchOutcome::Committed))
+            .await?
+    );
+    assert!(
+        store
+            .complete(&leases[1], &run(-1_000, 200, 10, BatchOutcome::Committed))
+            .await?
+    );
+    assert!(
+        store
+            .complete(&leases[2], &run(-500, 400, 20, BatchOutcome::Committed))
+            .await?
+    );
+    store
+        .fail(
+            &leases[3],
+            &run(-200, 50, 0, BatchOutcome::Failed),
+            ErrorKind::User,
+            true,
+            Duration::ZERO,
+        )
+        .await?;
+    let totals = store.run_totals("orders", base - 10_000, base).await?;
+    assert_eq!(totals.len(), 2, "{totals:?}");
+    let committed = totals
+        .iter()
+        .find(|t| t.outcome == BatchOutcome::Committed)
+        .ok_or("committed totals")?;
+    assert_eq!(
+        (
+            committed.version,
+            committed.runs,
+            committed.rows_in,
+            committed.rows_out
+        ),
+        (v, 2, 30, 28)
+    );
+    assert_eq!(
+        (committed.duration_ms_sum, committed.duration_ms_max),
+        (600, 400)
+    );
+    let failed = totals
+        .iter()
+        .find(|t| t.outcome == BatchOutcome::Failed)
+        .ok_or("failed totals")?;
+    assert_eq!(failed.runs, 1);
+    assert!(
+        store
+            .run_totals("orders", base + 1, base + 10)
+            .await?
+            .is_empty()
+    );
+    assert!(store.run_totals("users", 0, base).await?.is_empty());
+
+    let check = |level: &str, failing: i64| CheckRecord {
+        pipeline: "orders".into(),
+        version: v,
+        batch_id: BatchId("b-x".into()),
+        check: "not_null(email)".into(),
+        kind: "not_null".into(),
+        level: level.into(),
+        considered: 10,
+        failing,
+        dropped: 0,
+        detail: String::new(),
+        recorded_at: 0,
+    };
+    let before = store.now().await?;
+    store
+        .record_checks(&[check("pass", 0), check("error", 3), check("error", 4)])
+        .await?;
+    let after = store.now().await?;
+    let checks = store.check_totals("orders", before, after).await?;
+    assert_eq!(checks.len(), 2, "{checks:?}");
+    assert_eq!(
+        (
+            checks[0].level.as_str(),
+            checks[0].results,
+            checks[0].failing
+        ),
+        ("error", 2, 7)
+    );
+    assert_eq!((checks[1].level.as_str(), checks[1].results), ("pass", 1));
+    assert!(
+        store
+            .check_totals("orders", 0, before - 1)
+            .await?
+            .is_empty()
+    );
+    Ok(())
+}
+
+async fn metrics_aggregate_the_store(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let empty = store.metrics(LONG).await?;
+    assert!(empty.tasks.is_empty() && empty.durations.is_empty() && empty.current.is_empty());
+    assert_eq!(empty.workers_alive, 0);
+    let v1 = pipeline(&store, "orders").await?;
+    queue(&store, "orders", v1, "/in/a.csv", 3, 3).await?;
+    // version 1 keeps one pending batch, so it stays live after version 2 becomes current
+    let leases = store.lease(&request(1, 2, LONG)).await?;
+    let now = sluice_core::now_millis();
+    let run = |ms: i64| RunReport {
+        started_at: now - ms,
+        finished_at: now,
+        rows_in: 10,
+        rows_out: 9,
+        outcome: BatchOutcome::Committed,
+        error: None,
+    };
+    assert!(store.complete(&leases[0], &run(70)).await?);
+    assert!(store.complete(&leases[1], &run(2_000_000)).await?);
+    let v2 = store
+        .register_pipeline_version("orders", "hash-orders-2", "spec: 2", "/base", true)
+        .await?
+        .version;
+    queue(&store, "orders", v2, "/in/b.csv", 1, 3).await?;
+    // users@2 is current and the batches of users@1 are all done: users@1 is not live
+    pipeline(&store, "users").await?;
+    queue(&store, "users", 1, "/in/u.csv", 1, 3).await?;
+    let u = store
+        .lease(&LeaseRequest {
+            pipelines: Some(vec!["users".into()]),
+            ..request(2, 1, LONG)
+        })
+        .await?
+        .remove(0);
+    assert!(store.complete(&u, &run(30)).await?);
+    store
+        .register_pipeline_version("users", "hash-users-2", "spec: u2", "/base", true)
+        .await?;
+    store
+        .record_checks(&[
+            CheckRecord {
+                pipeline: "orders".into(),
+                version: v1,
+                batch_id: leases[0].batch_id.clone(),
+                check: "unique(id)".into(),
+                kind: "unique".into(),
+                level: "error".into(),
+                considered: 10,
+                failing: 2,
+                dropped: 0,
+                detail: String::new(),
+                recorded_at: 0,
+            },
+            CheckRecord {
+                pipeline: "orders".into(),
+                version: v1,
+                batch_id: leases[1].batch_id.clone(),
+                check: "unique(id)".into(),
+                kind: "unique".into(),
+                level: "pass".into(),
+                considered: 10,
+                failing: 0,
+                dropped: 0,
+                detail: String::new(),
+                recorded_at: 0,
+            },
+        ])
+        .await?;
+    let beat = |n: usize, state: &str| WorkerBeat {
+        worker: worker(n),
+        host: "testhost".into(),
+        pid: 4242,
+        state: state.into(),
+    };
+    store.worker_heartbeat(&beat(1, "running")).await?;
+    store
+        .worker_heartbeat(&beat(2, "waiting for the store"))
+        .await?;
+    store.worker_heartbeat(&beat(3, "stopped")).await?;
+
+    let m = store.metrics(LONG).await?;
+    assert!(m.now >= now);
+    assert_eq!(m.current, vec![("orders".into(), v2), ("users".into(), 2)]);
+    let count = |p: &str, v: i64, s: TaskState| {
+        m.tasks
+            .iter()
+            .find(|t| t.pipeline == p && t.version == v && t.state == s)
+            .map(|t| (t.batches, t.rows_in, t.rows_out))
+    };
+    assert_eq!(count("orders", v1, TaskState::Done), Some((2, 20, 18)));
+    assert_eq!(
+        count("orders", v1, TaskState::Pending).map(|c| c.0),
+        Some(1)
+    );
+    assert_eq!(
+        count("orders", v2, TaskState::Pending).map(|c| c.0),
+        Some(1)
+    );
+    assert_eq!(count("users", 1, TaskState::Done).map(|c| c.0), Some(1));
+    let pending = m
+        .tasks
+        .iter()
+        .find(|t| t.pipeline == "orders" && t.version == v1 && t.state == TaskState::Pending)
+        .ok_or("pending count")?;
+    assert!(pending.oldest_change <= m.now && pending.oldest_change > 0);
+    // live: orders@1 (pending), orders@2 (current, no runs yet), users@2 (current, no runs)
+    let live: Vec<(&str, i64)> = m
+        .durations
+        .iter()
+        .map(|h| (h.pipeline.as_str(), h.version))
+        .collect();
+    assert_eq!(
+        live,
+        vec![("orders", v1)],
+        "only live versions with committed runs"
+    );
+    let h = &m.durations[0];
+    assert_eq!((h.runs, h.duration_ms_sum), (2, 2_000_070));
+    assert_eq!(h.buckets.len(), DURATION_BUCKETS_MS.len());
+    let at_100 = DURATION_BUCKETS_MS
+        .iter()
+        .position(|b| *b == 100)
+        .ok_or("bound 100")?;
+    assert_eq!((h.buckets[0], h.buckets[at_100]), (0, 1));
+    assert_eq!(h.buckets.last(), Some(&1), "2,000 s is past every bound");
+    assert_eq!(m.workers_alive, 2, "the stopped worker is not alive");
+    assert_eq!(store.metrics(Duration::ZERO).await?.workers_alive, 0);
+    assert_eq!(m.check_failures.len(), 1);
+    let f = &m.check_failures[0];
+    assert_eq!(
+        (
+            f.pipeline.as_str(),
+            f.check.as_str(),
+            f.level.as_str(),
+            f.results
+        ),
+        ("orders", "unique(id)", "error", 1)
+    );
+    Ok(())
 }
