@@ -183,6 +183,115 @@ pub fn ranges(numbers: &[i64]) -> String {
     }
 }
 
+/// One dataset as `sluice schema list` shows it: its latest version and the mode it is
+/// checked under.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DatasetEntry {
+    pub dataset: String,
+    pub latest_version: Option<i64>,
+    pub versions: i64,
+    /// Its own mode, or the default when `mode_is_default`.
+    pub mode: String,
+    pub mode_is_default: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// The registry: the default mode and every dataset, by name.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Datasets {
+    pub default_mode: String,
+    pub datasets: Vec<DatasetEntry>,
+}
+
+/// `sluice schema list`: every dataset with its latest version and mode.
+pub async fn list(store: &Arc<dyn Store>) -> crate::Result<Datasets> {
+    let records = store.datasets().await.during("listing the datasets")?;
+    let default_mode = default_mode(store).await?;
+    let datasets = records
+        .into_iter()
+        .map(|d| DatasetEntry {
+            mode_is_default: d.compatibility.is_none(),
+            mode: d.compatibility.unwrap_or_else(|| default_mode.clone()),
+            dataset: d.name,
+            latest_version: d.latest_version,
+            versions: d.versions,
+            created_at: d.created_at,
+            updated_at: d.updated_at,
+        })
+        .collect();
+    Ok(Datasets {
+        default_mode,
+        datasets,
+    })
+}
+
+/// One registered schema version, decoded.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SchemaVersionShown {
+    pub dataset: String,
+    pub version: i64,
+    pub fingerprint: String,
+    pub last_field_id: i64,
+    pub created_at: i64,
+    pub schema: Schema,
+}
+
+/// `sluice schema show`: the version a reference (see [`parse_reference`]) names.
+pub async fn show(store: &Arc<dyn Store>, reference: &str) -> crate::Result<SchemaVersionShown> {
+    let (record, v) = resolve(store, reference).await?;
+    Ok(SchemaVersionShown {
+        dataset: record.dataset,
+        version: record.version,
+        fingerprint: record.fingerprint,
+        last_field_id: record.last_field_id,
+        created_at: record.created_at,
+        schema: v.schema,
+    })
+}
+
+/// A schema from its YAML (or JSON) text; `origin` names it in errors (a file, a request).
+pub fn parse_schema(origin: &str, text: &str) -> crate::Result<Schema> {
+    Schema::from_yaml(origin, text)
+        .map_err(|e| AppError::User(format!("{e}\n  fix the schema and send it again")))
+}
+
+impl Registration {
+    /// What happened, as adapters report it (`sluice schema register --json`, the API).
+    pub fn report(&self) -> RegistrationReport {
+        let (outcome, version, violations) = match &self.outcome {
+            Outcome::Existing(v) => ("unchanged", Some(*v), Vec::new()),
+            Outcome::Registered(v) => ("registered", Some(*v), Vec::new()),
+            Outcome::WouldRegister(v) => ("would_register", Some(*v), Vec::new()),
+            Outcome::Refused(violations) => ("refused", None, violations.clone()),
+        };
+        RegistrationReport {
+            dataset: self.dataset.clone(),
+            outcome,
+            version,
+            latest_version: self.latest,
+            mode: self.mode.as_str(),
+            fingerprint: self.fingerprint.clone(),
+            changes: self.changes.clone(),
+            violations,
+        }
+    }
+}
+
+/// [`Registration`] as adapters report it: `outcome` is `unchanged`, `registered`,
+/// `would_register` (a check) or `refused` (with every violation).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RegistrationReport {
+    pub dataset: String,
+    pub outcome: &'static str,
+    pub version: Option<u32>,
+    pub latest_version: Option<u32>,
+    pub mode: &'static str,
+    pub fingerprint: String,
+    pub changes: Vec<Change>,
+    pub violations: Vec<Violation>,
+}
+
 /// A dataset's (or the default's) compatibility mode, and whether it is the default.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ModeOf {

@@ -72,3 +72,38 @@ impl fmt::Display for LeaseToken {
         f.write_str(&self.0)
     }
 }
+
+/// The longest name [`is_name`] accepts: far past any real pipeline, dataset or batch id, short
+/// enough that a name never bloats a log line, a label or a query.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Whether `text` is a valid name of a pipeline, a dataset or a batch: 1 to [`MAX_NAME_LEN`]
+/// ASCII letters, digits, `_` and `-`. No dot, slash or quote, so a name is safe in a path, a
+/// URL and a log line, and it cannot be read as SQL. The spec's `pipeline:` follows this rule;
+/// the HTTP API checks every name in a request against it.
+pub fn is_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= MAX_NAME_LEN
+        && text
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_letters_digits_underscores_and_dashes() {
+        for good in ["orders", "orders_clean-2", "b-0123456789abcdef0123", "A"] {
+            assert!(is_name(good), "{good}");
+        }
+        let long = "x".repeat(MAX_NAME_LEN + 1);
+        for bad in [
+            "", "../etc", "a/b", "a.b", "a b", "o'; DROP TABLE tasks; --", "é", "a%2e", &long,
+        ] {
+            assert!(!is_name(bad), "{bad}");
+        }
+        assert!(is_name(&"x".repeat(MAX_NAME_LEN)));
+    }
+}

@@ -18,5 +18,5 @@ mod ids;
 mod model;
 
 pub use error::{ErrorKind, Located};
-pub use ids::{BatchId, LeaseToken, WorkerId};
+pub use ids::{BatchId, LeaseToken, MAX_NAME_LEN, WorkerId, is_name};
 pub use model::{BatchOutcome, BatchSlice, TaskState, hostname, now_millis};

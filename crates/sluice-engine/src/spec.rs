@@ -428,17 +428,13 @@ impl SpecFile {
     /// Semantic checks that need no data: names, sizes, formats, column types.
     fn check(&self) -> Result<(), SpecError> {
         let s = &self.spec;
-        if s.pipeline.is_empty()
-            || !s
-                .pipeline
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
+        if !sluice_core::is_name(&s.pipeline) {
             return Err(self.error_at(
                 &["pipeline"],
                 format!(
-                    "pipeline name {:?} is not valid: use letters, digits, '_' and '-'",
-                    s.pipeline
+                    "pipeline name {:?} is not valid: use letters, digits, '_' and '-' (at most {} of them)",
+                    s.pipeline,
+                    sluice_core::MAX_NAME_LEN
                 ),
             ));
         }

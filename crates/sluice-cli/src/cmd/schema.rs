@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
-use sluice_app::registry::{self, ModeOf};
+use sluice_app::registry::{self, ModeOf, RegistrationReport};
 use sluice_schema::compat::Violation;
 use sluice_schema::diff::{Change, max_severity};
 use sluice_schema::{CompatibilityMode, Dialect, Schema};
@@ -198,173 +198,123 @@ async fn register(
                 file.display()
             )),
         })?;
-    let report = RegisterReport {
-        file,
-        dataset: &r.dataset,
-        mode: r.mode,
-        fingerprint: &r.fingerprint,
-        latest: r.latest,
-        changes: &r.changes,
-    };
-    let (outcome, version) = match &r.outcome {
-        Outcome::Existing(v) => ("unchanged", *v),
-        Outcome::Registered(v) => ("registered", *v),
-        Outcome::WouldRegister(v) => ("would_register", *v),
+    let report = r.report();
+    if json {
+        let mut out = serde_json::to_value(&report)?;
+        out["file"] = json!(file.display().to_string());
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::from(u8::from(report.outcome == "refused")));
+    }
+    match &r.outcome {
         Outcome::Refused(violations) => {
-            report.print_refused(violations, dry_run, json)?;
-            return Ok(ExitCode::from(1));
+            print_refused(file, &report, violations, dry_run);
+            Ok(ExitCode::from(1))
         }
+        _ => {
+            print_accepted(file, &report, r.mode);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_accepted(file: &Path, report: &RegistrationReport, mode: CompatibilityMode) {
+    let version = report.version.unwrap_or_default();
+    let checked = match report.latest_version {
+        None => "its first version".to_string(),
+        Some(_) if mode == CompatibilityMode::None => {
+            "mode NONE: compatibility not checked".to_string()
+        }
+        Some(latest) if mode.as_str().ends_with("_TRANSITIVE") && latest > 1 => {
+            format!("{mode}-compatible with v1..v{latest}")
+        }
+        Some(latest) => format!("{mode}-compatible with v{latest}"),
     };
-    report.print_accepted(outcome, version, json)?;
-    Ok(ExitCode::SUCCESS)
+    let dataset = &report.dataset;
+    match report.outcome {
+        "unchanged" => println!(
+            "{dataset}@{version}: unchanged, {} is already registered as version {version}",
+            file.display()
+        ),
+        "would_register" => println!(
+            "{dataset}: {} would be registered as version {version} ({checked}); nothing written",
+            file.display()
+        ),
+        _ => println!(
+            "{dataset}@{version}: registered from {} ({checked})",
+            file.display()
+        ),
+    }
+    if report.outcome != "unchanged" && !report.changes.is_empty() {
+        println!("\nchanges from v{}:", report.latest_version.unwrap_or(0));
+        print!("{}", changes_table(&report.changes));
+    }
 }
 
-struct RegisterReport<'a> {
-    file: &'a Path,
-    dataset: &'a str,
-    mode: CompatibilityMode,
-    fingerprint: &'a str,
-    latest: Option<u32>,
-    changes: &'a [Change],
-}
-
-impl RegisterReport<'_> {
-    fn json(&self, outcome: &str, version: Option<u32>, violations: &[Violation]) -> Value {
-        json!({
-            "file": self.file.display().to_string(),
-            "dataset": self.dataset,
-            "outcome": outcome,
-            "version": version,
-            "latest_version": self.latest,
-            "mode": self.mode.as_str(),
-            "fingerprint": self.fingerprint,
-            "changes": self.changes,
-            "violations": violations,
+fn print_refused(
+    file: &Path,
+    report: &RegistrationReport,
+    violations: &[Violation],
+    dry_run: bool,
+) {
+    let verb = if dry_run {
+        "would be refused"
+    } else {
+        "refused"
+    };
+    println!(
+        "{}: {} {verb}: not {}-compatible with the registered versions; {} violation(s):",
+        report.dataset,
+        file.display(),
+        report.mode,
+        violations.len()
+    );
+    let rows: Vec<Vec<String>> = violations
+        .iter()
+        .map(|v| {
+            vec![
+                v.field.clone(),
+                v.rule.to_string(),
+                format!("v{} reads v{}", v.reader_version, v.writer_version),
+                v.message.clone(),
+            ]
         })
-    }
-
-    fn print_accepted(&self, outcome: &str, version: u32, json: bool) -> anyhow::Result<()> {
-        if json {
-            let out = self.json(outcome, Some(version), &[]);
-            println!("{}", serde_json::to_string_pretty(&out)?);
-            return Ok(());
-        }
-        let checked = match self.latest {
-            None => "its first version".to_string(),
-            Some(_) if self.mode == CompatibilityMode::None => {
-                "mode NONE: compatibility not checked".to_string()
-            }
-            Some(latest) if self.mode.as_str().ends_with("_TRANSITIVE") && latest > 1 => {
-                format!("{}-compatible with v1..v{latest}", self.mode)
-            }
-            Some(latest) => format!("{}-compatible with v{latest}", self.mode),
-        };
-        match outcome {
-            "unchanged" => println!(
-                "{}@{version}: unchanged, {} is already registered as version {version}",
-                self.dataset,
-                self.file.display()
-            ),
-            "would_register" => println!(
-                "{}: {} would be registered as version {version} ({checked}); nothing written",
-                self.dataset,
-                self.file.display()
-            ),
-            _ => println!(
-                "{}@{version}: registered from {} ({checked})",
-                self.dataset,
-                self.file.display()
-            ),
-        }
-        if outcome != "unchanged" && !self.changes.is_empty() {
-            println!("\nchanges from v{}:", self.latest.unwrap_or(0));
-            print!("{}", changes_table(self.changes));
-        }
-        Ok(())
-    }
-
-    fn print_refused(
-        &self,
-        violations: &[Violation],
-        dry_run: bool,
-        json: bool,
-    ) -> anyhow::Result<()> {
-        if json {
-            let out = self.json("refused", None, violations);
-            println!("{}", serde_json::to_string_pretty(&out)?);
-            return Ok(());
-        }
-        let verb = if dry_run {
-            "would be refused"
-        } else {
-            "refused"
-        };
-        println!(
-            "{}: {} {verb}: not {}-compatible with the registered versions; {} violation(s):",
-            self.dataset,
-            self.file.display(),
-            self.mode,
-            violations.len()
-        );
-        let rows: Vec<Vec<String>> = violations
-            .iter()
-            .map(|v| {
-                vec![
-                    v.field.clone(),
-                    v.rule.to_string(),
-                    format!("v{} reads v{}", v.reader_version, v.writer_version),
-                    v.message.clone(),
-                ]
-            })
-            .collect();
-        print!("{}", table(&["FIELD", "RULE", "VERSIONS", "WHY"], &rows));
-        println!(
-            "\nnext: make the change compatible (give new required fields a default, keep types \
-             promotable, add the old name to `aliases` for a rename), or, if every reader and \
-             writer moves together, relax the mode: `sluice schema mode {} NONE`",
-            self.dataset
-        );
-        Ok(())
-    }
+        .collect();
+    print!("{}", table(&["FIELD", "RULE", "VERSIONS", "WHY"], &rows));
+    println!(
+        "\nnext: make the change compatible (give new required fields a default, keep types \
+         promotable, add the old name to `aliases` for a rename), or, if every reader and \
+         writer moves together, relax the mode: `sluice schema mode {} NONE`",
+        report.dataset
+    );
 }
 
 async fn list(store_url: &str, json: bool) -> anyhow::Result<ExitCode> {
     let store = super::open_store(store_url).await?;
-    let datasets = store.datasets().await?;
-    let default = registry::default_mode(&store).await?;
+    let listing = registry::list(&store).await?;
     if json {
-        let out = json!({
-            "default_mode": default,
-            "datasets": datasets.iter().map(|d| json!({
-                "dataset": d.name,
-                "latest_version": d.latest_version,
-                "versions": d.versions,
-                "mode": d.compatibility.as_deref().unwrap_or(&default),
-                "mode_is_default": d.compatibility.is_none(),
-                "created_at": d.created_at,
-                "updated_at": d.updated_at,
-            })).collect::<Vec<_>>(),
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        println!("{}", serde_json::to_string_pretty(&listing)?);
         return Ok(ExitCode::SUCCESS);
     }
-    if datasets.is_empty() {
+    let default = &listing.default_mode;
+    if listing.datasets.is_empty() {
         println!(
             "no datasets in {} yet (default mode {default}): register one with `sluice schema register SCHEMA.yaml`",
             super::redact(store_url)
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<Vec<String>> = datasets
+    let rows: Vec<Vec<String>> = listing
+        .datasets
         .iter()
         .map(|d| {
             vec![
-                d.name.clone(),
+                d.dataset.clone(),
                 d.latest_version.map_or("-".into(), |v| format!("v{v}")),
                 d.versions.to_string(),
-                match &d.compatibility {
-                    Some(mode) => mode.clone(),
-                    None => format!("{default} (default)"),
+                if d.mode_is_default {
+                    format!("{} (default)", d.mode)
+                } else {
+                    d.mode.clone()
                 },
                 when(d.updated_at),
             ]
@@ -379,31 +329,23 @@ async fn list(store_url: &str, json: bool) -> anyhow::Result<ExitCode> {
 
 async fn show(reference: &str, store_url: &str, json: bool) -> anyhow::Result<ExitCode> {
     let store = super::open_store(store_url).await?;
-    let (record, v) = registry::resolve(&store, reference).await?;
+    let shown = registry::show(&store, reference).await?;
     if json {
-        let out = json!({
-            "dataset": record.dataset,
-            "version": record.version,
-            "fingerprint": record.fingerprint,
-            "last_field_id": record.last_field_id,
-            "created_at": record.created_at,
-            "schema": v.schema,
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        println!("{}", serde_json::to_string_pretty(&shown)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!(
         "{}@{} ({} field(s), registered {}, {})",
-        record.dataset,
-        record.version,
-        v.schema.fields.len(),
-        when(record.created_at),
-        record.fingerprint
+        shown.dataset,
+        shown.version,
+        shown.schema.fields.len(),
+        when(shown.created_at),
+        shown.fingerprint
     );
-    if let Some(doc) = &v.schema.doc {
+    if let Some(doc) = &shown.schema.doc {
         println!("{doc}");
     }
-    let rows: Vec<Vec<String>> = v
+    let rows: Vec<Vec<String>> = shown
         .schema
         .fields
         .iter()
@@ -649,12 +591,7 @@ fn load_schema_file(file: &Path) -> anyhow::Result<Schema> {
             file.display()
         ))
     })?;
-    Schema::from_yaml(&file.display().to_string(), &text).map_err(|e| {
-        InputError(format!(
-            "{e}\n  fix the schema file and run the command again"
-        ))
-        .into()
-    })
+    Ok(registry::parse_schema(&file.display().to_string(), &text)?)
 }
 
 fn changes_table(changes: &[Change]) -> String {
