@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use sluice_engine::spec::SpecFile;
 use sluice_store::Store;
 
 use crate::datasets;
@@ -36,21 +37,43 @@ pub async fn compile(
     version: i64,
     store_url: &str,
 ) -> Result<sluice_engine::Pipeline> {
-    let mut file =
+    let file =
         sluice_engine::spec::SpecFile::load(path).map_err(|e| AppError::User(e.to_string()))?;
-    let names_datasets = file.spec.source.dataset.is_some() || file.spec.sink.dataset.is_some();
-    let store = if names_datasets {
+    let store = if names_datasets(&file) {
         Some(open_store(store_url).await?)
     } else {
         None
     };
-    if let Some(store) = &store {
+    compile_spec(file, version, store.as_ref()).await
+}
+
+fn names_datasets(file: &SpecFile) -> bool {
+    file.spec.source.dataset.is_some() || file.spec.sink.dataset.is_some()
+}
+
+/// Compiles a parsed spec, resolving the datasets it names against `store` (which must be
+/// given when it names any).
+pub(crate) async fn compile_spec(
+    mut file: SpecFile,
+    version: i64,
+    store: Option<&Arc<dyn Store>>,
+) -> Result<sluice_engine::Pipeline> {
+    let store = match (names_datasets(&file), store) {
+        (true, None) => {
+            return Err(AppError::Internal(
+                "a spec naming datasets was compiled without a store".into(),
+            ));
+        }
+        (true, Some(store)) => Some(store),
+        (false, _) => None,
+    };
+    if let Some(store) = store {
         datasets::resolve_source(&mut file, store).await?;
     }
     let mut pipeline = sluice_engine::Pipeline::compile(&file, version)
         .await
         .map_err(|e| AppError::User(e.to_string()))?;
-    if let Some(store) = &store {
+    if let Some(store) = store {
         datasets::check_sink(&file, &mut pipeline, store).await?;
     }
     Ok(pipeline)

@@ -12,6 +12,10 @@ pub enum AppError {
     /// The caller's input (a spec, a name, an argument) is wrong: fixing it is theirs.
     #[error("{0}")]
     User(String),
+    /// What the caller named (a pipeline, a batch, a dataset or a version of one) is not in
+    /// the store: a user error, which a server answers with 404.
+    #[error("{0}")]
+    NotFound(String),
     /// A state store call failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -34,11 +38,24 @@ impl AppError {
     /// Who has to act on the error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            AppError::User(_) => ErrorKind::User,
+            AppError::User(_) | AppError::NotFound(_) => ErrorKind::User,
             AppError::Store(e) | AppError::StoreWhile { source: e, .. } => e.kind(),
             AppError::External(_) => ErrorKind::External,
             AppError::Internal(_) => ErrorKind::Internal,
         }
+    }
+
+    /// Whether the error is about something the caller named that does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            AppError::NotFound(_)
+                | AppError::Store(StoreError::NotFound(_))
+                | AppError::StoreWhile {
+                    source: StoreError::NotFound(_),
+                    ..
+                }
+        )
     }
 
     /// The error and its causes on one line, each said once (a message that already quotes

@@ -17,6 +17,11 @@
 //!   and [`verify::PostOptions`], and the decision.
 //! - [`status`]: the store's pipelines, workers and quarantined batches; retrying batches and
 //!   replaying dropped rows.
+//! - [`pipelines`]: pipelines as resources (queue, versions, specs, pages of batches, one
+//!   batch with its runs and checks, measurements over a window); [`metrics`]: what
+//!   `/metrics` reports, with bounded labels.
+//! - [`roots`]: where a spec sent over the network may read and write, and compiling and
+//!   registering such a spec.
 //! - [`registry`]: the dataset schema registry service (register, resolve a reference, modes,
 //!   migrate a table between versions); it also implements the worker pool's
 //!   [`sluice_worker::SchemaRegistry`].
@@ -35,8 +40,11 @@ pub mod datasets;
 pub mod deploy;
 mod error;
 pub mod leader;
+pub mod metrics;
+pub mod pipelines;
 mod register;
 pub mod registry;
+pub mod roots;
 mod run;
 pub mod status;
 pub mod verify;

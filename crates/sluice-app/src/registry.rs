@@ -126,7 +126,7 @@ pub async fn resolve(
             return Err(unknown_dataset(store, dataset).await);
         }
         let numbers: Vec<i64> = versions.iter().map(|v| v.version).collect();
-        return Err(AppError::User(format!(
+        return Err(AppError::NotFound(format!(
             "{dataset} has no version {}: it has {}; see `sluice schema list`",
             version.map_or("latest".into(), |v| v.to_string()),
             ranges(&numbers)
@@ -154,11 +154,11 @@ pub async fn unknown_dataset(store: &Arc<dyn Store>, dataset: &str) -> AppError 
         Err(_) => Vec::new(),
     };
     if known.is_empty() {
-        AppError::User(format!(
+        AppError::NotFound(format!(
             "no dataset `{dataset}` in the registry, which is empty: register one with `sluice schema register SCHEMA.yaml`"
         ))
     } else {
-        AppError::User(format!(
+        AppError::NotFound(format!(
             "no dataset `{dataset}` in the registry; registered datasets: {}",
             known.join(", ")
         ))
@@ -224,6 +224,53 @@ pub async fn list(store: &Arc<dyn Store>) -> crate::Result<Datasets> {
         default_mode,
         datasets,
     })
+}
+
+/// One dataset as [`list`] shows it.
+pub async fn dataset(store: &Arc<dyn Store>, name: &str) -> crate::Result<DatasetEntry> {
+    let Some(d) = store
+        .dataset(name)
+        .await
+        .during("reading the dataset")?
+        .filter(|d| d.versions > 0 || d.compatibility.is_some())
+    else {
+        return Err(unknown_dataset(store, name).await);
+    };
+    let default_mode = default_mode(store).await?;
+    Ok(DatasetEntry {
+        mode_is_default: d.compatibility.is_none(),
+        mode: d.compatibility.unwrap_or(default_mode),
+        dataset: d.name,
+        latest_version: d.latest_version,
+        versions: d.versions,
+        created_at: d.created_at,
+        updated_at: d.updated_at,
+    })
+}
+
+/// A compatibility mode by name (`BACKWARD`, ...).
+pub fn parse_mode(text: &str) -> crate::Result<CompatibilityMode> {
+    text.parse::<CompatibilityMode>()
+        .map_err(|e| AppError::User(e.to_string()))
+}
+
+/// `sluice schema register` (or, with `dry_run`, `check`) of a schema's text, which must be
+/// of `dataset`; `origin` names the text in errors.
+pub async fn register_text(
+    store: &Arc<dyn Store>,
+    dataset: &str,
+    origin: &str,
+    text: &str,
+    dry_run: bool,
+) -> crate::Result<Registration> {
+    let schema = parse_schema(origin, text)?;
+    if schema.dataset != dataset {
+        return Err(AppError::User(format!(
+            "{origin} is a schema of dataset {:?}, not {dataset:?}: send it to that dataset",
+            schema.dataset
+        )));
+    }
+    Ok(register_schema(store, &schema, dry_run).await?)
 }
 
 /// One registered schema version, decoded.

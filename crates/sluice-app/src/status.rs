@@ -129,7 +129,7 @@ pub async fn retry(store: &Arc<dyn Store>, target: &RetryTarget) -> Result<u64> 
     if let RetryTarget::Batch(id) = target {
         match store.task(id).await? {
             None => {
-                return Err(AppError::User(format!(
+                return Err(AppError::NotFound(format!(
                     "no batch {id} in the store: see `sluice status` for quarantined batch ids"
                 )));
             }
@@ -143,6 +143,73 @@ pub async fn retry(store: &Arc<dyn Store>, target: &RetryTarget) -> Result<u64> 
         }
     }
     Ok(store.retry(target).await?)
+}
+
+/// What [`retry_pipeline`] queued: quarantined batches again, or replays of dropped rows.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Retried {
+    /// Quarantined batches queued again.
+    pub queued: u64,
+    /// Replay batches of dropped rows queued, and how many had been queued before.
+    pub replays: Vec<Replay>,
+    pub replayed_before: u64,
+}
+
+/// `sluice retry` for one pipeline: its quarantined batches (all, or `batch`, which must be
+/// the pipeline's), or with `dropped` the replays of their dropped rows.
+pub async fn retry_pipeline(
+    store: &Arc<dyn Store>,
+    pipeline: &str,
+    batch: Option<&str>,
+    dropped: bool,
+) -> Result<Retried> {
+    if store.pipeline(pipeline).await?.is_none() {
+        return Err(AppError::NotFound(format!(
+            "no pipeline {pipeline:?} in the store: see `sluice status`"
+        )));
+    }
+    if let Some(b) = batch
+        && store
+            .task(&BatchId(b.to_string()))
+            .await?
+            .is_none_or(|t| t.pipeline != pipeline)
+    {
+        return Err(AppError::NotFound(format!(
+            "pipeline {pipeline} has no batch {b}: its quarantined batches are in `sluice quarantine show --pipeline {pipeline}`"
+        )));
+    }
+    if dropped {
+        let scope = match batch {
+            Some(b) => DroppedScope::Batch(b.to_string()),
+            None => DroppedScope::All {
+                pipeline: Some(pipeline.to_string()),
+            },
+        };
+        let replays = retry_dropped(store, &scope).await?;
+        return Ok(Retried {
+            queued: 0,
+            replays: replays.queued,
+            replayed_before: replays.before,
+        });
+    }
+    let target = match batch {
+        Some(b) => RetryTarget::Batch(BatchId(b.to_string())),
+        None => RetryTarget::All {
+            pipeline: Some(pipeline.to_string()),
+        },
+    };
+    Ok(Retried {
+        queued: retry(store, &target).await?,
+        ..Retried::default()
+    })
+}
+
+/// Whether the store answers and holds this version's tables (`/ready`): a read of the
+/// store clock and one of the newest tables.
+pub async fn ready(store: &Arc<dyn Store>) -> Result<()> {
+    store.now().await?;
+    store.superseded_files(&BatchId(String::new())).await?;
+    Ok(())
 }
 
 /// Whose dropped rows [`retry_dropped`] replays.
@@ -183,7 +250,7 @@ pub async fn retry_dropped(store: &Arc<dyn Store>, scope: &DroppedScope) -> Resu
     let batch = match scope {
         DroppedScope::Batch(b) => {
             let Some(t) = store.task(&BatchId(b.clone())).await? else {
-                return Err(AppError::User(format!(
+                return Err(AppError::NotFound(format!(
                     "no batch {b} in the store: see `sluice quarantine show` for batches with dropped rows"
                 )));
             };
@@ -193,7 +260,7 @@ pub async fn retry_dropped(store: &Arc<dyn Store>, scope: &DroppedScope) -> Resu
         DroppedScope::All { pipeline: Some(p) } => {
             pipelines.retain(|r| &r.name == p);
             if pipelines.is_empty() {
-                return Err(AppError::User(format!(
+                return Err(AppError::NotFound(format!(
                     "no pipeline {p:?} in the store: see `sluice status`"
                 )));
             }
@@ -279,7 +346,7 @@ pub async fn held(
     if let Some(p) = pipeline {
         pipelines.retain(|r| r.name == p);
         if pipelines.is_empty() {
-            return Err(AppError::User(format!(
+            return Err(AppError::NotFound(format!(
                 "no pipeline {p:?} in the store: see `sluice status`"
             )));
         }

@@ -100,7 +100,15 @@ mod tests {
         }
         let long = "x".repeat(MAX_NAME_LEN + 1);
         for bad in [
-            "", "../etc", "a/b", "a.b", "a b", "o'; DROP TABLE tasks; --", "é", "a%2e", &long,
+            "",
+            "../etc",
+            "a/b",
+            "a.b",
+            "a b",
+            "o'; DROP TABLE tasks; --",
+            "é",
+            "a%2e",
+            &long,
         ] {
             assert!(!is_name(bad), "{bad}");
         }
