@@ -343,6 +343,7 @@ pub struct RegistrationReport {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ModeOf {
     pub mode: String,
+    #[serde(rename = "mode_is_default")]
     pub is_default: bool,
 }
 
