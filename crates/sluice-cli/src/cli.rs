@@ -134,6 +134,38 @@ pub enum Command {
     /// Deploy suites: PASS / WARN / FAIL per item and a decision (PROCEED / INVESTIGATE /
     /// ROLLBACK); exit 0 only on PROCEED.
     Verify(crate::cmd::verify::VerifyArgs),
+    /// Serve the HTTP API (/api/v1), /metrics, /health and /ready over the store; with
+    /// --workers also run workers for every pipeline.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Address and port to listen on. Off loopback it needs an API token.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Also run this many workers (of every pipeline in the store) in this process.
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+    /// Reads (GET) need no token; changes still do.
+    #[arg(long)]
+    pub public_read: bool,
+    /// A file holding the API token (else SLUICE_API_TOKEN). Without a token the server
+    /// listens on loopback only.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// A folder (or object-store URL prefix) a spec sent over the API may name locations
+    /// under; repeatable. Default: the working directory.
+    #[arg(long = "root")]
+    pub roots: Vec<String>,
+    /// The largest request body taken, in bytes.
+    #[arg(long, default_value_t = sluice_server::DEFAULT_MAX_BODY)]
+    pub max_body: usize,
+    /// On SIGTERM / Ctrl-C, how long the workers' in-flight batches may finish.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub grace: Duration,
 }
 
 #[derive(Debug, Args)]

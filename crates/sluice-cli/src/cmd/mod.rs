@@ -8,6 +8,7 @@ pub mod diff;
 pub mod quarantine;
 mod run;
 pub mod schema;
+mod serve;
 mod status;
 mod validate;
 pub mod verify;
@@ -131,6 +132,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             store,
         } => deploy::history(&store.store, pipeline.as_deref(), json, limit).await,
         Command::Analysis(args) => deploy::analysis(args).await,
+        Command::Serve(args) => serve::serve(args).await,
     }
 }
 
