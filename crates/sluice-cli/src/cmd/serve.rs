@@ -67,7 +67,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let stop = CancellationToken::new();
     super::run::stop_on_signals(stop.clone());
     let workers = (args.workers > 0).then(|| {
-        eprintln!("running {} worker(s) for every pipeline", args.workers);
+        eprintln!(
+            "running {} worker(s) for every pipeline, and the leader duties in turn",
+            args.workers
+        );
         let opts = Work {
             workers: args.workers,
             lease: Duration::from_secs(30),
@@ -75,6 +78,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             pipelines: None,
             until_drained: false,
             store_outage_limit: sluice_app::DEFAULT_STORE_OUTAGE_LIMIT,
+            // `serve --workers` takes its turn at the leader duties (discovery, deployments).
+            leader: true,
+            leader_lease: sluice_app::DEFAULT_LEADER_LEASE,
         };
         let pool = tokio::spawn(sluice_app::work(store.clone(), opts, stop.clone()));
         // Workers that stop on their own (the store away past the limit) stop the server too.
