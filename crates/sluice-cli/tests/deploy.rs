@@ -528,6 +528,18 @@ fn wait_state(
     }
 }
 
+/// Waits until the store has no deployment in progress.
+fn wait_ended(p: &Arc<Mutex<Project>>, store: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while let Some(d) = deployment_state(&p.lock().unwrap(), store) {
+        assert!(
+            Instant::now() < deadline,
+            "deployment not ended within {limit:?}: {d}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn command(p: &Arc<Mutex<Project>>, args: &[&str]) {
     let out = p.lock().unwrap().run(args);
     assert!(out.status.success(), "sluice {args:?}: {}", stderr(&out));
@@ -573,11 +585,7 @@ fn a_person_promotes_past_a_pause_then_pauses_resumes_and_aborts_the_next() {
         "the pause holds the weight: {paused}"
     );
     command(&p, &["promote", "crash", "--store", &store]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while deployment_state(&p.lock().unwrap(), &store).is_some() {
-        assert!(Instant::now() < deadline, "v2 not promoted within 30 s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_ended(&p, &store, Duration::from_secs(30));
     assert_eq!(
         history(&p.lock().unwrap(), &store)[0]["deployment"]["outcome"],
         "promoted"
@@ -604,11 +612,7 @@ fn a_person_promotes_past_a_pause_then_pauses_resumes_and_aborts_the_next() {
     command(&p, &["resume", "crash", "--store", &store]);
     wait_state(&p, &store, "progressing", Duration::from_secs(30));
     command(&p, &["abort", "crash", "--store", &store]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while deployment_state(&p.lock().unwrap(), &store).is_some() {
-        assert!(Instant::now() < deadline, "v3 not aborted within 60 s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_ended(&p, &store, Duration::from_secs(60));
     lander.stop();
     let p = p.lock().unwrap();
     wait_for(&p, &store, 1, true, Duration::from_secs(60));
@@ -709,11 +713,7 @@ fn route_key_sends_each_customer_to_one_version_and_abort_repairs_whole_batches(
         );
     }
     command(&p, &["abort", "crash", "--store", &store]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while deployment_state(&p.lock().unwrap(), &store).is_some() {
-        assert!(Instant::now() < deadline, "not aborted within 60 s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_ended(&p, &store, Duration::from_secs(60));
     lander.stop();
     let p = p.lock().unwrap();
     wait_for(&p, &store, 1, true, Duration::from_secs(60));
