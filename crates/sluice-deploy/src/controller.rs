@@ -98,6 +98,10 @@ pub const ROLLBACK: &str = "rollback";
 
 const LIVE_SLOT: Duration = Duration::from_secs(15);
 
+/// How far before a deployment's start the repair reads the table's log for unrecorded runs:
+/// commit timestamps are the writers' clocks, the deployment's the store's.
+const CLOCK_MARGIN_MS: i64 = 5 * 60 * 1000;
+
 /// Moves deployments on. Stateless between ticks: everything it knows is in the store.
 pub struct Controller {
     store: Arc<dyn Store>,
@@ -645,7 +649,7 @@ impl Controller {
         data: Data,
     ) -> Result<Option<Move>, ControllerError> {
         self.store
-            .repin_pending(fence, &d.pipeline, d.candidate_version, d.stable_version)
+            .park_pending(fence, &d.pipeline, d.candidate_version)
             .await?;
         let tasks = self.store.tasks(&d.pipeline, None).await?;
         let of_candidate = |t: &&sluice_store::TaskRecord| {
@@ -668,12 +672,17 @@ impl Controller {
                     plan.repaired.push((t.batch_id.0.clone(), t.generation + 1));
                     repaired.push(t.batch_id.clone());
                 }
-                // Never published, so no marker to outgrow; the next generation is how the
-                // store tells a batch to queue from one it queued already.
-                TaskState::Quarantined | TaskState::Pending => {
+                // Held, or parked (routed to the candidate, pending again): no publish the
+                // store knows of, but a run of the candidate may have committed unrecorded or
+                // still be in flight, so the repair commit fences them too and removes what
+                // the log shows they added; the next generation is how the store tells a
+                // batch to queue from one it queued already.
+                TaskState::Quarantined | TaskState::Pending if t.routed_at.is_some() => {
                     plan.requeued.push((t.batch_id.0.clone(), t.generation + 1))
                 }
-                TaskState::Leased => {}
+                // Not routed since it was queued: no run of it exists; the router sends it to
+                // stable.
+                TaskState::Quarantined | TaskState::Pending | TaskState::Leased => {}
             }
         }
         let mut files: Vec<String> = self
@@ -716,7 +725,7 @@ impl Controller {
         mut data: Data,
     ) -> Result<bool, ControllerError> {
         let mut plan = data.repair.clone().unwrap_or_default();
-        if plan.committed.is_none() && !plan.repaired.is_empty() {
+        if plan.committed.is_none() && !(plan.repaired.is_empty() && plan.requeued.is_empty()) {
             let candidate = self
                 .versions
                 .get(&d.pipeline, d.candidate_version)
@@ -732,6 +741,7 @@ impl Controller {
             let batches: Vec<RepairBatch> = plan
                 .repaired
                 .iter()
+                .chain(&plan.requeued)
                 .map(|(b, g)| RepairBatch {
                     app_id: sluice_engine::sink::DeltaSink::app_id(&d.pipeline, b),
                     // the run whose rows go: the batch's engine generation (task generation + 1)
@@ -745,7 +755,12 @@ impl Controller {
                 "stable_version": d.stable_version,
                 "why": d.reason,
             });
-            let committed = match sink.repair(&batches, plan.files.clone(), reason).await {
+            // No run of the candidate predates its deployment (a margin for clocks apart).
+            let scan_since = Some(d.created_at - CLOCK_MARGIN_MS);
+            let committed = match sink
+                .repair(&batches, plan.files.clone(), reason, scan_since)
+                .await
+            {
                 Ok(r) => r.version,
                 // The repair commit of an earlier try landed and its controller died before
                 // recording it: none of the files is in the table any more.
@@ -784,6 +799,19 @@ impl Controller {
             .chain(&plan.requeued)
             .map(|(b, g)| (BatchId(b.clone()), *g))
             .collect();
+        // A leased batch would be skipped by the requeue and its run, under the generation the
+        // repair fenced, would find itself committed: wait for it (none is expected: the plan's
+        // batches are done, held or parked).
+        let leased = self
+            .store
+            .tasks(&d.pipeline, Some(TaskState::Leased))
+            .await?;
+        if leased
+            .iter()
+            .any(|t| batches.iter().any(|(b, _)| *b == t.batch_id))
+        {
+            return Ok(false);
+        }
         let queued = self
             .store
             .requeue(

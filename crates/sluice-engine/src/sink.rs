@@ -816,11 +816,17 @@ impl DeltaSink {
     /// removed. When a run of a repaired batch at or below its generation commits while the
     /// repair is being made, the retry removes its files too (read from that commit).
     /// `reason` goes into `commitInfo` (`sluice.repair`) with the batches and files.
+    ///
+    /// With `scan_since` (milliseconds since the epoch), the log's commits from then on are read
+    /// too, and what a run of a repaired batch at or below its generation added there and is
+    /// still in the table is removed as well: the runs nobody recorded (a worker killed between
+    /// its Delta commit and its report, or stalled past its lease and committing late).
     pub async fn repair(
         &self,
         batches: &[RepairBatch],
         files: Vec<String>,
         reason: serde_json::Value,
+        scan_since: Option<i64>,
     ) -> Result<Repaired, SinkError> {
         let invalid = |reason: String| SinkError::Invalid {
             url: self.url.to_string(),
@@ -848,8 +854,20 @@ impl DeltaSink {
                 files.sort();
                 files.dedup();
             }
+            let mut removes = self.removes_in(&table, &files, MissingRemoves::Refuse)?;
+            if let (None, Some(since)) = (base, scan_since) {
+                let unrecorded: Vec<String> = self
+                    .landed_after(&table, since, batches)
+                    .await?
+                    .into_iter()
+                    .filter(|f| !files.contains(f))
+                    .collect();
+                // Only what is still there: an earlier repair removed the rest.
+                let more = self.removes_in(&table, &unrecorded, MissingRemoves::Skip)?;
+                files.extend(more.iter().map(|r| r.path.clone()));
+                removes.extend(more);
+            }
             base = Some(current);
-            let removes = self.removes_in(&table, &files, MissingRemoves::Refuse)?;
             let mut txns = Vec::new();
             let now = sluice_core::now_millis();
             for b in batches {
@@ -944,15 +962,35 @@ impl DeltaSink {
         let mut out = Vec::new();
         for version in from + 1..=latest {
             let actions = self.commit_actions(table, version).await?;
-            let ours = actions.iter().any(|a| {
-                matches!(a, Action::Txn(t) if batches.iter().any(|b| b.app_id == t.app_id && t.version <= b.generation))
+            out.extend(adds_of_runs(actions, batches));
+        }
+        Ok(out)
+    }
+
+    /// The data files added by commits made at or after `since` (milliseconds since the epoch,
+    /// by each commit's `commitInfo` timestamp; read newest first, stopping at the first older
+    /// commit or at a log file cleaned up) that carry a marker of one of `batches` at or below
+    /// its generation.
+    async fn landed_after(
+        &self,
+        table: &DeltaTable,
+        since: i64,
+        batches: &[RepairBatch],
+    ) -> Result<Vec<String>, SinkError> {
+        let Some(latest) = table.version() else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for version in (0..=latest).rev() {
+            let actions = self.commit_actions(table, version).await?;
+            let stamp = actions.iter().find_map(|a| match a {
+                Action::CommitInfo(c) => c.timestamp,
+                _ => None,
             });
-            if ours {
-                out.extend(actions.into_iter().filter_map(|a| match a {
-                    Action::Add(add) => Some(add.path),
-                    _ => None,
-                }));
+            if actions.is_empty() || stamp.is_some_and(|t| t < since) {
+                break;
             }
+            out.extend(adds_of_runs(actions, batches));
         }
         Ok(out)
     }
@@ -1466,6 +1504,24 @@ impl DeltaSink {
 
 /// Turns the files each part of a split commit wrote into its `commitInfo` entries.
 type RecordParts = dyn Fn(&[Vec<String>]) -> Vec<(String, serde_json::Value)> + Sync;
+
+/// The data files a commit added, if it carries a marker of one of `batches` at or below its
+/// generation (a run a repair removes).
+fn adds_of_runs(actions: Vec<Action>, batches: &[RepairBatch]) -> Vec<String> {
+    let ours = actions.iter().any(|a| {
+        matches!(a, Action::Txn(t) if batches.iter().any(|b| b.app_id == t.app_id && t.version <= b.generation))
+    });
+    if !ours {
+        return Vec::new();
+    }
+    actions
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Add(add) => Some(add.path),
+            _ => None,
+        })
+        .collect()
+}
 
 /// The properties of a sluice commit: its txn markers and `commitInfo` entries.
 fn commit_properties(

@@ -70,6 +70,7 @@ async fn a_repaired_batch_reruns_under_the_next_generation_exactly_once() {
             &[bad(&app, 1)],
             bad_run.added.clone(),
             serde_json::json!("candidate v2 rolled back"),
+            None,
         )
         .await
         .unwrap();
@@ -145,9 +146,14 @@ async fn a_run_in_flight_from_before_the_repair_conflicts_and_adds_nothing() {
     // Two writers prepared their commits from the snapshot before the repair: a run of the
     // repaired batch at the repaired generation, and an unrelated batch.
     let stale = deltalake::open_table(url.clone()).await.unwrap();
-    s.repair(&[bad(&app, 1)], bad_run.added, serde_json::json!("test"))
-        .await
-        .unwrap();
+    s.repair(
+        &[bad(&app, 1)],
+        bad_run.added,
+        serde_json::json!("test"),
+        None,
+    )
+    .await
+    .unwrap();
     let fenced = stale
         .clone()
         .write(vec![batch(50..55)])
@@ -171,6 +177,7 @@ async fn a_run_in_flight_from_before_the_repair_conflicts_and_adds_nothing() {
         &[bad(&in_flight, 1)],
         Vec::new(),
         serde_json::json!("abort"),
+        None,
     )
     .await
     .unwrap();
@@ -237,7 +244,12 @@ async fn a_repair_refuses_files_that_are_no_longer_in_the_table_and_changes_noth
     let version = latest(&s).await;
     let files: Vec<String> = run_a.added.iter().chain(&run_b.added).cloned().collect();
     let err = s
-        .repair(&[bad(&a, 1), bad(&b, 1)], files, serde_json::json!("test"))
+        .repair(
+            &[bad(&a, 1), bad(&b, 1)],
+            files,
+            serde_json::json!("test"),
+            None,
+        )
         .await
         .unwrap_err();
     match &err {
@@ -265,9 +277,14 @@ async fn a_repair_of_a_batch_never_committed_fences_its_generation() {
     let s = DeltaSink::new(table_url("t", dir.path()).unwrap());
     s.commit("p/first", vec![batch(0..1)]).await.unwrap();
     let app = DeltaSink::app_id("p", "in-flight");
-    s.repair(&[bad(&app, 3)], Vec::new(), serde_json::json!("abort"))
-        .await
-        .unwrap();
+    s.repair(
+        &[bad(&app, 3)],
+        Vec::new(),
+        serde_json::json!("abort"),
+        None,
+    )
+    .await
+    .unwrap();
     for g in 1..=3 {
         let c = s
             .commit_with(&app, vec![batch(5..6)], generation(g))
@@ -284,12 +301,12 @@ async fn a_repair_of_a_batch_never_committed_fences_its_generation() {
     want.extend(once(5..6));
     assert_eq!(ids(&s).await, want);
     // A repair of a lower generation than the marker records never lowers it.
-    s.repair(&[bad(&app, 1)], c.added, serde_json::json!("again"))
+    s.repair(&[bad(&app, 1)], c.added, serde_json::json!("again"), None)
         .await
         .unwrap();
     assert!(s.is_committed_at(&app, 4).await.unwrap());
     let err = s
-        .repair(&[bad(&app, 0)], Vec::new(), serde_json::json!("x"))
+        .repair(&[bad(&app, 0)], Vec::new(), serde_json::json!("x"), None)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("generations start at 1"), "{err}");
@@ -351,6 +368,7 @@ async fn the_log_tells_which_files_each_pipeline_version_wrote() {
         &[bad(&DeltaSink::app_id("p", "b2"), 1)],
         b2.added.clone(),
         serde_json::json!("rollback of v2"),
+        None,
     )
     .await
     .unwrap();
@@ -367,4 +385,66 @@ async fn the_log_tells_which_files_each_pipeline_version_wrote() {
     assert!(s.commits_of_version("p", 3, 100).await.unwrap().is_empty());
     // Only the newest `within` commits are read.
     assert_eq!(s.commits_of_version("p", 1, 1).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_repair_finds_in_the_log_the_runs_nobody_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = DeltaSink::new(table_url("t", dir.path()).unwrap());
+    let before = sluice_core::now_millis() - 1;
+    s.commit("p/stable", vec![batch(0..3)]).await.unwrap();
+    // A batch whose first run was repaired (its files gone) and whose second run committed
+    // without the store hearing of it (the worker died after its Delta commit).
+    let a = DeltaSink::app_id("p", "a");
+    let first = s
+        .commit_with(&a, vec![batch(10..12)], generation(1))
+        .await
+        .unwrap();
+    s.repair(&[bad(&a, 1)], first.added, serde_json::json!("x"), None)
+        .await
+        .unwrap();
+    s.commit_with(&a, vec![batch(10..12)], generation(2))
+        .await
+        .unwrap();
+    // And a batch in the same state at its first generation; another at a later generation,
+    // not to be touched.
+    let b = DeltaSink::app_id("p", "b");
+    s.commit_with(&b, vec![batch(20..22)], generation(1))
+        .await
+        .unwrap();
+    let c = DeltaSink::app_id("p", "c");
+    s.commit_with(&c, vec![batch(30..32)], generation(3))
+        .await
+        .unwrap();
+    // Without the scan the store's (empty) record is all the repair removes.
+    let unscanned = s
+        .repair(&[bad(&a, 2)], Vec::new(), serde_json::json!("y"), None)
+        .await
+        .unwrap();
+    assert!(unscanned.removed.is_empty());
+    let repaired = s
+        .repair(
+            &[bad(&a, 2), bad(&b, 1), bad(&c, 2)],
+            Vec::new(),
+            serde_json::json!("abort"),
+            Some(before),
+        )
+        .await
+        .unwrap();
+    assert_eq!(repaired.removed.len(), 2, "{:?}", repaired.removed);
+    let mut want = once(0..3);
+    want.extend(once(30..32));
+    assert_eq!(ids(&s).await, want, "only the unrecorded runs' rows went");
+    // A scan that starts after those commits finds nothing.
+    let later = s
+        .repair(
+            &[bad(&c, 3)],
+            Vec::new(),
+            serde_json::json!("late"),
+            Some(sluice_core::now_millis() + 60_000),
+        )
+        .await
+        .unwrap();
+    assert!(later.removed.is_empty());
+    assert_eq!(ids(&s).await, want);
 }

@@ -233,6 +233,7 @@ async fn a_split_batch_commits_both_versions_once_and_records_their_files() {
         }],
         split.added.clone(),
         serde_json::json!("candidate rolled back"),
+        None,
     )
     .await
     .unwrap();

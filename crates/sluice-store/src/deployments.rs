@@ -523,13 +523,12 @@ pub(crate) const VERSION_CHECKS_SQL: &str = "SELECT pipeline, version, batch_id,
     kind, level, considered, failing, dropped, detail, recorded_at FROM check_results \
     WHERE pipeline = $1 AND version = $2 AND recorded_at >= $3 ORDER BY recorded_at, id";
 
-/// `$1` pipeline, `$2` from, `$3` to. Routed pending batches of `from` go to `to`; a batch
-/// split with `from` as its candidate loses the split (all its rows go to its version).
-pub(crate) const REPIN_SQL: &str = "UPDATE tasks SET \
-    version = CASE WHEN version = $2 THEN $3 ELSE version END, split_version = NULL, \
-    split_percent = NULL, updated_at = {now} \
+/// `$1` pipeline, `$2` version: its routed pending batches parked (`run_after` at the end of
+/// time, so no lease finds them) until a requeue.
+pub(crate) const PARK_SQL: &str = "UPDATE tasks SET run_after = 9223372036854775807, \
+    updated_at = {now} \
     WHERE pipeline = $1 AND state = 'pending' AND routed_at IS NOT NULL \
-    AND (version = $2 OR split_version = $2)";
+    AND (version = $2 OR split_version = $2) AND run_after < 9223372036854775807";
 
 /// `$1` batch, `$2` pipeline, `$3` version, `$4` generation. Skips a leased batch, and one
 /// already at that generation (a repeated requeue changes nothing). Pinned: routed now.

@@ -844,12 +844,15 @@ pub trait Store: Send + Sync + 'static {
         since: i64,
     ) -> Result<Vec<CheckRecord>>;
 
-    /// Re-pins the pipeline's pending batches routed to version `from` to `to` (an abort sends
-    /// the candidate's retries to stable), if `fence` holds; a pending batch split by key with
-    /// `from` as its candidate loses the split (all its rows go to its version). Batches not
-    /// routed yet are left to the router. Returns how many changed.
-    async fn repin_pending(&self, fence: &Fence, pipeline: &str, from: i64, to: i64)
-    -> Result<u64>;
+    /// Parks the pipeline's pending batches routed to `version` (or split by key with it as
+    /// the candidate), if `fence` holds: they are left pending but leased by nobody until
+    /// [`Store::requeue`] queues them again. An abort parks the candidate's batches instead of
+    /// handing them to stable, because a routed batch may still have a run of the candidate in
+    /// flight (a worker stalled past its lease, or killed between its Delta commit and its
+    /// report): stable must not run it under the same generation, where whichever commits
+    /// first wins. The repair fences those runs and requeues the batches under the next
+    /// generation. Batches not routed yet are left to the router. Returns how many were parked.
+    async fn park_pending(&self, fence: &Fence, pipeline: &str, version: i64) -> Result<u64>;
     /// Queues repaired batches again (see [`Requeue`]), whatever state they are in except
     /// leased (a leased one is skipped: its holder finishes or loses it first), if `fence`
     /// holds. A batch already at the generation given is skipped too, so a repeated requeue

@@ -7,12 +7,14 @@
 //! The statements are the ones both backends share (`shared.rs`); this file connects and holds
 //! what only PostgreSQL does: its clock, its row locks, and its way to queue and lease.
 
+use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sluice_core::LeaseToken;
-use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgQueryResult};
+
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgQueryResult};
 use sqlx::{Postgres, Transaction};
 
 use crate::rows::{self, SliceColumns, TaskRow, task_columns};
@@ -31,6 +33,11 @@ macro_rules! db_now {
 
 /// A process's workers share these; each lease, heartbeat or completion holds one only briefly.
 const MAX_CONNECTIONS: u32 = 10;
+/// How long a session may sit idle inside a transaction before the server ends it (ours take
+/// milliseconds). Shorter than the default leader lease, so a stopped leader's locks are gone
+/// by the time another process may take over.
+const IDLE_IN_TRANSACTION_TIMEOUT: &str = "10s";
+
 /// How long a call waits for a connection, which while the server is away means reconnecting
 /// until it is back. Short: a connection is free within milliseconds when the server is up, and
 /// a call that gives up here reports an outage, which the long-running loops say and wait out
@@ -83,10 +90,18 @@ impl PostgresStore {
     /// Connects to `url` and applies pending migrations. sqlx's migrator holds an advisory lock
     /// while it works, so processes starting together apply each migration once.
     pub async fn connect(url: &str) -> Result<PostgresStore> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(StoreError::postgres)?
+            // A process stopped (SIGSTOP, a VM paused) inside a transaction would hold its row
+            // locks, and with them the leader row, forever: the server ends such a session.
+            .options([(
+                "idle_in_transaction_session_timeout",
+                IDLE_IN_TRANSACTION_TIMEOUT,
+            )]);
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect(url)
+            .connect_with(options)
             .await
             .map_err(StoreError::postgres)?;
         MIGRATOR

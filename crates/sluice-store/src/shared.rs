@@ -1363,29 +1363,19 @@ where
         Ok(rows.into_iter().map(CheckRecord::from).collect())
     }
 
-    async fn repin_pending(
-        &self,
-        fence: &Fence,
-        pipeline: &str,
-        from: i64,
-        to: i64,
-    ) -> Result<u64> {
+    async fn park_pending(&self, fence: &Fence, pipeline: &str, version: i64) -> Result<u64> {
         let Some(mut tx) = fenced_tx(self, fence).await? else {
             return Ok(0);
         };
-        if !version_exists::<B>(&mut tx, pipeline, to).await? {
-            return Err(rows::no_such_version(pipeline, to));
-        }
-        let repinned = sqlx::query(&B::sql(deployments::REPIN_SQL))
+        let parked = sqlx::query(&B::sql(deployments::PARK_SQL))
             .bind(pipeline)
-            .bind(from)
-            .bind(to)
+            .bind(version)
             .execute(&mut *tx)
             .await
             .map_err(B::db_error)?
             .rows_affected();
         tx.commit().await.map_err(B::db_error)?;
-        Ok(repinned)
+        Ok(parked)
     }
 
     async fn requeue(&self, fence: &Fence, requeue: &Requeue) -> Result<u64> {

@@ -150,7 +150,7 @@ conformance!(
     metrics_aggregate_the_store,
     one_active_deployment_per_pipeline,
     pipeline_versions_are_listed_oldest_first,
-    repin_pending_moves_routed_retries,
+    park_pending_holds_routed_retries_until_requeued,
     requeue_is_idempotent_and_skips_leased,
     routed_batches_keep_their_version,
     router_batch_share_is_exact,
@@ -2329,7 +2329,7 @@ async fn leadership_is_exclusive_until_it_expires(
         batches: vec![(batches[0].clone(), 1)],
     };
     assert_eq!(store.requeue(&a, &rq).await?, 0);
-    assert_eq!(store.repin_pending(&a, "orders", v1, v1).await?, 0);
+    assert_eq!(store.park_pending(&a, "orders", v1).await?, 0);
     store.resign(&a).await?;
     // nothing of a's was written
     assert_eq!(store.deployment(d.id).await?.ok_or("missing")?, d);
@@ -2704,32 +2704,54 @@ async fn requeue_is_idempotent_and_skips_leased(_h: &Harness, store: Arc<dyn Sto
     Ok(())
 }
 
-async fn repin_pending_moves_routed_retries(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
+async fn park_pending_holds_routed_retries_until_requeued(
+    _h: &Harness,
+    store: Arc<dyn Store>,
+) -> TestResult {
     let (v1, v2) = two_versions(&store, "orders").await?;
     let batches = queue(&store, "orders", v1, "/in/a.csv", 4, 3).await?;
     let d = deploy(&store, "orders", route(RouteMode::Batch, 100)).await?;
     let fence = lead(&store, "ctl").await?;
-    let leases = store.lease(&request(1, 2, LONG)).await?;
-    for l in &leases {
-        fail_transiently(&store, l, LONG).await?;
-    }
+    // Two routed to the candidate and failed, due again at once.
+    let mut leases = store.lease(&request(1, 2, LONG)).await?;
     // One split by key and failed too.
     set_route(&store, &fence, &d, route(RouteMode::Key, 50)).await?;
     let split = lease_one(&store, 1, LONG).await;
     assert_eq!(split.split.map(|s| s.candidate_version), Some(v2));
-    fail_transiently(&store, &split, LONG).await?;
-    assert_eq!(store.repin_pending(&fence, "orders", v2, v1).await?, 3);
-    for b in &batches[..3] {
-        let t = store.task(b).await?.ok_or("missing")?;
-        assert_eq!(
-            (t.state, t.version, t.split),
-            (TaskState::Pending, v1, None)
-        );
+    leases.push(split);
+    for l in &leases {
+        fail_transiently(&store, l, Duration::ZERO).await?;
     }
-    let unrouted = store.task(&batches[3]).await?.ok_or("missing")?;
-    assert_eq!(unrouted.routed_at, None, "left to the router");
-    assert_eq!(store.repin_pending(&fence, "orders", v2, v1).await?, 0);
-    assert!(store.repin_pending(&fence, "orders", v2, 9).await.is_err());
+    // The abort: new batches to stable, the candidate's retries parked.
+    set_route(&store, &fence, &d, route(RouteMode::Batch, 0)).await?;
+    assert_eq!(store.park_pending(&fence, "orders", v2).await?, 3);
+    assert_eq!(store.park_pending(&fence, "orders", v2).await?, 0, "once");
+    let routed: Vec<&BatchId> = batches[..3].iter().collect();
+    for b in &routed {
+        let t = store.task(b).await?.ok_or("missing")?;
+        assert_eq!(t.state, TaskState::Pending);
+    }
+    // Only the batch never routed is leased, by stable.
+    let leases = store.lease(&request(2, 10, LONG)).await?;
+    let leased: Vec<&BatchId> = leases.iter().map(|l| &l.batch_id).collect();
+    assert_eq!(
+        leased,
+        vec![&batches[3]],
+        "parked batches are leased by nobody"
+    );
+    assert_eq!(leases[0].version, v1);
+    // The requeue releases them to stable under the next generation.
+    let rq = Requeue {
+        pipeline: "orders".into(),
+        version: v1,
+        batches: batches[..3].iter().map(|b| (b.clone(), 1)).collect(),
+    };
+    assert_eq!(store.requeue(&fence, &rq).await?, 3);
+    let leases = store.lease(&request(2, 10, LONG)).await?;
+    assert_eq!(leases.len(), 3, "released");
+    for l in &leases {
+        assert_eq!((l.version, l.generation, l.split), (v1, 1, None));
+    }
     Ok(())
 }
 
