@@ -651,22 +651,16 @@ impl Controller {
         self.store
             .park_pending(fence, &d.pipeline, d.candidate_version)
             .await?;
-        let tasks = self.store.tasks(&d.pipeline, None).await?;
-        let of_candidate = |t: &&sluice_store::TaskRecord| {
-            t.version == d.candidate_version
-                || t.split
-                    .is_some_and(|s| s.candidate_version == d.candidate_version)
-        };
-        if tasks
-            .iter()
-            .filter(of_candidate)
-            .any(|t| t.state == TaskState::Leased)
-        {
+        let tasks = self
+            .store
+            .version_tasks(&d.pipeline, d.candidate_version)
+            .await?;
+        if tasks.iter().any(|t| t.state == TaskState::Leased) {
             return Ok(None);
         }
         let mut plan = RepairPlan::default();
         let mut repaired = Vec::new();
-        for t in tasks.iter().filter(of_candidate) {
+        for t in &tasks {
             match t.state {
                 TaskState::Done => {
                     plan.repaired.push((t.batch_id.0.clone(), t.generation + 1));

@@ -682,6 +682,10 @@ pub trait Store: Send + Sync + 'static {
     async fn task(&self, batch: &BatchId) -> Result<Option<TaskRecord>>;
     /// Tasks of a pipeline in a state (all states if `None`), oldest first.
     async fn tasks(&self, pipeline: &str, state: Option<TaskState>) -> Result<Vec<TaskRecord>>;
+    /// The pipeline's tasks that carry `version`, as the version that runs them or as a key
+    /// split's candidate, in queue order: a deployment's batches of its candidate, without
+    /// reading the pipeline's whole history.
+    async fn version_tasks(&self, pipeline: &str, version: i64) -> Result<Vec<TaskRecord>>;
 
     // ---- workers and measurements ----
 

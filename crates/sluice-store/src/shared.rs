@@ -697,6 +697,20 @@ where
         rows.into_iter().map(TaskRow::into_record).collect()
     }
 
+    async fn version_tasks(&self, pipeline: &str, version: i64) -> Result<Vec<TaskRecord>> {
+        let rows: Vec<TaskRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE pipeline = $1 AND (version = $2 OR split_version = $2) ORDER BY seq"
+        ))
+        .bind(pipeline)
+        .bind(version)
+        .fetch_all(self.pool())
+        .await
+        .map_err(B::db_error)?;
+        rows.into_iter().map(TaskRow::into_record).collect()
+    }
+
     async fn worker_heartbeat(&self, beat: &WorkerBeat) -> Result<()> {
         // `now` read once, so a new worker's start and heartbeat are the same instant. (`WHERE
         // true`: SQLite needs it to tell the upsert's ON from a join's.)

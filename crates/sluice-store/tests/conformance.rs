@@ -2722,6 +2722,15 @@ async fn park_pending_holds_routed_retries_until_requeued(
     for l in &leases {
         fail_transiently(&store, l, Duration::ZERO).await?;
     }
+    // The candidate's tasks: the two routed to it and the split one, not the unrouted one.
+    let of_v2: Vec<BatchId> = store
+        .version_tasks("orders", v2)
+        .await?
+        .into_iter()
+        .map(|t| t.batch_id)
+        .collect();
+    assert_eq!(of_v2, batches[..3].to_vec());
+    assert!(store.version_tasks("other", v2).await?.is_empty());
     // The abort: new batches to stable, the candidate's retries parked.
     set_route(&store, &fence, &d, route(RouteMode::Batch, 0)).await?;
     assert_eq!(store.park_pending(&fence, "orders", v2).await?, 3);

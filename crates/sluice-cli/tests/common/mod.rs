@@ -9,6 +9,8 @@ use std::process::{Command, Output};
 
 use sluice_engine::arrow::array::{Array, Int64Array};
 
+pub mod deploy;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
 /// A project folder with landing files and a spec.
