@@ -44,6 +44,19 @@ fn kill_at_random(children: &mut [Child], rng: &mut impl Rng, max_ms: u64) -> bo
 /// a random moment unless the run drained first. Then one last run finishes the input.
 /// Returns how many trials ended in a kill.
 fn crash_until_drained(p: &mut Project, store: &str, extra_workers: usize, trials: usize) -> usize {
+    crash_landing(p, store, extra_workers, trials, |p, trial| {
+        p.land(&format!("trial_{trial:02}"), 6000)
+    })
+}
+
+/// [`crash_until_drained`], landing what `land` lands before each trial.
+fn crash_landing(
+    p: &mut Project,
+    store: &str,
+    extra_workers: usize,
+    trials: usize,
+    land: impl Fn(&mut Project, usize),
+) -> usize {
     let mut rng = rand::rng();
     let spec = p.spec().display().to_string();
     let run_args = [
@@ -68,7 +81,7 @@ fn crash_until_drained(p: &mut Project, store: &str, extra_workers: usize, trial
     ];
     let mut kills = 0;
     for trial in 0..trials {
-        p.land(&format!("trial_{trial:02}"), 6000);
+        land(p, trial);
         let mut children = vec![spawn(p, &run_args)];
         for _ in 0..extra_workers {
             children.push(spawn(p, &worker_args));
@@ -101,6 +114,27 @@ fn sigkill_at_random_moments_on_sqlite_keeps_exactly_once() {
         "the test must actually kill runs mid-way (killed {kills})"
     );
     assert_exactly_once(&p.table_counts("out", "id"), &p.keys);
+}
+
+#[test]
+fn sigkill_while_small_files_run_grouped_keeps_exactly_once() {
+    // 300 files of 10 rows to start with, 40 more before every trial: batches of up to 200
+    // rows group 20 files each, and kills land mid-group.
+    let mut p = Project::csv_with(300, 10, 200, "2s", 100);
+    let store = p.sqlite();
+    let kills = crash_landing(&mut p, &store, 1, 8, |p, trial| {
+        for f in 0..40 {
+            p.land(&format!("small_{trial:02}_{f:02}"), 10);
+        }
+    });
+    assert!(
+        kills >= 5,
+        "the test must actually kill runs mid-way (killed {kills})"
+    );
+    assert_exactly_once(&p.table_counts("out", "id"), &p.keys);
+    let st = p.status(&store);
+    let done = st["pipelines"][0]["done"].as_i64().unwrap();
+    assert!(done <= 40, "{} files in {done} batches", 300 + 8 * 40);
 }
 
 #[test]

@@ -30,6 +30,33 @@ impl BatchId {
         // 20 hex chars = 80 bits: collisions are out of reach for any realistic number of batches.
         BatchId(format!("b-{}", &hex::encode(h.finalize())[..20]))
     }
+
+    /// The stable name of a batch that groups several files: derived from the pipeline and
+    /// each file's identity and slice, in the batch's order, so the same files grouped the
+    /// same way on any machine, after any restart, name the same batch.
+    pub fn derive_group<'a>(
+        pipeline: &str,
+        files: impl IntoIterator<Item = (&'a str, &'a BatchSlice)>,
+    ) -> BatchId {
+        let mut h = Sha256::new();
+        h.update(b"group\0");
+        h.update(pipeline.as_bytes());
+        h.update([0u8]);
+        for (identity, slice) in files {
+            for part in [
+                identity,
+                &slice.path,
+                &slice.byte_start.to_string(),
+                &slice.byte_end.to_string(),
+                &slice.row_start.to_string(),
+                &slice.row_count.to_string(),
+            ] {
+                h.update(part.as_bytes());
+                h.update([0u8]);
+            }
+        }
+        BatchId(format!("b-{}", &hex::encode(h.finalize())[..20]))
+    }
 }
 
 impl fmt::Display for BatchId {

@@ -223,6 +223,10 @@ pub struct RunOptions {
     /// Data files to remove in the commit that publishes the batch (a replaced file's earlier
     /// rows, as the store recorded them).
     pub superseded: Vec<String>,
+    /// The further files of a batch that groups several small files, after the slice run
+    /// (the store's [`Lease`](https://docs.rs/sluice-store) `grouped`): read in order, their rows
+    /// follow the slice's in one batch and one commit.
+    pub grouped: Vec<BatchSlice>,
 }
 
 impl Default for RunOptions {
@@ -231,6 +235,7 @@ impl Default for RunOptions {
             generation: 1,
             recent_rows: Vec::new(),
             superseded: Vec::new(),
+            grouped: Vec::new(),
         }
     }
 }
@@ -260,7 +265,7 @@ pub struct Pipeline {
 /// Slices of replayed dropped rows name the batch they were dropped from under this scheme.
 pub const DROPPED_SCHEME: &str = "sluice-dropped://";
 
-/// Rows dropped from one batch, to be stored in the quarantine table.
+/// Rows dropped from one file of a batch, to be stored in the quarantine table.
 #[derive(Debug, Clone)]
 struct DroppedRows {
     file: String,
@@ -503,10 +508,24 @@ impl Pipeline {
     /// compressed file, and its `end` is the compressed file's size (a compressed file that
     /// changes counts as replaced: its appended bytes are not text to cut on their own).
     pub fn cut(&self, file: &LandedFile, from: &CutFrom) -> Result<Cut, SourceError> {
+        self.cut_streaming(file, from, &mut |_| true)
+    }
+
+    /// [`Pipeline::cut`], handing each full slice of a plain CSV or JSON Lines file to
+    /// `on_slice` as soon as the scan finds its end (see [`source::slice_file_streaming`]): the
+    /// same slices, the first of them long before a large file is scanned. Parquet needs no
+    /// scan, and a compressed file is cut after its spool is written: their slices all come in
+    /// the [`Cut`].
+    pub fn cut_streaming(
+        &self,
+        file: &LandedFile,
+        from: &CutFrom,
+        on_slice: &mut dyn FnMut(&BatchSlice) -> bool,
+    ) -> Result<Cut, SourceError> {
         let max_rows = self.spec.batch.max_rows;
         let compression = self.compression_of(&file.path);
         if compression == Compression::None {
-            return source::slice_file_from(&file.path, self.format, max_rows, from);
+            return source::slice_file_streaming(&file.path, self.format, max_rows, from, on_slice);
         }
         match spool::ensure(&file.path, compression, self.spool_dir.as_deref()) {
             Ok(spooled) => {
@@ -554,6 +573,15 @@ impl Pipeline {
     /// and the slice, so every discoverer, after any restart, cuts the same batches.
     pub fn batch_id(&self, identity: &str, slice: &BatchSlice) -> BatchId {
         BatchId::derive(self.name(), identity, slice)
+    }
+
+    /// The stable id of a batch grouping several small files: from the pipeline and each
+    /// file's identity (as for [`Pipeline::batch_id`]) and slice, in the batch's order.
+    pub fn group_id(&self, identities: &[String], slices: &[BatchSlice]) -> BatchId {
+        BatchId::derive_group(
+            self.name(),
+            identities.iter().map(String::as_str).zip(slices),
+        )
     }
 
     /// What the source does with a file that changed after it was taken in.
@@ -616,9 +644,12 @@ impl Pipeline {
             generation,
             recent_rows,
             superseded,
+            grouped,
         } = opts;
         let started = Instant::now();
-        let (rows_in, audit, dropped) = self.audit_slice(slice, &recent_rows, None).await?;
+        let (rows_in, audit, dropped) = self
+            .audit_slice(slice, &grouped, &recent_rows, None)
+            .await?;
         let app_id = DeltaSink::app_id(self.name(), &batch_id.0);
         if (audit.hold.is_some() || !audit.failing_rows.is_empty())
             && self
@@ -642,16 +673,16 @@ impl Pipeline {
             }
             .found_earlier(self.added_earlier(&app_id).await));
         }
-        if !audit.failing_rows.is_empty() || dropped.is_some() {
+        if !audit.failing_rows.is_empty() || !dropped.is_empty() {
             // Before the commit: a row left out of the table is in the quarantine table first.
-            self.write_quarantine(batch_id, &audit.failing_rows, dropped.as_ref())
+            self.write_quarantine(batch_id, &audit.failing_rows, &dropped)
                 .await
                 .map_err(|e| {
                     let mut err = BatchError::new(
                         ErrorKind::External,
                         format!(
                             "{}: storing rows failing checks or dropped as bad input: {e}",
-                            slice_label(slice)
+                            batch_label(slice, &grouped)
                         ),
                         rows_in,
                     )
@@ -666,7 +697,7 @@ impl Pipeline {
                 ErrorKind::User,
                 format!(
                     "{}: {reason}; nothing was published, failing rows are in {table}",
-                    slice_label(slice)
+                    batch_label(slice, &grouped)
                 ),
                 rows_in,
             );
@@ -735,23 +766,25 @@ impl Pipeline {
         }
     }
 
-    /// Reads, transforms and checks a slice: everything before publishing.
+    /// Reads, transforms and checks a slice (and the further files of a grouped batch):
+    /// everything before publishing.
     ///
     /// Under a `route_key` split (`routed`), only the rows routed to `routed.1` are transformed
     /// and checked; rows dropped as bad input count on the stable side alone.
     async fn audit_slice(
         &self,
         slice: &BatchSlice,
+        grouped: &[BatchSlice],
         recent_rows: &[u64],
         routed: Option<(&route::Route, route::Side)>,
-    ) -> Result<(i64, checks::Audit, Option<DroppedRows>), BatchError> {
-        let mut read = self.read_input(slice).await?;
+    ) -> Result<(i64, checks::Audit, Vec<DroppedRows>), BatchError> {
+        let mut read = self.read_batch(slice, grouped).await?;
         if let Some((r, side)) = routed {
-            let dropped = read.dropped.len() as u64;
+            let dropped = read.dropped_rows();
             read.batch = r.rows_of(&read.batch, side).map_err(|e| {
                 BatchError::new(
                     ErrorKind::User,
-                    format!("{}: {e}", slice_label(slice)),
+                    format!("{}: {e}", batch_label(slice, grouped)),
                     read.records as i64,
                 )
             })?;
@@ -763,14 +796,14 @@ impl Pipeline {
             }
         }
         let rows_in = read.records as i64;
-        let (bad_rows, dropped) = self.judge_bad_rows(slice, &read)?;
+        let (bad_rows, dropped) = self.judge_bad_rows(slice, grouped, &read)?;
         let input = read.batch;
         let output = self.transform.run(input).await.map_err(|e| {
             BatchError::new(
                 datafusion_error_kind(&e),
                 format!(
                     "{}: the transform failed on this batch: {}",
-                    slice_label(slice),
+                    batch_label(slice, grouped),
                     first_line(&e)
                 ),
                 rows_in,
@@ -789,7 +822,7 @@ impl Pipeline {
                     datafusion_error_kind(&e),
                     format!(
                         "{}: running the checks failed: {}",
-                        slice_label(slice),
+                        batch_label(slice, grouped),
                         first_line(&e)
                     ),
                     rows_in,
@@ -805,20 +838,21 @@ impl Pipeline {
     fn judge_bad_rows(
         &self,
         slice: &BatchSlice,
-        read: &SliceRead,
-    ) -> Result<(Option<CheckResult>, Option<DroppedRows>), BatchError> {
+        grouped: &[BatchSlice],
+        read: &BatchRead,
+    ) -> Result<(Option<CheckResult>, Vec<DroppedRows>), BatchError> {
         let policy = self.spec.source.bad_rows;
         if !policy.drops() {
-            return Ok((None, None));
+            return Ok((None, Vec::new()));
         }
-        let failing = read.dropped.len() as u64;
+        let failing = read.dropped_rows();
         let limit = policy.limit();
         let held = limit.exceeded(failing, read.records);
-        let file = read.file.clone();
         let first = read
             .dropped
-            .first()
-            .map(|b| format!("first {file}:{}: {}", b.line, b.reason))
+            .iter()
+            .find_map(|d| d.rows.first().map(|b| (&d.file, b)))
+            .map(|(file, b)| format!("first {file}:{}: {}", b.line, b.reason))
             .unwrap_or_default();
         let result = CheckResult {
             name: checks::BAD_ROWS.to_string(),
@@ -845,7 +879,7 @@ impl Pipeline {
                 ErrorKind::User,
                 format!(
                     "{}: {failing} of {} rows do not parse or fit, more than source.bad_rows.error_if \"{}\" allows ({first}); the batch is held and nothing was published: fix the file or the spec, then `sluice retry` it",
-                    slice_label(slice),
+                    batch_label(slice, grouped),
                     read.records,
                     String::from(limit)
                 ),
@@ -854,19 +888,14 @@ impl Pipeline {
             err.checks = vec![result];
             return Err(err);
         }
-        let dropped = (failing > 0).then(|| DroppedRows {
-            file,
-            header: read.header.clone(),
-            rows: read.dropped.clone(),
-        });
-        Ok((Some(result), dropped))
+        Ok((Some(result), read.dropped.clone()))
     }
 
     /// Runs a batch through this version without publishing anything: what `verify pre` uses
     /// to try a candidate on recent data. `outcome` is `Quarantined` when a check would hold it.
     pub async fn dry_run(&self, slice: &BatchSlice) -> Result<BatchResult, BatchError> {
         let started = Instant::now();
-        let (rows_in, audit, _) = self.audit_slice(slice, &[], None).await?;
+        let (rows_in, audit, _) = self.audit_slice(slice, &[], &[], None).await?;
         Ok(BatchResult {
             table_version: None,
             added: Vec::new(),
@@ -888,7 +917,7 @@ impl Pipeline {
         &self,
         batch_id: &BatchId,
         rows: &[(String, String, arrow::array::RecordBatch)],
-        dropped: Option<&DroppedRows>,
+        dropped: &[DroppedRows],
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let q = &self.quarantine;
         let mut records = Vec::new();
@@ -900,7 +929,7 @@ impl Pipeline {
                 rows,
             )?);
         }
-        if let Some(d) = dropped {
+        for d in dropped {
             records.push(checks::bad_row_records(
                 self.name(),
                 self.version,
@@ -981,17 +1010,23 @@ impl Pipeline {
 
     /// Reads a slice on the blocking pool (file I/O and parsing).
     pub async fn read(&self, slice: &BatchSlice) -> Result<arrow::array::RecordBatch, BatchError> {
-        self.read_input(slice).await.map(|r| r.batch)
+        self.read_batch(slice, &[]).await.map(|r| r.batch)
     }
 
-    /// Reads a slice (of a plain file, a compressed file's spool, or replayed dropped rows),
-    /// leaving out bad rows under `bad_rows: drop`.
-    async fn read_input(&self, slice: &BatchSlice) -> Result<SliceRead, BatchError> {
+    /// Reads a batch's input: a slice (of a plain file, a compressed file's spool, or replayed
+    /// dropped rows) and the further files of a grouped batch, in order, as one batch, leaving
+    /// out bad rows under `bad_rows: drop`. A file that cannot be read fails the batch with
+    /// that file's name and line.
+    async fn read_batch(
+        &self,
+        slice: &BatchSlice,
+        grouped: &[BatchSlice],
+    ) -> Result<BatchRead, BatchError> {
         let format = self.format;
         let input = self.input.clone();
         let delimiter = self.spec.source.csv.delimiter as u8;
         let drop = self.spec.source.bad_rows.drops();
-        let read = if let Some(original) = slice.path.strip_prefix(DROPPED_SCHEME) {
+        let reads = if let Some(original) = slice.path.strip_prefix(DROPPED_SCHEME) {
             let rows = self.dropped_rows(original).await.map_err(|e| {
                 BatchError::new(
                     ErrorKind::External,
@@ -999,7 +1034,7 @@ impl Pipeline {
                     0,
                 )
             })?;
-            let Some(first) = rows.first() else {
+            if rows.is_empty() {
                 return Err(BatchError::new(
                     ErrorKind::User,
                     format!(
@@ -1008,50 +1043,74 @@ impl Pipeline {
                     ),
                     0,
                 ));
-            };
-            let file = first.file.clone().unwrap_or_default();
-            let header = first.header.clone();
-            let listed: Vec<(u64, String)> = rows
-                .iter()
-                .map(|r| (r.line.unwrap_or(0).max(0) as u64, r.row.clone()))
-                .collect();
+            }
+            // A grouped batch's rows came from several files: each run of one file is read
+            // with its own header.
+            let mut runs: Vec<ReplayRun> = Vec::new();
+            for r in rows {
+                let file = r.file.clone().unwrap_or_default();
+                let row = (r.line.unwrap_or(0).max(0) as u64, r.row);
+                match runs.last_mut() {
+                    Some((f, h, listed)) if *f == file && *h == r.header => listed.push(row),
+                    _ => runs.push((file, r.header, vec![row])),
+                }
+            }
             tokio::task::spawn_blocking(move || {
-                let rec = TextRecords::replay(&file, header, &listed);
-                source::read_records(&rec, format, &input, delimiter, drop, listed.len().max(1))
+                runs.into_iter()
+                    .map(|(file, header, listed)| {
+                        let rec = TextRecords::replay(&file, header, &listed);
+                        source::read_records(
+                            &rec,
+                            format,
+                            &input,
+                            delimiter,
+                            drop,
+                            listed.len().max(1),
+                        )
+                    })
+                    .collect::<Result<Vec<_>, _>>()
             })
             .await
         } else {
-            let slice = slice.clone();
+            let slices: Vec<(BatchSlice, Compression)> = std::iter::once(slice)
+                .chain(grouped)
+                .map(|s| (s.clone(), self.compression_of(&s.path)))
+                .collect();
             let versions = self.versions.clone();
-            let compression = self.compression_of(&slice.path);
             let spool_dir = self.spool_dir.clone();
             tokio::task::spawn_blocking(move || {
-                let original = slice.path.clone();
-                let data = match compression {
-                    Compression::None => slice,
-                    c => BatchSlice {
-                        path: spool::ensure(&original, c, spool_dir.as_deref())?
-                            .display()
-                            .to_string(),
-                        ..slice
-                    },
-                };
-                match versions {
-                    Some(v) => v.read(&data, format, delimiter, drop).map(|(r, _)| r),
-                    None => source::read_slice_with(&data, format, &input, delimiter, drop),
-                }
-                .map(|r| SliceRead {
-                    file: original.clone(),
-                    ..r
-                })
-                .map_err(|e| e.in_file(&original))
+                slices
+                    .into_iter()
+                    .map(|(slice, compression)| {
+                        let original = slice.path.clone();
+                        let data = match compression {
+                            Compression::None => slice,
+                            c => BatchSlice {
+                                path: spool::ensure(&original, c, spool_dir.as_deref())
+                                    .map_err(|e| e.in_file(&original))?
+                                    .display()
+                                    .to_string(),
+                                ..slice
+                            },
+                        };
+                        match &versions {
+                            Some(v) => v.read(&data, format, delimiter, drop).map(|(r, _)| r),
+                            None => source::read_slice_with(&data, format, &input, delimiter, drop),
+                        }
+                        .map(|r| SliceRead {
+                            file: original.clone(),
+                            ..r
+                        })
+                        .map_err(|e| e.in_file(&original))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
             })
             .await
         };
-        let read = read.map_err(|e| {
+        let reads = reads.map_err(|e| {
             BatchError::new(ErrorKind::Internal, format!("reader task failed: {e}"), 0)
         })?;
-        read.map_err(|e| {
+        let reads = reads.map_err(|e| {
             let message = e.to_string();
             let new_columns = match &e {
                 SourceError::NewColumns { columns, .. } => columns.clone(),
@@ -1061,7 +1120,62 @@ impl Pipeline {
             let mut err = BatchError::new(e.kind(), message, 0).or_outage(&e);
             err.new_columns = new_columns;
             err
+        })?;
+        BatchRead::of(reads).map_err(|e| {
+            BatchError::new(
+                ErrorKind::Internal,
+                format!("{}: joining its files' rows: {e}", slice_label(slice)),
+                0,
+            )
         })
+    }
+}
+
+/// Dropped rows of one file being replayed: the file, its CSV header, each row's line and text.
+type ReplayRun = (String, Option<Vec<String>>, Vec<(u64, String)>);
+
+/// A batch's input as read: the rows of every file it holds, in order, as one batch.
+struct BatchRead {
+    batch: arrow::array::RecordBatch,
+    /// Records read, good and bad.
+    records: u64,
+    /// Rows left out under `bad_rows: drop`, per file, in the batch's order.
+    dropped: Vec<DroppedRows>,
+}
+
+impl BatchRead {
+    fn of(reads: Vec<SliceRead>) -> Result<BatchRead, arrow::error::ArrowError> {
+        let records = reads.iter().map(|r| r.records).sum();
+        let mut dropped = Vec::new();
+        let mut batches = Vec::with_capacity(reads.len());
+        for r in reads {
+            if !r.dropped.is_empty() {
+                dropped.push(DroppedRows {
+                    file: r.file,
+                    header: r.header,
+                    rows: r.dropped,
+                });
+            }
+            batches.push(r.batch);
+        }
+        let batch = match batches.as_slice() {
+            [] => {
+                return Err(arrow::error::ArrowError::InvalidArgumentError(
+                    "the batch holds no file".into(),
+                ));
+            }
+            [_] => batches.remove(0),
+            [first, ..] => arrow::compute::concat_batches(&first.schema(), &batches)?,
+        };
+        Ok(BatchRead {
+            batch,
+            records,
+            dropped,
+        })
+    }
+
+    fn dropped_rows(&self) -> u64 {
+        self.dropped.iter().map(|d| d.rows.len() as u64).sum()
     }
 }
 
@@ -1090,6 +1204,20 @@ fn column_list(schema: &SchemaRef) -> String {
         .map(|f| format!("{} {}", f.name(), f.data_type()))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// What a batch is called in its errors: its slice, and how many more files a grouped batch
+/// holds (each file's own errors name the file and line).
+fn batch_label(slice: &BatchSlice, grouped: &[BatchSlice]) -> String {
+    match grouped {
+        [] => slice_label(slice),
+        [.., last] => format!(
+            "{} and {} more file(s) to {}",
+            slice_label(slice),
+            grouped.len(),
+            last.path
+        ),
+    }
 }
 
 fn slice_label(slice: &BatchSlice) -> String {

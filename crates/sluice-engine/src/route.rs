@@ -21,7 +21,7 @@ use arrow::datatypes::DataType;
 use sluice_core::{BatchId, BatchOutcome, BatchSlice, ErrorKind};
 
 use crate::sink::{CommitExtras, CommitOutcome, DeltaSink, MissingRemoves, Part};
-use crate::{BatchError, BatchResult, Pipeline, RunOptions, commit_failed, slice_label};
+use crate::{BatchError, BatchResult, Pipeline, RunOptions, batch_label, commit_failed};
 
 /// The seed of the route hash. Changing it moves almost every key to the other side.
 pub const ROUTE_SEED: u64 = 0;
@@ -157,12 +157,16 @@ pub async fn run_batch_split(
     let RunOptions {
         generation,
         superseded,
+        grouped,
         ..
     } = opts;
     let sides = [(stable, Side::Stable), (candidate, Side::Candidate)];
     let mut audits = Vec::new();
     for (p, side) in sides {
-        audits.push(p.audit_slice(slice, &[], Some((route, side))).await?);
+        audits.push(
+            p.audit_slice(slice, &grouped, &[], Some((route, side)))
+                .await?,
+        );
     }
     let rows_in: i64 = audits.iter().map(|a| a.0).sum();
     let app_id = DeltaSink::app_id(stable.name(), &batch_id.0);
@@ -206,17 +210,17 @@ pub async fn run_batch_split(
     }
     for (i, (p, _)) in sides.into_iter().enumerate() {
         let (rows, audit, dropped) = &audits[i];
-        if audit.failing_rows.is_empty() && dropped.is_none() {
+        if audit.failing_rows.is_empty() && dropped.is_empty() {
             continue;
         }
-        p.write_quarantine(batch_id, &audit.failing_rows, dropped.as_ref())
+        p.write_quarantine(batch_id, &audit.failing_rows, dropped)
             .await
             .map_err(|e| {
                 BatchError::new(
                     ErrorKind::External,
                     format!(
                         "{}: storing version {}'s rows failing checks or dropped as bad input: {e}",
-                        slice_label(slice),
+                        batch_label(slice, &grouped),
                         p.version
                     ),
                     *rows,
@@ -231,7 +235,7 @@ pub async fn run_batch_split(
                 ErrorKind::User,
                 format!(
                     "{}: version {} (its share of the route_key split): {reason}; nothing was published, failing rows are in {}",
-                    slice_label(slice),
+                    batch_label(slice, &grouped),
                     p.version,
                     p.quarantine.url()
                 ),

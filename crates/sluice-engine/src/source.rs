@@ -166,6 +166,9 @@ pub struct CutFrom {
     /// Leave a last record without its newline for later (it may still be being written), as
     /// Vector and Filebeat do when they tail a file.
     pub complete_lines: bool,
+    /// The index of the first slice cut: 0, or the slices a cut that stopped part-way queued
+    /// (it goes on from the end of its last slice).
+    pub index: u32,
 }
 
 /// The slices cut, and how far they reach.
@@ -186,9 +189,23 @@ pub fn slice_file_from(
     max_rows: u64,
     from: &CutFrom,
 ) -> Result<Cut, SourceError> {
+    slice_file_streaming(path, format, max_rows, from, &mut |_| true)
+}
+
+/// [`slice_file_from`], handing each full slice of a CSV or JSON Lines file to `on_slice` as
+/// soon as the scan finds its end, so its batch can be queued while the rest of the file is
+/// scanned (the last, partial slice comes only in the [`Cut`]). The slices are exactly those of
+/// [`slice_file_from`]. `on_slice` returning false stops the scan (an `Interrupted` error).
+pub fn slice_file_streaming(
+    path: &str,
+    format: Format,
+    max_rows: u64,
+    from: &CutFrom,
+    on_slice: &mut dyn FnMut(&BatchSlice) -> bool,
+) -> Result<Cut, SourceError> {
     match format {
-        Format::Csv => slice_text(path, max_rows, true, from),
-        Format::Jsonl => slice_text(path, max_rows, false, from),
+        Format::Csv => slice_text(path, max_rows, true, from, on_slice),
+        Format::Jsonl => slice_text(path, max_rows, false, from, on_slice),
         Format::Parquet => {
             let slices = slice_parquet(path, max_rows)?;
             let end = std::fs::metadata(path)
@@ -216,7 +233,13 @@ pub fn checksum(path: &str, len: u64) -> Result<Option<String>, SourceError> {
 
 /// Finds record boundaries in a text file. For CSV the first record is the header and a newline
 /// inside double quotes does not end a record (RFC 4180: `""` toggles twice, staying inside).
-fn slice_text(path: &str, max_rows: u64, csv: bool, from: &CutFrom) -> Result<Cut, SourceError> {
+fn slice_text(
+    path: &str,
+    max_rows: u64,
+    csv: bool,
+    from: &CutFrom,
+    on_slice: &mut dyn FnMut(&BatchSlice) -> bool,
+) -> Result<Cut, SourceError> {
     let mut file = File::open(path).map_err(|e| SourceError::io(path, e))?;
     file.seek(SeekFrom::Start(from.byte))
         .map_err(|e| SourceError::io(path, e))?;
@@ -231,6 +254,8 @@ fn slice_text(path: &str, max_rows: u64, csv: bool, from: &CutFrom) -> Result<Cu
     let mut slice_start: u64 = from.byte;
     let mut rows_in_slice: u64 = 0;
     let mut row_index: u64 = from.row;
+    // Slices handed to `on_slice` so far.
+    let mut handed = 0usize;
 
     let mut end_record = |end: u64,
                           start: u64,
@@ -257,7 +282,7 @@ fn slice_text(path: &str, max_rows: u64, csv: bool, from: &CutFrom) -> Result<Cu
         if *rows_in_slice == max_rows {
             slices.push(BatchSlice {
                 path: path.to_string(),
-                index: slices.len() as u32,
+                index: from.index + slices.len() as u32,
                 byte_start: *slice_start,
                 byte_end: end,
                 row_start: row_index,
@@ -270,6 +295,16 @@ fn slice_text(path: &str, max_rows: u64, csv: bool, from: &CutFrom) -> Result<Cu
     };
 
     loop {
+        // Full slices are handed on between reads (at most a read's worth late).
+        for s in &slices[handed..] {
+            if !on_slice(s) {
+                return Err(SourceError::io(
+                    path,
+                    std::io::Error::new(std::io::ErrorKind::Interrupted, "the cut was stopped"),
+                ));
+            }
+        }
+        handed = slices.len();
         let n = reader
             .read(&mut buf)
             .map_err(|e| SourceError::io(path, e))?;
@@ -322,7 +357,7 @@ fn slice_text(path: &str, max_rows: u64, csv: bool, from: &CutFrom) -> Result<Cu
     if rows_in_slice > 0 {
         slices.push(BatchSlice {
             path: path.to_string(),
-            index: slices.len() as u32,
+            index: from.index + slices.len() as u32,
             byte_start: slice_start,
             byte_end: end,
             row_start: from.row + full,
@@ -1559,6 +1594,7 @@ mod tests {
             byte: first.end,
             row: first.rows,
             complete_lines: true,
+            index: 0,
         };
         let next = slice_file_from(&path, Format::Csv, 1, &from).unwrap();
         assert_eq!(next.rows, 2, "3 and 4; 5 has an open quote");
@@ -1572,6 +1608,62 @@ mod tests {
         // Without complete_lines a last line is read as it is (what warn and fail do).
         let all = slice_file_from(&path, Format::Csv, 10, &CutFrom::default()).unwrap();
         assert_eq!(all.rows, 5);
+    }
+
+    #[test]
+    fn a_streamed_cut_hands_on_the_slices_of_a_whole_cut_and_goes_on_from_any_of_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = String::from("id,note\n");
+        for i in 0..3000 {
+            match i % 5 {
+                0 => text.push_str(&format!("{i},\"multi\nline, \"\"q\"\"\"\n")),
+                1 => text.push('\n'),
+                _ => text.push_str(&format!("{i},plain\n")),
+            }
+        }
+        text.push_str("3000,last without newline");
+        let csv = write(dir.path(), "s.csv", &text);
+        let jsonl = write(
+            dir.path(),
+            "s.jsonl",
+            &(0..2500)
+                .map(|i| format!("{{\"id\": {i}}}\n"))
+                .collect::<String>(),
+        );
+        for (path, format) in [(csv, Format::Csv), (jsonl, Format::Jsonl)] {
+            let whole = slice_file_from(&path, format, 97, &CutFrom::default()).unwrap();
+            let mut handed = Vec::new();
+            let streamed = slice_file_streaming(&path, format, 97, &CutFrom::default(), &mut |s| {
+                handed.push(s.clone());
+                true
+            })
+            .unwrap();
+            assert_eq!(streamed, whole);
+            // Every full slice is handed on, in order; the last, partial one comes in the cut.
+            assert_eq!(handed[..], whole.slices[..handed.len()]);
+            assert!(handed.len() + 1 >= whole.slices.len(), "{path}");
+            assert!(handed.iter().all(|s| s.row_count == 97));
+            // Going on from the end of any slice cuts the rest as the whole cut did.
+            for (i, s) in whole.slices.iter().enumerate().step_by(7) {
+                let from = CutFrom {
+                    byte: s.byte_end,
+                    row: s.row_start + s.row_count,
+                    complete_lines: false,
+                    index: i as u32 + 1,
+                };
+                let rest = slice_file_from(&path, format, 97, &from).unwrap();
+                assert_eq!(
+                    rest.slices[..],
+                    whole.slices[i + 1..],
+                    "{path} after slice {i}"
+                );
+                assert_eq!((rest.end, from.row + rest.rows), (whole.end, whole.rows));
+            }
+            // A stopped scan says so.
+            let stopped =
+                slice_file_streaming(&path, format, 97, &CutFrom::default(), &mut |_| false);
+            assert!(matches!(stopped, Err(SourceError::Io { .. })));
+        }
     }
 
     #[test]

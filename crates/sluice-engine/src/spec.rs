@@ -265,6 +265,20 @@ pub struct BatchSpec {
     /// At most this many rows per batch.
     #[serde(default = "default_max_rows")]
     pub max_rows: u64,
+    /// At most this many files per batch: small files are grouped into one batch up to
+    /// `max_rows`, `max_files` and `max_bytes` (as Auto Loader's `maxFilesPerTrigger`). 1 gives
+    /// every file batches of its own. Not written out at its default, so spec hashes stay.
+    #[serde(
+        default = "default_max_files",
+        skip_serializing_if = "is_default_max_files"
+    )]
+    pub max_files: u64,
+    /// At most this many bytes of files per grouped batch.
+    #[serde(
+        default = "default_max_bytes",
+        skip_serializing_if = "is_default_max_bytes"
+    )]
+    pub max_bytes: u64,
     /// A batch failing this many times (errors other than bad input) is quarantined.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: i32,
@@ -277,6 +291,8 @@ impl Default for BatchSpec {
     fn default() -> Self {
         BatchSpec {
             max_rows: default_max_rows(),
+            max_files: default_max_files(),
+            max_bytes: default_max_bytes(),
             max_attempts: default_max_attempts(),
             lease: default_lease(),
         }
@@ -345,6 +361,20 @@ fn default_max_rows() -> u64 {
     // a tenth (bench/RESULTS.md). A 500,000-row batch of typical order rows is ~50 MB in
     // memory per worker.
     500_000
+}
+fn default_max_files() -> u64 {
+    // Auto Loader's default maxFilesPerTrigger.
+    1000
+}
+fn is_default_max_files(n: &u64) -> bool {
+    *n == default_max_files()
+}
+fn default_max_bytes() -> u64 {
+    // A bound on what one batch of many files reads, near max_rows of typical rows.
+    256 << 20
+}
+fn is_default_max_bytes(n: &u64) -> bool {
+    *n == default_max_bytes()
 }
 fn default_max_attempts() -> i32 {
     3
@@ -440,6 +470,19 @@ impl SpecFile {
         }
         if s.batch.max_rows == 0 {
             return Err(self.error_at(&["batch", "max_rows"], "max_rows must be at least 1".into()));
+        }
+        if s.batch.max_files == 0 {
+            return Err(self.error_at(
+                &["batch", "max_files"],
+                "max_files must be at least 1 (1: every file is cut into batches of its own)"
+                    .into(),
+            ));
+        }
+        if s.batch.max_bytes == 0 {
+            return Err(self.error_at(
+                &["batch", "max_bytes"],
+                "max_bytes must be at least 1".into(),
+            ));
         }
         if s.batch.max_attempts < 1 {
             return Err(self.error_at(

@@ -9,14 +9,14 @@ use crate::{BatchFile, FileChange, TakenFile};
 /// without a checksum.
 pub(crate) const TAKEN_FILES_SQL: &str = "SELECT path, size, modified_ms, \
     COALESCE(taken_bytes, size) AS taken_bytes, COALESCE(taken_rows, 0) AS taken_rows, checksum, \
-    generation, change_size, change_modified_ms, change_detail, change_action, change_noticed_at \
-    FROM files WHERE pipeline = $1 ORDER BY path";
+    generation, change_size, change_modified_ms, change_detail, change_action, change_noticed_at, \
+    cutting FROM files WHERE pipeline = $1 ORDER BY path";
 
 /// `$1` pipeline: only files with a noticed change.
 pub(crate) const CHANGED_FILES_SQL: &str = "SELECT path, size, modified_ms, \
     COALESCE(taken_bytes, size) AS taken_bytes, COALESCE(taken_rows, 0) AS taken_rows, checksum, \
-    generation, change_size, change_modified_ms, change_detail, change_action, change_noticed_at \
-    FROM files WHERE pipeline = $1 AND change_action IS NOT NULL ORDER BY path";
+    generation, change_size, change_modified_ms, change_detail, change_action, change_noticed_at, \
+    cutting FROM files WHERE pipeline = $1 AND change_action IS NOT NULL ORDER BY path";
 
 /// `$1` pipeline, `$2` path, `$3..$7` the new take (size, modified_ms, taken_bytes, taken_rows,
 /// checksum), `$8` its generation, `$9..$11` the take it builds on (taken_bytes, checksum,
@@ -26,6 +26,20 @@ pub(crate) const TAKE_IN_CHANGE_SQL: &str = "UPDATE files SET size = $3, modifie
     change_modified_ms = NULL, change_detail = NULL, change_action = NULL, change_noticed_at = NULL \
     WHERE pipeline = $1 AND path = $2 AND COALESCE(taken_bytes, size) = $9 \
     AND COALESCE(checksum, '') = COALESCE($10, '') AND generation = $11";
+
+/// `$1` pipeline, `$2` path, `$3..$7` the first part of a cut (size, modified_ms,
+/// taken_bytes, taken_rows, checksum), `$8` 1 if the cut goes on. Takes the file in, or nothing
+/// if it was taken in before.
+pub(crate) const BEGIN_CUT_SQL: &str = "INSERT INTO files (pipeline, path, size, modified_ms, \
+    taken_bytes, taken_rows, checksum, cutting, registered_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, {now}) ON CONFLICT (pipeline, path) DO NOTHING";
+
+/// `$1` pipeline, `$2` path, `$3` taken_bytes, `$4` taken_rows, `$5` checksum, `$6` 1 if the
+/// cut goes on, `$7` the taken_bytes the part follows. Moves a cut under way on, only from where
+/// it stands.
+pub(crate) const EXTEND_CUT_SQL: &str = "UPDATE files SET taken_bytes = $3, taken_rows = $4, \
+    checksum = $5, cutting = $6 \
+    WHERE pipeline = $1 AND path = $2 AND cutting = 1 AND taken_bytes = $7";
 
 /// `$1` pipeline, `$2` path, `$3..$6` size, modified_ms, detail, action; noticed at the store
 /// clock (`{now}`). Changes nothing when the same change (size, time, action) is already
@@ -71,6 +85,7 @@ pub(crate) struct TakenFileRow {
     change_detail: Option<String>,
     change_action: Option<String>,
     change_noticed_at: Option<i64>,
+    cutting: i64,
 }
 
 impl From<TakenFileRow> for TakenFile {
@@ -94,6 +109,7 @@ impl From<TakenFileRow> for TakenFile {
             checksum: r.checksum,
             generation: r.generation,
             change,
+            cutting: r.cutting != 0,
         }
     }
 }

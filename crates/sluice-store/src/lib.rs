@@ -168,6 +168,23 @@ pub struct TakenFile {
     pub generation: i64,
     /// The last change discovery noticed and did not take in.
     pub change: Option<FileChange>,
+    /// The first cut of the file is under way (or was, by a discoverer that died): batches up
+    /// to `taken_bytes` / `taken_rows` are queued, the rest is not cut yet.
+    #[serde(default)]
+    pub cutting: bool,
+}
+
+/// A part of a file's first cut, queued while the scan goes on (see [`Store::take_in_part`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CutPart {
+    /// The file, with what is cut of it up to this part (`taken_bytes`, `taken_rows`; the
+    /// `checksum` with the last part).
+    pub file: NewFile,
+    /// `None` for the first part (it takes the file in); else the `taken_bytes` of the part
+    /// before, where this one goes on.
+    pub based_on: Option<i64>,
+    /// Whether this is the last part: the whole file is cut.
+    pub last: bool,
 }
 
 /// A change of a file taken in that discovery noticed: the size and modification time it saw,
@@ -212,6 +229,15 @@ pub struct NewTask {
     pub slice: BatchSlice,
 }
 
+/// A batch that groups several small files, to queue with them (see [`Store::register_group`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NewGroup {
+    pub batch_id: BatchId,
+    /// One slice per file, in the batch's order: the first is the task's slice, the others its
+    /// `grouped` files.
+    pub slices: Vec<BatchSlice>,
+}
+
 /// What a worker asks for when it has free slots.
 #[derive(Debug, Clone)]
 pub struct LeaseRequest {
@@ -233,6 +259,10 @@ pub struct Lease {
     /// [`Store::lease`]): the version that must run it, through every retry.
     pub version: i64,
     pub slice: BatchSlice,
+    /// The further files of a batch that groups several small files, after `slice`, in order
+    /// (empty for a batch of one file): their rows are one batch and one commit with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grouped: Vec<BatchSlice>,
     pub token: LeaseToken,
     pub worker: WorkerId,
     /// 1 for the first lease of the batch, counting every lease since queueing or retry.
@@ -309,6 +339,9 @@ pub struct TaskRecord {
     /// pipeline's current version when it was queued, which the router may still change.
     pub version: i64,
     pub slice: BatchSlice,
+    /// See [`Lease::grouped`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grouped: Vec<BatchSlice>,
     pub state: TaskState,
     pub attempts: i32,
     pub max_attempts: i32,
@@ -585,6 +618,30 @@ pub trait Store: Send + Sync + 'static {
     async fn register_file(
         &self,
         file: &NewFile,
+        version: i64,
+        max_attempts: i32,
+        tasks: &[NewTask],
+    ) -> Result<bool>;
+
+    /// Takes several files in and queues the one batch that groups them (one slice per file),
+    /// atomically, like [`Store::register_file`]. Returns false (and takes nothing in) if any
+    /// of the files was taken in before: another discoverer grouped it first.
+    async fn register_group(
+        &self,
+        files: &[NewFile],
+        version: i64,
+        max_attempts: i32,
+        batch: &NewGroup,
+    ) -> Result<bool>;
+
+    /// Queues a part of a file's first cut with its batches, atomically, so a large file's
+    /// first batches run while the rest is still being cut. The first part takes the file in
+    /// (false if it was taken in before); each later one moves the cut on from
+    /// `part.based_on` (false, and nothing queued, if the cut is no longer there: finished, or
+    /// moved on by another discoverer). Until the last part the file is `cutting`.
+    async fn take_in_part(
+        &self,
+        part: &CutPart,
         version: i64,
         max_attempts: i32,
         tasks: &[NewTask],

@@ -17,7 +17,7 @@ macro_rules! task_columns {
         "batch_id, pipeline, version, path, slice_index, byte_start, byte_end, row_start, \
          row_count, state, attempts, max_attempts, lease_owner, lease_token, lease_expires_at, \
          last_error, error_kind, rows_in, rows_out, created_at, updated_at, generation, \
-         split_version, split_percent, routed_at"
+         split_version, split_percent, routed_at, grouped"
     };
 }
 pub(crate) use task_columns;
@@ -184,6 +184,7 @@ pub(crate) struct TaskRow {
     split_version: Option<i64>,
     split_percent: Option<i64>,
     routed_at: Option<i64>,
+    grouped: Option<String>,
 }
 
 impl TaskRow {
@@ -236,8 +237,19 @@ impl TaskRow {
         })
     }
 
+    /// The further files of a grouped batch (`tasks.grouped`, JSON).
+    fn grouped(&self) -> Result<Vec<BatchSlice>> {
+        match &self.grouped {
+            None => Ok(Vec::new()),
+            Some(text) => serde_json::from_str(text).map_err(|e| {
+                StoreError::Corrupt(format!("tasks.grouped of batch {}: {e}", self.batch_id))
+            }),
+        }
+    }
+
     pub(crate) fn into_record(self) -> Result<TaskRecord> {
         let slice = self.slice()?;
+        let grouped = self.grouped()?;
         let state = self.state.parse::<TaskState>().map_err(|e| {
             StoreError::Corrupt(format!("tasks.state of batch {}: {e}", self.batch_id))
         })?;
@@ -252,6 +264,7 @@ impl TaskRow {
             pipeline: self.pipeline,
             version: self.version,
             slice,
+            grouped,
             state,
             attempts: self.attempts,
             max_attempts: self.max_attempts,
@@ -271,6 +284,7 @@ impl TaskRow {
     /// For rows just leased: the lease columns must be set.
     pub(crate) fn into_lease(self) -> Result<Lease> {
         let slice = self.slice()?;
+        let grouped = self.grouped()?;
         let split = self.split()?;
         let missing = |column: &str| {
             StoreError::Corrupt(format!(
@@ -294,6 +308,7 @@ impl TaskRow {
             pipeline: self.pipeline,
             version: self.version,
             slice,
+            grouped,
             token: LeaseToken(token),
             worker: WorkerId(worker),
             attempt: self.attempts,

@@ -42,12 +42,13 @@ use crate::rows::{
 };
 use crate::{
     AnalysisTemplateRecord, BatchFile, BatchPage, BatchQuery, BatchRun, CheckFailures, CheckRecord,
-    CheckTotals, DatasetRecord, DeploymentEvent, DeploymentOutcome, DeploymentRecord,
+    CheckTotals, CutPart, DatasetRecord, DeploymentEvent, DeploymentOutcome, DeploymentRecord,
     DeploymentRequest, DeploymentUpdate, FailDisposition, Fence, FileChange, FileUpdate,
-    LeaderRecord, Lease, LeaseRequest, MeasurementRecord, NewDeployment, NewFile, NewMeasurement,
-    NewSchemaVersion, NewTask, PipelineRecord, PipelineStatus, PipelineVersion, Requeue, Result,
-    RetryTarget, Route, RouteMode, RunReport, RunTotals, SchemaRegistration, SchemaVersionRecord,
-    Store, StoreError, StoreMetrics, TakenFile, TaskRecord, WorkerBeat, WorkerRecord,
+    LeaderRecord, Lease, LeaseRequest, MeasurementRecord, NewDeployment, NewFile, NewGroup,
+    NewMeasurement, NewSchemaVersion, NewTask, PipelineRecord, PipelineStatus, PipelineVersion,
+    Requeue, Result, RetryTarget, Route, RouteMode, RunReport, RunTotals, SchemaRegistration,
+    SchemaVersionRecord, Store, StoreError, StoreMetrics, TakenFile, TaskRecord, WorkerBeat,
+    WorkerRecord,
 };
 
 /// A backend's connection (what a transaction or a pooled connection derefs to).
@@ -161,6 +162,19 @@ pub(crate) struct Queue<'a> {
     pub generation: i64,
 }
 
+impl<'a> Queue<'a> {
+    /// Where a file's first content's batches are queued.
+    pub fn first_content(file: &'a NewFile, version: i64, max_attempts: i32) -> Queue<'a> {
+        Queue {
+            pipeline: &file.pipeline,
+            path: &file.path,
+            version,
+            max_attempts,
+            generation: 0,
+        }
+    }
+}
+
 /// How many rows a statement changed (each driver has its own result type).
 pub(crate) trait RowsAffected {
     fn rows_affected(&self) -> u64;
@@ -175,6 +189,21 @@ pub(crate) trait Value<DB: Database>:
 impl<DB: Database, T> Value<DB> for T where
     T: for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB>
 {
+}
+
+/// Binds a file's take (`$1..$7`: pipeline, path, size, modified_ms, taken_bytes,
+/// taken_rows, checksum) to a statement that takes it in.
+macro_rules! bind_take {
+    ($query:expr, $file:expr) => {
+        $query
+            .bind(&$file.pipeline)
+            .bind(&$file.path)
+            .bind($file.size)
+            .bind($file.modified_ms)
+            .bind($file.taken_bytes)
+            .bind($file.taken_rows)
+            .bind($file.checksum.as_deref())
+    };
 }
 
 /// `template` with each `(token, words)` token replaced.
@@ -344,21 +373,109 @@ where
         );
         // Two processes discovering the same file: the second waits for the first here and then
         // finds it taken in.
-        let take = sqlx::query(&sql)
-            .bind(&file.pipeline)
-            .bind(&file.path)
-            .bind(file.size)
-            .bind(file.modified_ms)
-            .bind(file.taken_bytes)
-            .bind(file.taken_rows)
-            .bind(file.checksum.as_deref());
-        let queue = Queue {
-            pipeline: &file.pipeline,
-            path: &file.path,
-            version,
-            max_attempts,
-            generation: 0,
+        let take = bind_take!(sqlx::query(&sql), file);
+        let queue = Queue::first_content(file, version, max_attempts);
+        take_in(self, take, &queue, tasks).await
+    }
+
+    async fn register_group(
+        &self,
+        files: &[NewFile],
+        version: i64,
+        max_attempts: i32,
+        batch: &NewGroup,
+    ) -> Result<bool> {
+        let Some((first, rest)) = batch.slices.split_first() else {
+            return Err(StoreError::Invalid(format!(
+                "batch {} groups no file",
+                batch.batch_id
+            )));
         };
+        let Some(file) = files.first() else {
+            return Err(StoreError::Invalid(format!(
+                "batch {} takes no file in",
+                batch.batch_id
+            )));
+        };
+        // Validate before taking anything in, so a bad slice leaves nothing behind.
+        let columns = SliceColumns::of(&batch.batch_id, first)?;
+        for s in rest {
+            SliceColumns::of(&batch.batch_id, s)?;
+        }
+        let grouped = serde_json::to_string(rest).map_err(|e| {
+            StoreError::Invalid(format!("batch {}: encoding its files: {e}", batch.batch_id))
+        })?;
+        let take_sql = B::sql(
+            "INSERT INTO files (pipeline, path, size, modified_ms, taken_bytes, taken_rows, \
+             checksum, registered_at) VALUES ($1, $2, $3, $4, $5, $6, $7, {now}) \
+             ON CONFLICT (pipeline, path) DO NOTHING",
+        );
+        let mut tx = self.write_tx().await?;
+        ensure_version::<B>(&mut tx, &file.pipeline, version, &file.path).await?;
+        // In path order, as every discoverer groups them: two taking the same files in wait
+        // for each other in one order, and the second finds the first file taken.
+        for f in files {
+            let taken = bind_take!(sqlx::query(&take_sql), f)
+                .execute(&mut *tx)
+                .await
+                .map_err(B::db_error)?
+                .rows_affected();
+            if taken == 0 {
+                // Dropping the transaction rolls back the files taken before this one.
+                return Ok(false);
+            }
+        }
+        let now = B::clock_in(&mut tx).await?;
+        let queued = sqlx::query(
+            "INSERT INTO tasks (batch_id, pipeline, version, path, slice_index, byte_start, \
+             byte_end, row_start, row_count, state, attempts, max_attempts, run_after, \
+             created_at, updated_at, grouped) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 0, $10, $11, $11, $11, $12) \
+             ON CONFLICT (batch_id) DO NOTHING",
+        )
+        .bind(batch.batch_id.0.as_str())
+        .bind(file.pipeline.as_str())
+        .bind(version)
+        .bind(first.path.as_str())
+        .bind(columns.index)
+        .bind(columns.byte_start)
+        .bind(columns.byte_end)
+        .bind(columns.row_start)
+        .bind(columns.row_count)
+        .bind(max_attempts)
+        .bind(now)
+        .bind(grouped.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(B::db_error)?
+        .rows_affected();
+        tx.commit().await.map_err(B::db_error)?;
+        self.queued(queued).await;
+        Ok(true)
+    }
+
+    async fn take_in_part(
+        &self,
+        part: &CutPart,
+        version: i64,
+        max_attempts: i32,
+        tasks: &[NewTask],
+    ) -> Result<bool> {
+        let file = &part.file;
+        let cutting = i64::from(!part.last);
+        let begin_sql = B::sql(changes::BEGIN_CUT_SQL);
+        let take = match part.based_on {
+            None => bind_take!(sqlx::query(&begin_sql), file).bind(cutting),
+            Some(from) => sqlx::query(changes::EXTEND_CUT_SQL)
+                .bind(&file.pipeline)
+                .bind(&file.path)
+                .bind(file.taken_bytes)
+                .bind(file.taken_rows)
+                .bind(file.checksum.as_deref())
+                .bind(cutting)
+                .bind(from),
+        };
+        let queue = Queue::first_content(file, version, max_attempts);
         take_in(self, take, &queue, tasks).await
     }
 

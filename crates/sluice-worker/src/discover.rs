@@ -4,10 +4,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use sluice_core::BatchSlice;
 use sluice_engine::Pipeline;
-use sluice_engine::source::{self, CutFrom, LandedFile, OnChange};
+use sluice_engine::source::{self, Cut, CutFrom, LandedFile, OnChange};
 use sluice_engine::spec::{Compression, Format};
-use sluice_store::{FileChange, FileUpdate, NewFile, NewTask, Store, StoreError, TakenFile};
+use sluice_store::{
+    CutPart, FileChange, FileUpdate, NewFile, NewGroup, NewTask, Store, StoreError, TakenFile,
+};
 
 /// What one discovery pass found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -100,6 +103,10 @@ impl Discoverer {
                 new_files.push(file);
                 continue;
             };
+            if taken.cutting {
+                self.resume_cut(&taken, &mut report).await?;
+                continue;
+            }
             stale |= !self.look_at(&taken, &file, &mut report).await?;
         }
         if stale {
@@ -109,10 +116,103 @@ impl Discoverer {
         if report.failed.is_some() {
             return Ok(report);
         }
-        for file in new_files {
-            self.take_in(&file, &mut report).await?;
-        }
+        self.take_in_all(&new_files, &mut report).await?;
         Ok(report)
+    }
+
+    /// Takes new files in: each small one (all its rows in one slice) joins a group of small
+    /// files, cut in path order and closed when the next file would take it past
+    /// `batch.max_rows`, `max_files` or `max_bytes`; a group is one batch. Every discoverer
+    /// groups the same listed files the same way, so their batch ids agree. A larger file is
+    /// cut into batches of its own. Under `on_change: reprocess` every file has batches of its
+    /// own: a replacement removes the data files its earlier batches wrote, which must hold
+    /// that file's rows alone.
+    async fn take_in_all(
+        &mut self,
+        files: &[LandedFile],
+        report: &mut DiscoveryReport,
+    ) -> Result<(), DiscoverError> {
+        let batch = &self.pipeline.spec.batch;
+        let (max_rows, max_files, max_bytes) = (batch.max_rows, batch.max_files, batch.max_bytes);
+        if max_files <= 1 || self.pipeline.on_change() == OnChange::Reprocess {
+            for file in files {
+                self.take_in(file, report).await?;
+            }
+            return Ok(());
+        }
+        let mut group = Group::default();
+        for file in files {
+            let identity = format!("{}@{}", file.path, file.size);
+            let (tasks, new_file) = match self
+                .cut_new(file, CutFrom::default(), identity.clone(), None, report)
+                .await?
+            {
+                NewCut::Whole(tasks, new_file) => (tasks, new_file),
+                NewCut::Queued | NewCut::Deferred => continue,
+            };
+            let small = match tasks.as_slice() {
+                [one] => file.size <= max_bytes && one.slice.row_count <= max_rows,
+                _ => false,
+            };
+            if !small {
+                self.register(&new_file, &tasks, report).await?;
+                continue;
+            }
+            let slice = tasks[0].slice.clone();
+            if !group.fits(&slice, file.size, max_rows, max_files, max_bytes) {
+                self.register_group(std::mem::take(&mut group), report)
+                    .await?;
+            }
+            group.push(identity, slice, new_file, file.size);
+        }
+        self.register_group(group, report).await
+    }
+
+    /// Queues a group of small files as one batch (a group of one file as that file's own
+    /// batch, with the id it has always had).
+    async fn register_group(
+        &mut self,
+        group: Group,
+        report: &mut DiscoveryReport,
+    ) -> Result<(), DiscoverError> {
+        match group.files.len() {
+            0 => return Ok(()),
+            1 => {
+                let task = NewTask {
+                    batch_id: self
+                        .pipeline
+                        .batch_id(&group.identities[0], &group.slices[0]),
+                    slice: group.slices[0].clone(),
+                };
+                return self.register(&group.files[0], &[task], report).await;
+            }
+            _ => {}
+        }
+        let batch = NewGroup {
+            batch_id: self.pipeline.group_id(&group.identities, &group.slices),
+            slices: group.slices,
+        };
+        let added = self
+            .store
+            .register_group(
+                &group.files,
+                self.pipeline.version,
+                self.pipeline.spec.batch.max_attempts,
+                &batch,
+            )
+            .await?;
+        if added {
+            report.files += group.files.len() as u64;
+            report.batches += 1;
+            for f in group.files {
+                self.known.insert(f.path.clone(), now_taken(f, 0));
+            }
+        } else {
+            // Another discoverer took one of them in first: learn what it took; the rest are
+            // grouped again next pass.
+            self.reload().await?;
+        }
+        Ok(())
     }
 
     /// Deals with a file taken in before. False when the store's record moved on meanwhile.
@@ -268,6 +368,8 @@ impl Discoverer {
                     byte: taken.taken_bytes as u64,
                     row: taken.taken_rows as u64,
                     complete_lines: true,
+                    // An appended part is named by its own identity: its slices count from 0.
+                    index: 0,
                 },
                 format!(
                     "{}@{}+{}",
@@ -394,28 +496,250 @@ impl Discoverer {
             ..CutFrom::default()
         };
         let identity = format!("{}@{}", file.path, file.size);
-        let Some((tasks, new_file)) = self.cut(file, from, identity).await? else {
-            report.deferred += 1;
-            return Ok(());
+        match self.cut_new(file, from, identity, None, report).await? {
+            NewCut::Whole(tasks, new_file) => self.register(&new_file, &tasks, report).await,
+            NewCut::Queued | NewCut::Deferred => Ok(()),
+        }
+    }
+
+    /// Goes on with a first cut a discoverer left part-way (it died, or the file could not be
+    /// read for a while): from the end of the last slice it queued, with the identity it
+    /// started under, so the batches are the ones one whole cut makes.
+    async fn resume_cut(
+        &mut self,
+        taken: &TakenFile,
+        report: &mut DiscoveryReport,
+    ) -> Result<(), DiscoverError> {
+        let max_rows = self.pipeline.spec.batch.max_rows.max(1);
+        let from = CutFrom {
+            byte: taken.taken_bytes as u64,
+            row: taken.taken_rows as u64,
+            complete_lines: self.pipeline.on_change() == OnChange::Reprocess,
+            // Every slice queued before is full.
+            index: u32::try_from(taken.taken_rows as u64 / max_rows).unwrap_or(u32::MAX),
         };
+        let file = LandedFile {
+            path: taken.path.clone(),
+            size: taken.size as u64,
+            modified_ms: taken.modified_ms,
+        };
+        let identity = format!("{}@{}", taken.path, taken.size);
+        tracing::info!(file = %taken.path, "going on with a cut left at byte {}", taken.taken_bytes);
+        self.cut_new(&file, from, identity, Some(taken.taken_bytes), report)
+            .await?;
+        Ok(())
+    }
+
+    /// Cuts a new file (or goes on with a cut left part-way: `resumed` is where it stands) and
+    /// queues each batch as soon as the scan finds its end, so a large file's first batches
+    /// run long before it is scanned: the file is taken in with its first batch, marked
+    /// `cutting`, and each further batch moves the take on, atomically with its queueing, so
+    /// a discoverer that dies mid-scan leaves a take the next one goes on from. A file whose
+    /// only full slice ends with it (a small file, which may be grouped) comes back
+    /// [`NewCut::Whole`], not taken in.
+    async fn cut_new(
+        &mut self,
+        file: &LandedFile,
+        from: CutFrom,
+        identity: String,
+        resumed: Option<i64>,
+        report: &mut DiscoveryReport,
+    ) -> Result<NewCut, DiscoverError> {
+        enum Found {
+            Slice(BatchSlice),
+            Done(Result<(Cut, String), source::SourceError>),
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let pipeline = self.pipeline.clone();
+        let f = file.clone();
+        let scan = tokio::task::spawn_blocking(move || {
+            let done = tx.clone();
+            let cut = pipeline
+                .cut_streaming(&f, &from, &mut |s| tx.send(Found::Slice(s.clone())).is_ok())
+                .and_then(|cut| {
+                    let sum = source::checksum(&f.path, cut.end)?.ok_or_else(|| {
+                        source::SourceError::Io {
+                            file: f.path.clone(),
+                            source: std::io::Error::new(
+                                std::io::ErrorKind::UnexpectedEof,
+                                "the file got shorter while it was read",
+                            ),
+                        }
+                    })?;
+                    Ok((cut, sum))
+                });
+            let _ = done.send(Found::Done(cut));
+        });
+        let (version, attempts) = (self.pipeline.version, self.pipeline.spec.batch.max_attempts);
+        let name = self.pipeline.name().to_string();
+        let taken = |bytes: u64, rows: u64, checksum: Option<String>| NewFile {
+            pipeline: name.clone(),
+            path: file.path.clone(),
+            size: file.size as i64,
+            modified_ms: file.modified_ms,
+            taken_bytes: bytes as i64,
+            taken_rows: rows as i64,
+            checksum,
+        };
+        let pipeline = self.pipeline.clone();
+        let tasks_of = |slices: &[BatchSlice]| -> Vec<NewTask> {
+            slices
+                .iter()
+                .map(|s| NewTask {
+                    batch_id: pipeline.batch_id(&identity, s),
+                    slice: s.clone(),
+                })
+                .collect()
+        };
+        let mut based_on = resumed;
+        let mut found: Vec<BatchSlice> = Vec::new();
+        let mut queued = 0;
+        while let Some(msg) = rx.recv().await {
+            let (cut, sum) = match msg {
+                Found::Slice(slice) => {
+                    let small = based_on.is_none() && slice.byte_end >= file.size;
+                    let end = (slice.byte_end, slice.row_start + slice.row_count);
+                    found.push(slice);
+                    if small {
+                        continue; // it may be the file's only slice
+                    }
+                    let part = CutPart {
+                        file: taken(end.0, end.1, None),
+                        based_on,
+                        last: false,
+                    };
+                    let tasks = tasks_of(&found[queued..]);
+                    if !self
+                        .store
+                        .take_in_part(&part, version, attempts, &tasks)
+                        .await?
+                    {
+                        // Taken in, or moved on, by another discoverer: stop scanning.
+                        drop(rx);
+                        let _ = scan.await;
+                        self.reload().await?;
+                        return Ok(NewCut::Queued);
+                    }
+                    if based_on.is_none() {
+                        report.files += 1;
+                    }
+                    report.batches += tasks.len() as u64;
+                    queued = found.len();
+                    based_on = Some(part.file.taken_bytes);
+                    continue;
+                }
+                Found::Done(Ok(done)) => done,
+                Found::Done(Err(e)) => {
+                    tracing::warn!(file = %file.path, error = %e, "cannot slice file yet; will try again");
+                    report.deferred += 1;
+                    if based_on.is_some() {
+                        // The take stands where the last batch left it; the next pass goes on.
+                        self.reload().await?;
+                    }
+                    return Ok(NewCut::Deferred);
+                }
+            };
+            let whole = taken(cut.end, from.row + cut.rows, Some(sum));
+            let Some(before) = based_on else {
+                return Ok(NewCut::Whole(tasks_of(&cut.slices), whole));
+            };
+            let tasks = tasks_of(cut.slices.get(queued..).unwrap_or_default());
+            let part = CutPart {
+                file: whole,
+                based_on: Some(before),
+                last: true,
+            };
+            if self
+                .store
+                .take_in_part(&part, version, attempts, &tasks)
+                .await?
+            {
+                report.batches += tasks.len() as u64;
+                self.known
+                    .insert(file.path.clone(), now_taken(part.file, 0));
+            } else {
+                self.reload().await?;
+            }
+            return Ok(NewCut::Queued);
+        }
+        // The scan ended without a word: it crashed.
+        scan.await.map_err(crashed)?;
+        report.deferred += 1;
+        Ok(NewCut::Deferred)
+    }
+
+    /// Takes a file in with its own batches.
+    async fn register(
+        &mut self,
+        new_file: &NewFile,
+        tasks: &[NewTask],
+        report: &mut DiscoveryReport,
+    ) -> Result<(), DiscoverError> {
         let added = self
             .store
             .register_file(
-                &new_file,
+                new_file,
                 self.pipeline.version,
                 self.pipeline.spec.batch.max_attempts,
-                &tasks,
+                tasks,
             )
             .await?;
         if added {
             report.files += 1;
             report.batches += tasks.len() as u64;
-            self.known.insert(file.path.clone(), now_taken(new_file, 0));
+            self.known
+                .insert(new_file.path.clone(), now_taken(new_file.clone(), 0));
         } else {
             // Another discoverer took it in first: learn what it took.
             self.reload().await?;
         }
         Ok(())
+    }
+}
+
+/// What cutting a new file came to.
+enum NewCut {
+    /// The scan ended before any batch was queued: these batches, and the take, to register
+    /// (alone or in a group).
+    Whole(Vec<NewTask>, NewFile),
+    /// Batches were queued as the scan went (or another discoverer took the file in).
+    Queued,
+    /// The file cannot be read right now; the next pass tries again.
+    Deferred,
+}
+
+/// Small files collected into one batch, in path order.
+#[derive(Default)]
+struct Group {
+    identities: Vec<String>,
+    slices: Vec<BatchSlice>,
+    files: Vec<NewFile>,
+    rows: u64,
+    bytes: u64,
+}
+
+impl Group {
+    /// Whether a file of `slice` (its only slice) and `size` bytes still fits.
+    fn fits(
+        &self,
+        slice: &BatchSlice,
+        size: u64,
+        max_rows: u64,
+        max_files: u64,
+        max_bytes: u64,
+    ) -> bool {
+        self.files.is_empty()
+            || (self.rows + slice.row_count <= max_rows
+                && (self.files.len() as u64) < max_files
+                && self.bytes + size <= max_bytes)
+    }
+
+    fn push(&mut self, identity: String, slice: BatchSlice, file: NewFile, size: u64) {
+        self.rows += slice.row_count;
+        self.bytes += size;
+        self.identities.push(identity);
+        self.slices.push(slice);
+        self.files.push(file);
     }
 }
 
@@ -430,6 +754,7 @@ fn now_taken(file: NewFile, generation: i64) -> TakenFile {
         checksum: file.checksum,
         generation,
         change: None,
+        cutting: false,
     }
 }
 

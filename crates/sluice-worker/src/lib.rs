@@ -429,6 +429,7 @@ impl WorkerPool {
                 generation: lease.generation + 1,
                 recent_rows: recent,
                 superseded,
+                grouped: lease.grouped.clone(),
             };
             let result = match lease.split {
                 Some(split) => self.run_split(&pipeline, lease, split, opts).await,
