@@ -27,9 +27,11 @@ fields:
   - {name: channel, type: string, default: web}
 ";
 
+/// `max_files: 1`: every file a batch of its own, so each file's fate (upgraded, held with its
+/// reason) shows on its own rather than holding a group of small files with it.
 fn spec(transform: &str) -> String {
     format!(
-        "pipeline: evolving\nsource:\n  files: in/*.csv\n  dataset: orders_raw\n  settle: 0s\nbatch:\n  max_rows: 3\ntransform: {transform}\nsink:\n  delta: out\n"
+        "pipeline: evolving\nsource:\n  files: in/*.csv\n  dataset: orders_raw\n  settle: 0s\nbatch:\n  max_rows: 3\n  max_files: 1\ntransform: {transform}\nsink:\n  delta: out\n"
     )
 }
 
@@ -331,7 +333,7 @@ fn evolve_proposes_a_new_dataset_version_and_retry_lands_the_new_columns() {
     p.write("v1.yaml", V1);
     let out = p.run(&["schema", "register", "v1.yaml", "--store", &store]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let evolving = "pipeline: evolving\nsource:\n  files: in/*.csv\n  dataset: orders_raw\n  settle: 0s\n  unknown_columns: evolve\nbatch:\n  max_rows: 10\ntransform: SELECT * FROM input\nsink:\n  delta: out\n";
+    let evolving = "pipeline: evolving\nsource:\n  files: in/*.csv\n  dataset: orders_raw\n  settle: 0s\n  unknown_columns: evolve\nbatch:\n  max_rows: 10\n  max_files: 1\ntransform: SELECT * FROM input\nsink:\n  delta: out\n";
     p.write("p.yaml", evolving);
     p.write("in/a.csv", "id,cust,amount\n1,ann,10\n");
     p.write(

@@ -150,8 +150,14 @@ impl Discoverer {
                 NewCut::Whole(tasks, new_file) => (tasks, new_file),
                 NewCut::Queued | NewCut::Deferred => continue,
             };
+            // A slice of no rows stands for a file that cannot be read (a broken compressed
+            // stream, an unreadable Parquet file): it fails alone, not with a group.
             let small = match tasks.as_slice() {
-                [one] => file.size <= max_bytes && one.slice.row_count <= max_rows,
+                [one] => {
+                    file.size <= max_bytes
+                        && one.slice.row_count > 0
+                        && one.slice.row_count <= max_rows
+                }
                 _ => false,
             };
             if !small {
