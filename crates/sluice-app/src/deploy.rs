@@ -18,6 +18,7 @@ use sluice_store::{
 };
 
 use crate::error::{AppError, During, Result};
+use crate::roots::Roots;
 use crate::verify::{self, PreOptions};
 
 /// What [`deploy`] did with a spec.
@@ -64,8 +65,63 @@ pub async fn deploy(
     path: &Path,
     opts: &DeployOptions,
 ) -> Result<Deployed> {
-    let mut pipeline = crate::compile(path, 0, store_url).await?;
+    let pipeline = crate::compile(path, 0, store_url).await?;
     crate::probe_sink(&pipeline, path).await?;
+    let pre = opts.pre_suite.then_some((path, store_url));
+    start(store, pipeline, pre, opts).await
+}
+
+/// A spec sent over the network to deploy: its YAML (with the folder, under a root, its
+/// relative paths resolve against), or a spec file under the server's roots.
+#[derive(Debug, Clone, Copy)]
+pub enum NetworkSpec<'a> {
+    Text {
+        text: &'a str,
+        base_dir: Option<&'a str>,
+    },
+    File(&'a str),
+}
+
+/// [`deploy`] of a spec sent over the network to pipeline `name` (which the spec must name),
+/// confined to `roots` (see [`crate::roots`]). The pre-deploy suite is not run (it reads the
+/// spec as a file on the operator's machine): analysis judges the candidate, as for
+/// `sluice run`.
+pub async fn deploy_confined(
+    store: &Arc<dyn Store>,
+    name: &str,
+    spec: NetworkSpec<'_>,
+    roots: &Roots,
+    opts: &DeployOptions,
+) -> Result<Deployed> {
+    let pipeline = match spec {
+        NetworkSpec::Text { text, base_dir } => {
+            crate::roots::compile_confined(store, text, base_dir, roots).await?
+        }
+        NetworkSpec::File(path) => {
+            let (text, base) = roots.read_spec(path)?;
+            let base = base.display().to_string();
+            crate::roots::compile_confined(store, &text, Some(&base), roots).await?
+        }
+    };
+    if pipeline.name() != name {
+        return Err(AppError::User(format!(
+            "the spec is for pipeline {:?}, not {name:?}: send it to /api/v1/pipelines/{}/deployments",
+            pipeline.name(),
+            pipeline.name()
+        )));
+    }
+    crate::probe_sink(&pipeline, Path::new("<request>")).await?;
+    start(store, pipeline, None, opts).await
+}
+
+/// Registers a compiled candidate and starts its deployment; `pre` is the spec file and store
+/// whose pre-deploy suite must pass first.
+async fn start(
+    store: &Arc<dyn Store>,
+    mut pipeline: sluice_engine::Pipeline,
+    pre: Option<(&Path, &str)>,
+    opts: &DeployOptions,
+) -> Result<Deployed> {
     let name = pipeline.name().to_string();
     let Some(record) = store.pipeline(&name).await.during("reading the pipeline")? else {
         crate::register_version(store, &mut pipeline, true).await?;
@@ -78,7 +134,7 @@ pub async fn deploy(
     {
         return Err(in_progress(&active));
     }
-    if opts.pre_suite {
+    if let Some((path, store_url)) = pre {
         let verification = verify::pre(path, store_url, &PreOptions::default()).await;
         let verdict = verification.verdict(None);
         if verdict.decision == Decision::Rollback {
@@ -124,7 +180,7 @@ pub async fn deploy(
 }
 
 fn in_progress(active: &DeploymentRecord) -> AppError {
-    AppError::User(format!(
+    AppError::Conflict(format!(
         "pipeline {} has a deployment in progress (#{}: v{} -> v{}, {}); wait for it to end (`sluice deploy status {}`) or abort it (`sluice abort {}`)",
         active.pipeline,
         active.id,
@@ -193,13 +249,14 @@ pub async fn request(
     request: DeploymentRequest,
 ) -> Result<DeploymentRecord> {
     let active = active(store, pipeline).await?;
+    applies(&active, request)?;
     let message = format!("`sluice {}` requested", command_of(request));
     let accepted = store
         .request_deployment(active.id, request, &message)
         .await
         .during("sending the request")?;
     if !accepted {
-        return Err(AppError::User(format!(
+        return Err(AppError::Conflict(format!(
             "deployment #{} of {pipeline} ended before the request reached it; see `sluice history {pipeline}`",
             active.id
         )));
@@ -221,16 +278,64 @@ fn command_of(request: DeploymentRequest) -> &'static str {
     }
 }
 
+/// Refuses a command the deployment's state does not take (the controller would drop it):
+/// the moves of [`sluice_deploy::State::can_become`] a person may ask for.
+fn applies(d: &DeploymentRecord, request: DeploymentRequest) -> Result<()> {
+    let state: State = d
+        .state
+        .parse()
+        .map_err(|e| AppError::Internal(format!("deployment #{}: {e}", d.id)))?;
+    let ok = match request {
+        DeploymentRequest::Abort => !matches!(state, State::Aborting | State::Repairing),
+        DeploymentRequest::Pause => state == State::Progressing,
+        DeploymentRequest::Resume => state == State::Paused,
+        DeploymentRequest::Promote => matches!(state, State::Progressing | State::Paused),
+        DeploymentRequest::PromoteFull => {
+            matches!(state, State::Progressing | State::Paused | State::Draining)
+        }
+    };
+    if ok {
+        return Ok(());
+    }
+    let hint = match state {
+        State::Paused => "resume, promote or abort it",
+        State::Progressing => "pause, promote or abort it",
+        State::Draining => "promote --full or abort it",
+        _ => "wait for it to end",
+    };
+    Err(AppError::Conflict(format!(
+        "deployment #{} of {} is {state}: `{}` does not apply now; {hint} (see `sluice deploy status {}`)",
+        d.id,
+        d.pipeline,
+        command_of(request),
+        d.pipeline
+    )))
+}
+
 async fn active(store: &Arc<dyn Store>, pipeline: &str) -> Result<DeploymentRecord> {
-    store
+    match store
         .active_deployment(pipeline)
         .await
         .during("reading the pipeline's deployments")?
-        .ok_or_else(|| {
-            AppError::User(format!(
+    {
+        Some(d) => Ok(d),
+        None => {
+            known(store, pipeline).await?;
+            Err(AppError::Conflict(format!(
                 "pipeline {pipeline} has no deployment in progress; see `sluice history {pipeline}`"
-            ))
-        })
+            )))
+        }
+    }
+}
+
+/// NotFound unless the store has pipeline `name`.
+async fn known(store: &Arc<dyn Store>, name: &str) -> Result<()> {
+    match store.pipeline(name).await.during("reading the pipeline")? {
+        Some(_) => Ok(()),
+        None => Err(AppError::NotFound(format!(
+            "no pipeline {name:?} in the store: list them at /api/v1/pipelines or with `sluice status`"
+        ))),
+    }
 }
 
 /// `sluice rollback`: with a deployment in progress, abort it; else go back from the current
@@ -250,7 +355,7 @@ pub async fn rollback(store: &Arc<dyn Store>, pipeline: &str) -> Result<Deployme
         .await
         .during("reading the pipeline")?
     else {
-        return Err(AppError::User(format!(
+        return Err(AppError::NotFound(format!(
             "no pipeline {pipeline:?} in the store: see `sluice status`"
         )));
     };
@@ -263,7 +368,7 @@ pub async fn rollback(store: &Arc<dyn Store>, pipeline: &str) -> Result<Deployme
         .find(|d| d.outcome == Some(DeploymentOutcome::Promoted) && d.candidate_version == current)
         .map(|d| d.stable_version)
         .ok_or_else(|| {
-            AppError::User(format!(
+            AppError::Conflict(format!(
                 "{pipeline}@{current} was not promoted by a deployment, so there is no stable version before it to go back to; deploy the version you want with `sluice deploy`"
             ))
         })?;
@@ -297,6 +402,62 @@ pub struct DeploymentView {
     pub data: Data,
     pub events: Vec<DeploymentEvent>,
     pub measurements: Vec<MeasurementRecord>,
+    /// Each analysis metric's first and last measurement (before and after) and its phases.
+    pub metrics: Vec<MetricSummary>,
+}
+
+/// One analysis metric of a deployment: its first and last measurement (before and after,
+/// for the candidate and for stable), the last phase and message, and how many measurements
+/// ended in each phase.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct MetricSummary {
+    pub analysis: String,
+    pub metric: String,
+    pub measured: usize,
+    pub first_value: Option<f64>,
+    pub last_value: Option<f64>,
+    pub first_stable_value: Option<f64>,
+    pub last_stable_value: Option<f64>,
+    pub last_phase: String,
+    pub last_message: String,
+    /// Phase (`successful`, `failed`, `inconclusive`, `error`, ...) -> measurements.
+    pub phases: std::collections::BTreeMap<String, usize>,
+}
+
+/// The metrics of `measurements` (oldest first), in the order each was first measured.
+pub fn summarize(measurements: &[MeasurementRecord]) -> Vec<MetricSummary> {
+    let mut out: Vec<MetricSummary> = Vec::new();
+    for m in measurements {
+        let at = match out
+            .iter()
+            .position(|s| s.analysis == m.analysis && s.metric == m.metric)
+        {
+            Some(at) => at,
+            None => {
+                out.push(MetricSummary {
+                    analysis: m.analysis.clone(),
+                    metric: m.metric.clone(),
+                    measured: 0,
+                    first_value: m.value,
+                    last_value: None,
+                    first_stable_value: m.stable_value,
+                    last_stable_value: None,
+                    last_phase: String::new(),
+                    last_message: String::new(),
+                    phases: Default::default(),
+                });
+                out.len() - 1
+            }
+        };
+        let s = &mut out[at];
+        s.measured += 1;
+        s.last_value = m.value;
+        s.last_stable_value = m.stable_value;
+        s.last_phase = m.phase.clone();
+        s.last_message = m.message.clone();
+        *s.phases.entry(m.phase.clone()).or_default() += 1;
+    }
+    out
 }
 
 impl DeploymentView {
@@ -322,6 +483,7 @@ pub async fn view(store: &Arc<dyn Store>, deployment: DeploymentRecord) -> Resul
         data: serde_json::from_str(&deployment.data).unwrap_or_default(),
         deployment,
         events,
+        metrics: summarize(&measurements),
         measurements,
     })
 }
@@ -343,7 +505,10 @@ pub async fn status(store: &Arc<dyn Store>, pipeline: &str) -> Result<Option<Dep
     };
     match latest {
         Some(d) => Ok(Some(view(store, d).await?)),
-        None => Ok(None),
+        None => {
+            known(store, pipeline).await?;
+            Ok(None)
+        }
     }
 }
 
@@ -353,6 +518,9 @@ pub async fn history(
     pipeline: Option<&str>,
     limit: i64,
 ) -> Result<Vec<DeploymentView>> {
+    if let Some(name) = pipeline {
+        known(store, name).await?;
+    }
     let mut out = Vec::new();
     for d in store
         .deployments(pipeline, limit)

@@ -16,6 +16,11 @@ pub enum AppError {
     /// the store: a user error, which a server answers with 404.
     #[error("{0}")]
     NotFound(String),
+    /// The request does not apply to the state of what it names (a second deployment while
+    /// one is in progress, a resume of a deployment that is not paused): a user error, which
+    /// a server answers with 409.
+    #[error("{0}")]
+    Conflict(String),
     /// A state store call failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -38,7 +43,7 @@ impl AppError {
     /// Who has to act on the error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            AppError::User(_) | AppError::NotFound(_) => ErrorKind::User,
+            AppError::User(_) | AppError::NotFound(_) | AppError::Conflict(_) => ErrorKind::User,
             AppError::Store(e) | AppError::StoreWhile { source: e, .. } => e.kind(),
             AppError::External(_) => ErrorKind::External,
             AppError::Internal(_) => ErrorKind::Internal,
@@ -56,6 +61,11 @@ impl AppError {
                     ..
                 }
         )
+    }
+
+    /// Whether the request does not apply to the state of what it names.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, AppError::Conflict(_))
     }
 
     /// The error and its causes on one line, each said once (a message that already quotes

@@ -1,8 +1,9 @@
 //! What `/metrics` reports, from the store (so one server covers every worker on every
 //! machine), with bounded labels: no batch ids, and a version label only for live versions
-//! (the current one and those with pending or leased batches). The batches and rows of every
-//! other version are summed under `version="retired"`, so totals still add up while the label
-//! set stays as small as the live versions.
+//! (the current one, both versions of a deployment in progress, and those with pending or
+//! leased batches). The batches and rows of every other version are summed under
+//! `version="retired"`, so totals still add up while the label set stays as small as the live
+//! versions.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -45,6 +46,32 @@ pub struct Backlog {
     pub oldest_pending_seconds: f64,
 }
 
+/// The phases `sluice_deployment_phase` reports per pipeline: `idle` (no deployment in
+/// progress) and the states of an active deployment.
+pub const PHASES: [&str; 6] = [
+    "idle",
+    "progressing",
+    "paused",
+    "draining",
+    "aborting",
+    "repairing",
+];
+
+/// A pipeline's deployment in progress: its phase, versions, the candidate's weight and how
+/// many measurements of each analysis metric ended in each phase.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DeploymentGauge {
+    pub pipeline: String,
+    /// One of [`PHASES`] other than `idle`.
+    pub phase: String,
+    pub stable_version: i64,
+    pub candidate_version: i64,
+    /// Percent of new batches (or keys) routed to the candidate.
+    pub candidate_weight: u8,
+    /// (analysis, metric, measurement phase) -> measurements.
+    pub measurements: Vec<(String, String, String, usize)>,
+}
+
 /// Every series of `/metrics`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Metrics {
@@ -56,6 +83,10 @@ pub struct Metrics {
     pub backlog: Vec<Backlog>,
     pub workers_alive: i64,
     pub check_failures: Vec<CheckFailures>,
+    /// Every pipeline and its phase (one of [`PHASES`]).
+    pub phases: Vec<(String, String)>,
+    /// The deployments in progress.
+    pub deployments: Vec<DeploymentGauge>,
 }
 
 /// The upper bounds of the batch duration buckets, in seconds.
@@ -73,7 +104,48 @@ pub async fn metrics(store: &Arc<dyn Store>) -> Result<Metrics> {
         .metrics(lost_after)
         .await
         .during("reading the metrics")?;
+    let mut deployments = Vec::new();
+    for d in store
+        .active_deployments()
+        .await
+        .during("reading the deployments in progress")?
+    {
+        let measurements = store
+            .measurements(d.id)
+            .await
+            .during("reading the measurements of a deployment in progress")?;
+        let mut counted = Vec::new();
+        for s in crate::deploy::summarize(&measurements) {
+            for (phase, n) in s.phases {
+                counted.push((s.analysis.clone(), s.metric.clone(), phase, n));
+            }
+        }
+        deployments.push(DeploymentGauge {
+            pipeline: d.pipeline,
+            phase: d.state,
+            stable_version: d.stable_version,
+            candidate_version: d.candidate_version,
+            candidate_weight: d.route.weight,
+            measurements: counted,
+        });
+    }
+    let phases = m
+        .current
+        .iter()
+        .map(|(p, _)| {
+            let phase = deployments
+                .iter()
+                .find(|d| &d.pipeline == p)
+                .map_or("idle", |d| d.phase.as_str());
+            (p.clone(), phase.to_string())
+        })
+        .collect();
     let mut live: BTreeSet<(&str, i64)> = m.current.iter().map(|(p, v)| (p.as_str(), *v)).collect();
+    // Both versions of a deployment in progress are live.
+    for d in &deployments {
+        live.insert((d.pipeline.as_str(), d.stable_version));
+        live.insert((d.pipeline.as_str(), d.candidate_version));
+    }
     for t in &m.tasks {
         if matches!(t.state, TaskState::Pending | TaskState::Leased) {
             live.insert((t.pipeline.as_str(), t.version));
@@ -139,5 +211,7 @@ pub async fn metrics(store: &Arc<dyn Store>) -> Result<Metrics> {
             .collect(),
         workers_alive: m.workers_alive,
         check_failures: m.check_failures,
+        phases,
+        deployments,
     })
 }

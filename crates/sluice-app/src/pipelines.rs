@@ -277,12 +277,8 @@ pub struct Measurements {
     pub versions: Vec<VersionMeasurements>,
 }
 
-/// The measurements of `pipeline` over the last `window`.
-pub async fn measurements(
-    store: &Arc<dyn Store>,
-    pipeline: &str,
-    window: Duration,
-) -> Result<Measurements> {
+/// The last `window` of an existing pipeline, `[since, until]` by the store clock.
+async fn window_of(store: &Arc<dyn Store>, pipeline: &str, window: Duration) -> Result<(i64, i64)> {
     if window.is_zero() || window > MAX_WINDOW {
         return Err(AppError::User(format!(
             "window {} is out of range: give 1s to {}",
@@ -300,6 +296,16 @@ pub async fn measurements(
     }
     let until = store.now().await.during("reading the store clock")?;
     let since = until.saturating_sub(i64::try_from(window.as_millis()).unwrap_or(i64::MAX));
+    Ok((since, until))
+}
+
+/// The measurements of `pipeline` over the last `window`.
+pub async fn measurements(
+    store: &Arc<dyn Store>,
+    pipeline: &str,
+    window: Duration,
+) -> Result<Measurements> {
+    let (since, until) = window_of(store, pipeline, window).await?;
     let runs = store
         .run_totals(pipeline, since, until)
         .await
@@ -364,5 +370,119 @@ pub async fn measurements(
         since,
         until,
         versions,
+    })
+}
+
+/// The most recent runs [`series`] reads.
+pub const MAX_SERIES_RUNS: i64 = 20_000;
+/// The most points per version [`series`] answers.
+pub const MAX_SERIES_STEPS: u128 = 1_000;
+
+/// One version's runs that finished in one step of a [`Series`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SeriesPoint {
+    /// The step's start (store clock, epoch milliseconds).
+    pub at: i64,
+    pub version: i64,
+    pub runs: i64,
+    pub committed: i64,
+    /// Runs that did not publish (failed, quarantined, expired).
+    pub failed: i64,
+    pub rows_in: i64,
+    pub rows_out: i64,
+    /// Rows published per second of the step.
+    pub rows_per_second: f64,
+    /// Of committed runs.
+    pub mean_duration_ms: Option<f64>,
+    pub max_duration_ms: Option<i64>,
+}
+
+/// A pipeline's throughput and latency over time, per version: its runs of the last window
+/// (at most [`MAX_SERIES_RUNS`] of the newest) in steps.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Series {
+    pub pipeline: String,
+    pub since: i64,
+    pub until: i64,
+    pub step_ms: i64,
+    /// Steps without runs are left out; ordered by step, then version.
+    pub points: Vec<SeriesPoint>,
+}
+
+/// The runs of `pipeline` over the last `window`, summed per `step` and version.
+pub async fn series(
+    store: &Arc<dyn Store>,
+    pipeline: &str,
+    window: Duration,
+    step: Duration,
+) -> Result<Series> {
+    if step < Duration::from_secs(1) || window.as_millis() / step.as_millis() > MAX_SERIES_STEPS {
+        return Err(AppError::User(format!(
+            "step {} is out of range for window {}: give at least 1s and at most {MAX_SERIES_STEPS} steps a window",
+            humantime::format_duration(step),
+            humantime::format_duration(window)
+        )));
+    }
+    let (since, until) = window_of(store, pipeline, window).await?;
+    let step_ms = i64::try_from(step.as_millis()).unwrap_or(i64::MAX).max(1);
+    let runs = store
+        .batch_runs(pipeline, MAX_SERIES_RUNS)
+        .await
+        .during("reading the pipeline's runs")?;
+    let mut steps: std::collections::BTreeMap<(i64, i64), (SeriesPoint, i64)> = Default::default();
+    for r in runs.into_iter().filter(|r| r.finished_at >= since) {
+        let at = since + (r.finished_at - since) / step_ms * step_ms;
+        let (p, duration_sum) = steps.entry((at, r.version)).or_insert_with(|| {
+            (
+                SeriesPoint {
+                    at,
+                    version: r.version,
+                    runs: 0,
+                    committed: 0,
+                    failed: 0,
+                    rows_in: 0,
+                    rows_out: 0,
+                    rows_per_second: 0.0,
+                    mean_duration_ms: None,
+                    max_duration_ms: None,
+                },
+                0,
+            )
+        });
+        p.runs += 1;
+        match r.outcome {
+            BatchOutcome::Committed => {
+                p.committed += 1;
+                *duration_sum += r.duration_ms;
+                p.max_duration_ms = Some(p.max_duration_ms.unwrap_or(0).max(r.duration_ms));
+            }
+            BatchOutcome::AlreadyCommitted => {}
+            BatchOutcome::Failed | BatchOutcome::Quarantined | BatchOutcome::Expired => {
+                p.failed += 1
+            }
+        }
+        if matches!(
+            r.outcome,
+            BatchOutcome::Committed | BatchOutcome::AlreadyCommitted
+        ) {
+            p.rows_in += r.rows_in;
+            p.rows_out += r.rows_out;
+        }
+    }
+    let points = steps
+        .into_values()
+        .map(|(mut p, duration_sum)| {
+            p.rows_per_second = p.rows_out as f64 * 1000.0 / step_ms as f64;
+            p.mean_duration_ms =
+                (p.committed > 0).then(|| duration_sum as f64 / p.committed as f64);
+            p
+        })
+        .collect();
+    Ok(Series {
+        pipeline: pipeline.to_string(),
+        since,
+        until,
+        step_ms,
+        points,
     })
 }

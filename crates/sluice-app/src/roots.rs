@@ -91,6 +91,31 @@ impl Roots {
         Ok(dir)
     }
 
+    /// Reads the spec file `path` (relative to [`Roots::base`], or absolute) if it lies under
+    /// a root: its text and the folder it is in (what its relative paths resolve against).
+    pub fn read_spec(&self, path: &str) -> Result<(String, PathBuf)> {
+        let Some(first) = self.base() else {
+            return Err(AppError::User(
+                "this server has no folder root, so it cannot read a spec file; start it with --root DIR or send the spec's text".into(),
+            ));
+        };
+        let file = self.local("path", path, first)?;
+        if !file.is_file() {
+            return Err(AppError::User(format!(
+                "path {path:?} is not a spec file under the server's roots; give it relative to {}",
+                first.display()
+            )));
+        }
+        let text = std::fs::read_to_string(&file).map_err(|e| {
+            AppError::User(format!("reading the spec {path:?}: {e}; is it UTF-8 text?"))
+        })?;
+        let dir = file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| first.to_path_buf());
+        Ok((text, dir))
+    }
+
     /// Refuses a spec naming any location outside the roots: its landing files, spool, sink
     /// and quarantine table (the default one too). Relative paths resolve against
     /// `file.base_dir()`.

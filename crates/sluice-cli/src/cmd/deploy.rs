@@ -311,32 +311,18 @@ pub fn render(view: &DeploymentView, now: i64) -> String {
         ));
     }
     // The last measurement of each analysis's metrics.
-    let mut last: Vec<&sluice_store::MeasurementRecord> = Vec::new();
-    for m in view.measurements.iter().rev() {
-        if !last
-            .iter()
-            .any(|l| l.analysis == m.analysis && l.metric == m.metric)
-        {
-            last.push(m);
-        }
-    }
-    last.reverse();
-    if !last.is_empty() {
+    if !view.metrics.is_empty() {
         out.push_str("  analysis\n");
-        for m in last {
-            let count = view
-                .measurements
-                .iter()
-                .filter(|x| x.analysis == m.analysis && x.metric == m.metric)
-                .count();
+        for m in &view.metrics {
             out.push_str(&format!(
-                "    {:<14} {:<18} {:<12} candidate {} stable {} ({count} measured): {}\n",
+                "    {:<14} {:<18} {:<12} candidate {} stable {} ({} measured): {}\n",
                 m.analysis,
                 m.metric,
-                m.phase,
-                fmt_value(m.value),
-                fmt_value(m.stable_value),
-                m.message
+                m.last_phase,
+                fmt_value(m.last_value),
+                fmt_value(m.last_stable_value),
+                m.measured,
+                m.last_message
             ));
         }
     }
@@ -390,28 +376,16 @@ pub fn render_history(views: &[DeploymentView], now: i64) -> String {
                 .to_string(),
             d.reason.as_deref().unwrap_or("")
         ));
-        let mut metrics: Vec<(&str, &str)> = Vec::new();
-        for m in &view.measurements {
-            if !metrics.contains(&(m.analysis.as_str(), m.metric.as_str())) {
-                metrics.push((&m.analysis, &m.metric));
-            }
-        }
-        for (analysis, metric) in metrics {
-            let of: Vec<_> = view
-                .measurements
-                .iter()
-                .filter(|m| m.analysis == analysis && m.metric == metric)
-                .collect();
-            let (Some(first), Some(last)) = (of.first(), of.last()) else {
-                continue;
-            };
+        for m in &view.metrics {
             out.push_str(&format!(
-                "      {analysis}/{metric}: {} -> {} (stable {} -> {}), last {}\n",
-                fmt_value(first.value),
-                fmt_value(last.value),
-                fmt_value(first.stable_value),
-                fmt_value(last.stable_value),
-                last.phase
+                "      {}/{}: {} -> {} (stable {} -> {}), last {}\n",
+                m.analysis,
+                m.metric,
+                fmt_value(m.first_value),
+                fmt_value(m.last_value),
+                fmt_value(m.first_stable_value),
+                fmt_value(m.last_stable_value),
+                m.last_phase
             ));
         }
     }
