@@ -1,7 +1,8 @@
 //! Who may call what: a bearer token, compared in constant time, guards every mutation, and
-//! every read unless the server was started with `--public-read`. `/health` and `/ready` are
-//! open (probes carry no token). A token in the URL's query is refused outright, whatever it
-//! is: URLs end up in proxy logs, shell histories and browser bars.
+//! every read unless the server was started with `--public-read`. `/health`, `/ready` and the
+//! dashboard's static assets are open (probes carry no token; the pages send one to the API).
+//! A token in the URL's query is refused outright, whatever it is: URLs end up in proxy logs,
+//! shell histories and browser bars.
 //!
 //! A server started without a token listens on loopback only (see `crate::Server::bind`), so
 //! only this machine's users reach it; it then lets every request through.
@@ -67,9 +68,10 @@ pub struct Access {
     pub public_read: bool,
 }
 
-/// Paths anyone may call: probes.
+/// Paths anyone may call: probes, and the dashboard's assets (which hold no data: its pages
+/// call the API with the token a person types in).
 fn open_path(path: &str) -> bool {
-    matches!(path, "/health" | "/ready")
+    matches!(path, "/health" | "/ready") || crate::dashboard::ASSETS.contains(&path)
 }
 
 /// Refuses a request that carries a token in its query, then one without the token it needs.

@@ -79,6 +79,7 @@ impl From<AppError> for ApiError {
         let message = e.message();
         match e.kind() {
             ErrorKind::User if e.is_not_found() => ApiError::not_found(message),
+            ErrorKind::User if e.is_conflict() => ApiError::user(StatusCode::CONFLICT, message),
             ErrorKind::User => ApiError::bad_request(message),
             // The store or a table is away: the client may try again.
             ErrorKind::External => {

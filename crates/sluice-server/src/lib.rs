@@ -1,6 +1,7 @@
-//! sluice's HTTP adapter: the API under `/api/v1`, `/metrics`, `/health` and `/ready`, served
-//! by `sluice serve`. Like the CLI it is an adapter: each route parses its request, calls one
-//! `sluice_app` function and answers the result as JSON; it has no logic of its own.
+//! sluice's HTTP adapter: the API under `/api/v1`, `/metrics`, `/health`, `/ready` and the
+//! dashboard at `/`, served by `sluice serve`. Like the CLI it is an adapter: each route parses
+//! its request, calls one `sluice_app` function and answers the result as JSON; it has no
+//! logic of its own.
 //!
 //! A tour:
 //! - [`Server::bind`] checks the [`Config`] (no token: loopback only) and binds;
@@ -10,6 +11,8 @@
 //! - The routes are declared once (`routes`); [`route_table`] lists them, and the OpenAPI
 //!   document ([`OPENAPI`], served at `/api/v1/openapi.json`) is checked against it by a test.
 //! - `/metrics` is the store's numbers in the Prometheus text format (`metrics`).
+//! - The dashboard at `/` (`dashboard`) is HTML, CSS and JavaScript embedded in the binary;
+//!   its pages read and act through the API like any client.
 //!
 //! ```no_run
 //! # async fn example(store: std::sync::Arc<dyn sluice_store::Store>) -> Result<(), Box<dyn std::error::Error>> {
@@ -28,6 +31,7 @@
 //! ```
 
 mod auth;
+mod dashboard;
 mod error;
 mod extract;
 mod metrics;
@@ -97,6 +101,7 @@ pub fn router(store: Arc<dyn Store>, config: &Config) -> Router {
     };
     let (router, _) = routes::routes();
     router
+        .merge(dashboard::router())
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .layer(DefaultBodyLimit::max(config.max_body))

@@ -11,12 +11,18 @@
 //! | `sluice_oldest_pending_age_seconds` | gauge | pipeline |
 //! | `sluice_workers_alive` | gauge | |
 //! | `sluice_check_failures_total` | counter | pipeline, check, level |
+//! | `sluice_deployment_phase` | gauge (1 for the phase in effect, 0 for the others) | pipeline, phase |
+//! | `sluice_deployment_weight` | gauge (percent of new batches) | pipeline, version, role (stable, candidate) |
+//! | `sluice_analysis_measurements` | gauge | pipeline, analysis, metric, phase |
+//!
+//! The deployment series cover the deployments in progress only, so their version labels are
+//! the live versions.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
-use sluice_app::metrics::{Metrics, bucket_bounds_seconds};
+use sluice_app::metrics::{Metrics, PHASES, bucket_bounds_seconds};
 
 /// The content type of the text [`render`] writes.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -159,6 +165,65 @@ impl Collector for Snapshot {
                 family
                     .encode_family(&labels)?
                     .encode_counter::<NoLabelSet, _, f64>(&count(c.results), None)?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "sluice_deployment_phase",
+                "The phase of each pipeline's deployment (idle: none in progress): 1 for the phase in effect, 0 for the others.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (pipeline, now) in &m.phases {
+                for phase in PHASES {
+                    let labels: Labels = vec![("pipeline", pipeline), ("phase", phase)];
+                    let value: i64 = (now == phase).into();
+                    family.encode_family(&labels)?.encode_gauge(&value)?;
+                }
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "sluice_deployment_weight",
+                "Percent of new batches (or keys) routed to each version of a deployment in progress.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for d in &m.deployments {
+                let candidate = d.candidate_version.to_string();
+                let stable = d.stable_version.to_string();
+                let weight = i64::from(d.candidate_weight.min(100));
+                for (version, role, value) in [
+                    (&candidate, "candidate", weight),
+                    (&stable, "stable", 100 - weight),
+                ] {
+                    let labels: Labels = vec![
+                        ("pipeline", &d.pipeline),
+                        ("version", version),
+                        ("role", role),
+                    ];
+                    family.encode_family(&labels)?.encode_gauge(&value)?;
+                }
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "sluice_analysis_measurements",
+                "Measurements of each analysis metric of a deployment in progress, by the phase they ended in.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for d in &m.deployments {
+                for (analysis, metric, phase, n) in &d.measurements {
+                    let labels: Labels = vec![
+                        ("pipeline", &d.pipeline),
+                        ("analysis", analysis),
+                        ("metric", metric),
+                        ("phase", phase),
+                    ];
+                    let n = i64::try_from(*n).unwrap_or(i64::MAX);
+                    family.encode_family(&labels)?.encode_gauge(&n)?;
+                }
             }
         }
         Ok(())

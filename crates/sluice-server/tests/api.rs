@@ -213,6 +213,8 @@ on_both_backends!(
     quarantine_and_retries,
     the_schema_registry,
     metrics_are_the_store_numbers,
+    deployments_start_move_and_end,
+    series_and_status,
 );
 
 // ---- fixtures ----
@@ -1111,6 +1113,459 @@ async fn metrics_are_the_store_numbers(api: &Api) -> TestResult {
         0.0
     );
     Ok(())
+}
+
+/// A measurement of `metric` of deployment `id`, as the leader's analysis records it.
+async fn measure(
+    api: &Api,
+    fence: &sluice_store::Fence,
+    id: i64,
+    metric: &str,
+    phase: &str,
+    value: f64,
+) -> TestResult {
+    let m = sluice_store::NewMeasurement {
+        deployment_id: id,
+        analysis: "background".into(),
+        metric: metric.into(),
+        phase: phase.into(),
+        value: Some(value),
+        stable_value: Some(value / 2.0),
+        inputs: "{}".into(),
+        message: format!("{metric} measured {value}"),
+    };
+    assert!(api.store.record_measurement(fence, &m).await?);
+    Ok(())
+}
+
+async fn deployments_start_move_and_end(api: &Api) -> TestResult {
+    seed(api).await?;
+    let deployments = "/api/v1/pipelines/orders/deployments";
+    let v3 = spec("orders", "tables/orders").replace("amount FROM", "amount * 3 AS amount FROM")
+        + "deploy:\n  strategy: recreate\n";
+    std::fs::write(api.root.join("orders-v3.yaml"), &v3)?;
+
+    // what to deploy must be said once, be valid, name this pipeline, stay under the roots
+    assert_error(
+        &api.post(deployments, json!({})).await,
+        StatusCode::BAD_REQUEST,
+        "user",
+        "give the spec to deploy",
+    );
+    assert_error(
+        &api.post(deployments, json!({ "spec": v3, "path": "orders-v3.yaml" }))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "user",
+        "one of the two",
+    );
+    assert_error(
+        &api.post(
+            deployments,
+            json!({ "spec": "pipeline: orders\nsource: 3\n" }),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "user",
+        "<request>",
+    );
+    assert_error(
+        &api.post(
+            deployments,
+            json!({ "spec": spec("billing", "tables/billing") }),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "user",
+        "not \"orders\"",
+    );
+    assert_error(
+        &api.post(deployments, json!({ "path": "../../etc/passwd" }))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "user",
+        "..",
+    );
+    assert_error(
+        &api.post(deployments, json!({ "path": "missing.yaml" }))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "user",
+        "not a spec file",
+    );
+    assert_error(
+        &api.post(
+            deployments,
+            json!({ "path": "orders-v3.yaml", "strategy": "blue-green" }),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "user",
+        "recreate, rolling or canary",
+    );
+    assert_error(
+        &api.post(
+            deployments,
+            json!({ "spec": v3, "started_by": "x".repeat(65) }),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "user",
+        "started_by",
+    );
+    assert_error(
+        &api.post(
+            "/api/v1/pipelines/or%20ders/deployments",
+            json!({ "spec": v3 }),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "user",
+        "not a valid name",
+    );
+    // no token, a wrong token
+    let bare = api
+        .client
+        .post(format!("{}{deployments}", api.base))
+        .json(&json!({ "path": "orders-v3.yaml" }));
+    assert_error(
+        &answer(bare).await,
+        StatusCode::UNAUTHORIZED,
+        "user",
+        "needs the API token",
+    );
+    let wrong = api
+        .client
+        .post(format!("{}{deployments}", api.base))
+        .bearer_auth("not-the-token-0123456789")
+        .json(&json!({ "path": "orders-v3.yaml" }));
+    assert_error(
+        &answer(wrong).await,
+        StatusCode::UNAUTHORIZED,
+        "user",
+        "not this server's",
+    );
+    assert!(
+        api.store.active_deployment("orders").await?.is_none(),
+        "refused ones start nothing"
+    );
+
+    // from a spec file under the root, the strategy overridden
+    let (status, started) = api
+        .post(
+            deployments,
+            json!({ "path": "orders-v3.yaml", "strategy": "rolling", "started_by": "ci job 42" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    assert_eq!(started["started"], true);
+    let d = &started["deployment"]["deployment"];
+    let id = d["id"].as_i64().expect("an id");
+    assert_eq!(
+        (
+            &d["stable_version"],
+            &d["candidate_version"],
+            &d["strategy"],
+            &d["state"]
+        ),
+        (
+            &json!(2),
+            &json!(3),
+            &json!("rolling"),
+            &json!("progressing")
+        ),
+        "{started}"
+    );
+    assert_eq!(d["started_by"], "api: ci job 42");
+    // a second one while it runs is refused, and says what to do
+    let v4 = v3.replace("amount * 3", "amount * 4");
+    assert_error(
+        &api.post(deployments, json!({ "spec": v4 })).await,
+        StatusCode::CONFLICT,
+        "user",
+        "has a deployment in progress",
+    );
+    // status: steps, weights, measurements
+    let current = "/api/v1/pipelines/orders/deployments/current";
+    let (status, view) = api.get(current).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["deployment"]["id"], id);
+    assert_eq!(view["deployment"]["route"]["weight"], 0);
+    assert_eq!(view["policy"]["strategy"], "rolling", "{view}");
+    assert_eq!(view["metrics"], json!([]));
+    let fence = api
+        .store
+        .lead("leader", "api-test", Duration::from_secs(60))
+        .await?
+        .expect("the leader lease");
+    measure(api, &fence, id, "errors", "successful", 0.0).await?;
+    measure(api, &fence, id, "errors", "failed", 0.25).await?;
+    measure(api, &fence, id, "latency", "successful", 120.0).await?;
+    let (_, view) = api.get(current).await;
+    let errors = &view["metrics"][0];
+    assert_eq!(
+        (
+            &errors["metric"],
+            &errors["measured"],
+            &errors["first_value"],
+            &errors["last_value"]
+        ),
+        (&json!("errors"), &json!(2), &json!(0.0), &json!(0.25)),
+        "{view}"
+    );
+    assert_eq!(errors["last_stable_value"], 0.125);
+    assert_eq!(errors["phases"], json!({ "failed": 1, "successful": 1 }));
+    assert_eq!(view["measurements"].as_array().map(Vec::len), Some(3));
+
+    // /metrics: the phase, the weights of both live versions, the measurement phases
+    let text = api
+        .request(Method::GET, "/metrics")
+        .send()
+        .await?
+        .text()
+        .await?;
+    let at =
+        |series: &str| sample(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"));
+    assert_eq!(
+        at(r#"sluice_deployment_phase{pipeline="orders",phase="progressing"}"#),
+        1.0
+    );
+    assert_eq!(
+        at(r#"sluice_deployment_phase{pipeline="orders",phase="idle"}"#),
+        0.0
+    );
+    assert_eq!(
+        at(r#"sluice_deployment_phase{pipeline="orders",phase="paused"}"#),
+        0.0
+    );
+    assert_eq!(
+        at(r#"sluice_deployment_weight{pipeline="orders",version="3",role="candidate"}"#),
+        0.0
+    );
+    assert_eq!(
+        at(r#"sluice_deployment_weight{pipeline="orders",version="2",role="stable"}"#),
+        100.0
+    );
+    assert_eq!(
+        at(
+            r#"sluice_analysis_measurements{pipeline="orders",analysis="background",metric="errors",phase="failed"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        at(
+            r#"sluice_analysis_measurements{pipeline="orders",analysis="background",metric="latency",phase="successful"}"#
+        ),
+        1.0
+    );
+
+    // commands: refused when the state does not take them, accepted when it does
+    let command = |c: &str| format!("{current}/{c}");
+    assert_error(
+        &api.post(&command("resume"), json!({})).await,
+        StatusCode::CONFLICT,
+        "user",
+        "does not apply now",
+    );
+    assert_error(
+        &api.post(&command("promote"), json!({ "fast": true })).await,
+        StatusCode::BAD_REQUEST,
+        "user",
+        "unknown field",
+    );
+    let (status, paused) = api.post(&command("pause"), json!({})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{paused}");
+    assert_eq!(paused["deployment"]["request"], "pause");
+    let (status, promoted) = api.post(&command("promote"), json!({ "full": true })).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{promoted}");
+    assert_eq!(promoted["deployment"]["request"], "promote_full");
+    for token in [None, Some("not-the-token-0123456789")] {
+        let mut r = api.client.post(format!("{}{}", api.base, command("abort")));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        assert_error(&answer(r).await, StatusCode::UNAUTHORIZED, "user", "token");
+    }
+    assert_eq!(
+        api.store.deployment(id).await?.expect("it").request,
+        Some(sluice_store::DeploymentRequest::PromoteFull),
+        "a refused command changes nothing"
+    );
+    // rollback with a deployment in progress aborts it
+    let (status, rolled) = api
+        .post("/api/v1/pipelines/orders/rollback", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{rolled}");
+    assert_eq!(rolled["deployment"]["request"], "abort");
+    assert_eq!(rolled["deployment"]["route"]["weight"], 0);
+
+    // the history, as `sluice history --json`
+    let (status, history) = api.get(deployments).await;
+    assert_eq!(status, StatusCode::OK, "{history}");
+    let first = &history["deployments"][0];
+    assert_eq!(first["deployment"]["id"], id);
+    assert_eq!(first["metrics"][1]["metric"], "latency");
+    assert_eq!(first["metrics"][1]["last_value"], 120.0);
+    assert_error(
+        &api.get(&format!("{deployments}?limit=0")).await,
+        StatusCode::BAD_REQUEST,
+        "user",
+        "out of range",
+    );
+
+    // unknown pipelines are 404 everywhere; a known one without deployments too, for current
+    for path in [
+        "/api/v1/pipelines/nope/deployments".to_string(),
+        "/api/v1/pipelines/nope/deployments/current".to_string(),
+    ] {
+        assert_error(&api.get(&path).await, StatusCode::NOT_FOUND, "user", "nope");
+    }
+    for path in [
+        "/api/v1/pipelines/nope/deployments/current/promote",
+        "/api/v1/pipelines/nope/deployments/current/abort",
+        "/api/v1/pipelines/nope/rollback",
+    ] {
+        assert_error(
+            &api.post(path, json!({})).await,
+            StatusCode::NOT_FOUND,
+            "user",
+            "nope",
+        );
+    }
+    // a spec for a new pipeline is its first version: current at once
+    let (status, first) = api
+        .post(
+            "/api/v1/pipelines/billing/deployments",
+            json!({ "spec": spec("billing", "tables/billing") }),
+        )
+        .await;
+    assert_eq!(
+        (status, &first["started"]),
+        (StatusCode::OK, &json!(false)),
+        "{first}"
+    );
+    assert_error(
+        &api.get("/api/v1/pipelines/billing/deployments/current")
+            .await,
+        StatusCode::NOT_FOUND,
+        "user",
+        "has no deployments",
+    );
+    assert_error(
+        &api.post(
+            "/api/v1/pipelines/billing/deployments/current/pause",
+            json!({}),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "user",
+        "no deployment in progress",
+    );
+    assert_error(
+        &api.post("/api/v1/pipelines/billing/rollback", json!({}))
+            .await,
+        StatusCode::CONFLICT,
+        "user",
+        "not promoted by a deployment",
+    );
+    let (status, again) = api
+        .post(
+            "/api/v1/pipelines/billing/deployments",
+            json!({ "spec": spec("billing", "tables/billing") }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert!(
+        again["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("current version already")
+    );
+    Ok(())
+}
+
+async fn series_and_status(api: &Api) -> TestResult {
+    seed(api).await?;
+    let (status, series) = api
+        .get("/api/v1/pipelines/orders/series?window=1h&step=1m")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{series}");
+    let points = series["points"].as_array().expect("points");
+    // one committed and one quarantined run of v1, both in the last minute
+    let runs: i64 = points.iter().map(|p| p["runs"].as_i64().unwrap_or(0)).sum();
+    assert_eq!(runs, 2, "{series}");
+    let committed: Vec<_> = points.iter().filter(|p| p["committed"] == 1).collect();
+    assert_eq!(committed.len(), 1, "{series}");
+    assert_eq!(committed[0]["version"], 1);
+    assert_eq!(committed[0]["rows_out"], 9);
+    assert_eq!(committed[0]["mean_duration_ms"], 300.0);
+    assert_eq!(series["step_ms"], 60_000);
+    for bad in ["window=0s", "step=1ms", "window=1h&step=1s", "step=soon"] {
+        assert_error(
+            &api.get(&format!("/api/v1/pipelines/orders/series?{bad}"))
+                .await,
+            StatusCode::BAD_REQUEST,
+            "user",
+            "",
+        );
+    }
+    assert_error(
+        &api.get("/api/v1/pipelines/nope/series").await,
+        StatusCode::NOT_FOUND,
+        "user",
+        "nope",
+    );
+    let (status, overview) = api.get("/api/v1/status").await;
+    assert_eq!(status, StatusCode::OK, "{overview}");
+    assert_eq!(overview["workers"][0]["host"], "testhost");
+    assert_eq!(overview["pipelines"][0]["pipeline"], "orders");
+    assert_eq!(overview["deployments"], json!([]));
+    Ok(())
+}
+
+// ---- the dashboard's assets ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_is_served_without_a_token_and_its_data_needs_one() {
+    let api = Api::start(Backend::Sqlite, WITH_TOKEN)
+        .await
+        .expect("sqlite");
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/dashboard/app.js", "text/javascript"),
+        ("/dashboard/app.css", "text/css"),
+    ] {
+        let r = api
+            .client
+            .get(format!("{}{path}", api.base))
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        let header = |name: &str| {
+            r.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert!(header("content-type").starts_with(kind), "{path}");
+        assert!(header("content-security-policy").contains("default-src 'self'"));
+        let body = r.text().await.expect("a body");
+        let own = body.replace("http://www.w3.org/2000/svg", "");
+        assert!(
+            !own.contains("http:") && !own.contains("https:") && !own.contains("//cdn"),
+            "{path} loads nothing from elsewhere"
+        );
+    }
+    // the pages' data is the API's, behind the token
+    assert_error(
+        &answer(api.client.get(format!("{}/api/v1/status", api.base))).await,
+        StatusCode::UNAUTHORIZED,
+        "user",
+        "needs the API token",
+    );
+    api.finish().await;
 }
 
 // ---- security: each bypass, on SQLite ----

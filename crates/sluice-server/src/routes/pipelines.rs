@@ -21,6 +21,14 @@ pub(crate) fn add(routes: Routes) -> Routes {
         .get("/api/v1/pipelines/{pipeline}/batches", batches)
         .get("/api/v1/pipelines/{pipeline}/batches/{batch}", batch)
         .get("/api/v1/pipelines/{pipeline}/measurements", measurements)
+        .get("/api/v1/pipelines/{pipeline}/series", series)
+        .get("/api/v1/status", status)
+}
+
+/// Every pipeline's queue, the workers, quarantined batches, deployments in progress and the
+/// leader, as `sluice status --json` shows them.
+async fn status(State(state): State<AppState>) -> ApiResult<Response> {
+    Ok(Json(sluice_app::status::overview(&state.store).await?).into_response())
 }
 
 async fn list(State(state): State<AppState>) -> ApiResult<Response> {
@@ -132,14 +140,37 @@ async fn measurements(
     ApiQuery(q): ApiQuery<WindowQuery>,
 ) -> ApiResult<Response> {
     let pipeline = name("pipeline", &pipeline)?;
-    let window = match q.window.as_deref() {
-        None => Duration::from_secs(3600),
+    let window = duration("window", q.window.as_deref(), Duration::from_secs(3600))?;
+    Ok(Json(pipelines::measurements(&state.store, pipeline, window).await?).into_response())
+}
+
+fn duration(what: &str, given: Option<&str>, default: Duration) -> ApiResult<Duration> {
+    match given {
+        None => Ok(default),
         Some(w) => humantime::parse_duration(w).map_err(|e| {
             ApiError::bad_request(format!(
-                "window {:?} is not a duration ({e}): write e.g. 10m or 1h",
+                "{what} {:?} is not a duration ({e}): write e.g. 10m or 1h",
                 w.chars().take(20).collect::<String>()
             ))
-        })?,
-    };
-    Ok(Json(pipelines::measurements(&state.store, pipeline, window).await?).into_response())
+        }),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeriesQuery {
+    window: Option<String>,
+    step: Option<String>,
+}
+
+/// Throughput and latency over time, per version.
+async fn series(
+    State(state): State<AppState>,
+    ApiPath(pipeline): ApiPath<String>,
+    ApiQuery(q): ApiQuery<SeriesQuery>,
+) -> ApiResult<Response> {
+    let pipeline = name("pipeline", &pipeline)?;
+    let window = duration("window", q.window.as_deref(), Duration::from_secs(3600))?;
+    let step = duration("step", q.step.as_deref(), Duration::from_secs(60))?;
+    Ok(Json(pipelines::series(&state.store, pipeline, window, step).await?).into_response())
 }
