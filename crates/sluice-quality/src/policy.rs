@@ -290,6 +290,9 @@ pub struct DeploySpec {
         skip_serializing_if = "is_default_healthy_batches"
     )]
     pub healthy_batches: u32,
+    /// URLs told of the deployment's events, or asked to confirm its promotion.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<Webhook>,
 }
 
 fn default_max_warnings() -> usize {
@@ -332,6 +335,7 @@ impl Default for DeploySpec {
             max_surge: default_max_surge(),
             max_unavailable: default_max_unavailable(),
             healthy_batches: default_healthy_batches(),
+            webhooks: Vec::new(),
         }
     }
 }
@@ -432,6 +436,202 @@ impl DeploySpec {
             return Err(FieldError::new(
                 at_path!["healthy_batches"],
                 "healthy_batches must be at least 1",
+            ));
+        }
+        for (i, w) in self.webhooks.iter().enumerate() {
+            w.validate().map_err(|e| e.under(at_path!["webhooks", i]))?;
+        }
+        Ok(())
+    }
+
+    /// The webhooks asked to confirm a promotion.
+    pub fn confirm_hooks(&self) -> impl Iterator<Item = &Webhook> {
+        self.webhooks.iter().filter(|w| w.confirm_promotion)
+    }
+}
+
+/// What happened to a deployment, as a webhook is told of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookEvent {
+    /// The deployment was created.
+    Started,
+    /// A canary step or a rolling group was reached.
+    StepReached,
+    /// An analysis failed (the deployment aborts).
+    AnalysisFailed,
+    /// The deployment paused: a pause step, an inconclusive analysis, a request, a deadline,
+    /// or a confirm-promotion hook holding it.
+    Paused,
+    Promoted,
+    /// The deployment ended aborted (its rows repaired).
+    Aborted,
+    /// A rollback ended (its rows repaired).
+    RolledBack,
+}
+
+impl HookEvent {
+    pub const ALL: [HookEvent; 7] = [
+        HookEvent::Started,
+        HookEvent::StepReached,
+        HookEvent::AnalysisFailed,
+        HookEvent::Paused,
+        HookEvent::Promoted,
+        HookEvent::Aborted,
+        HookEvent::RolledBack,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookEvent::Started => "started",
+            HookEvent::StepReached => "step_reached",
+            HookEvent::AnalysisFailed => "analysis_failed",
+            HookEvent::Paused => "paused",
+            HookEvent::Promoted => "promoted",
+            HookEvent::Aborted => "aborted",
+            HookEvent::RolledBack => "rolled_back",
+        }
+    }
+}
+
+impl std::fmt::Display for HookEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The body a webhook receives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookFormat {
+    /// The event as a JSON object (see the README for its fields).
+    #[default]
+    Json,
+    /// `{"text": "..."}`: what a Slack (or Mattermost, Discord `/slack`) incoming webhook takes.
+    Slack,
+}
+
+impl HookFormat {
+    fn is_default(&self) -> bool {
+        *self == HookFormat::Json
+    }
+}
+
+/// One `deploy.webhooks` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// Where to POST, `http://` or `https://`.
+    pub url: String,
+    /// Which events to send. Absent: every event, except for a `confirm_promotion` hook,
+    /// which then only confirms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<HookEvent>>,
+    /// How long one request may take (default 5s, at most 60s).
+    #[serde(
+        default = "default_hook_timeout",
+        with = "humantime_serde",
+        skip_serializing_if = "is_default_hook_timeout"
+    )]
+    pub timeout: Duration,
+    /// Attempts after the first before a delivery is recorded as failed (default 3); they
+    /// back off from 1s, doubling, up to 30s.
+    #[serde(
+        default = "default_hook_retries",
+        skip_serializing_if = "is_default_hook_retries"
+    )]
+    pub retries: u32,
+    #[serde(default, skip_serializing_if = "HookFormat::is_default")]
+    pub format: HookFormat,
+    /// Before promoting, the controller POSTs a confirm request here; anything but a 2xx
+    /// answer holds the deployment paused, and it is asked again every tick until it says 2xx.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub confirm_promotion: bool,
+}
+
+fn default_hook_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn is_default_hook_timeout(d: &Duration) -> bool {
+    *d == default_hook_timeout()
+}
+fn default_hook_retries() -> u32 {
+    3
+}
+fn is_default_hook_retries(n: &u32) -> bool {
+    *n == default_hook_retries()
+}
+
+impl Webhook {
+    /// A hook to `url` with the defaults.
+    pub fn new(url: impl Into<String>) -> Webhook {
+        Webhook {
+            url: url.into(),
+            events: None,
+            timeout: default_hook_timeout(),
+            retries: default_hook_retries(),
+            format: HookFormat::Json,
+            confirm_promotion: false,
+        }
+    }
+
+    /// Whether the hook is told of `event`.
+    pub fn wants(&self, event: HookEvent) -> bool {
+        match &self.events {
+            Some(events) => events.contains(&event),
+            None => !self.confirm_promotion,
+        }
+    }
+
+    /// Checks the hook; paths are relative to it.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let url = self.url.trim();
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"));
+        match rest {
+            Some(host) if !host.is_empty() && !host.starts_with('/') => {}
+            _ => {
+                return Err(FieldError::new(
+                    at_path!["url"],
+                    format!(
+                        "webhook url {:?} is not an http:// or https:// URL with a host",
+                        self.url
+                    ),
+                ));
+            }
+        }
+        if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(FieldError::new(
+                at_path!["url"],
+                format!(
+                    "webhook url {:?} holds a space or control character",
+                    self.url
+                ),
+            ));
+        }
+        if self.timeout < Duration::from_millis(100) || self.timeout > Duration::from_secs(60) {
+            return Err(FieldError::new(
+                at_path!["timeout"],
+                format!(
+                    "webhook timeout {} is out of range: give 100ms to 60s",
+                    humantime::format_duration(self.timeout)
+                ),
+            ));
+        }
+        if self.retries > 20 {
+            return Err(FieldError::new(
+                at_path!["retries"],
+                format!("webhook retries {} is more than 20", self.retries),
+            ));
+        }
+        if let Some(events) = &self.events
+            && events.is_empty()
+            && !self.confirm_promotion
+        {
+            return Err(FieldError::new(
+                at_path!["events"],
+                "the webhook asks for no events: list some, or leave `events` out for all",
             ));
         }
         Ok(())
@@ -607,5 +807,46 @@ mod tests {
         assert_eq!(Slots::Percent(100).of(7, false), 7);
         assert_eq!(Slots::Count(2).of(10, true), 2);
         assert_eq!(Slots::Percent(25).of(0, true), 0);
+    }
+
+    #[test]
+    fn webhooks_parse_with_defaults_and_are_checked_where_they_are() {
+        let d = parse(
+            "webhooks:\n  - url: http://127.0.0.1:9/hook\n  - url: https://hooks.slack.com/x\n    format: slack\n    events: [promoted, rolled_back]\n    timeout: 2s\n    retries: 1\n  - url: http://gate/confirm\n    confirm_promotion: true\n",
+        );
+        d.validate(None).unwrap();
+        let [all, slack, gate] = &d.webhooks[..] else {
+            panic!("three hooks: {d:?}")
+        };
+        assert!(HookEvent::ALL.iter().all(|e| all.wants(*e)));
+        assert_eq!(all.timeout, Duration::from_secs(5));
+        assert_eq!(all.retries, 3);
+        assert_eq!(slack.format, HookFormat::Slack);
+        assert!(slack.wants(HookEvent::RolledBack) && !slack.wants(HookEvent::Started));
+        assert!(
+            !HookEvent::ALL.iter().any(|e| gate.wants(*e)),
+            "a confirm hook only confirms"
+        );
+        assert_eq!(d.confirm_hooks().count(), 1);
+        // defaults are not written out, so the spec's text (and hash) stays as written
+        let back = yaml_serde::to_string(&d).unwrap();
+        assert!(
+            !back.contains("timeout: 5s") && !back.contains("retries: 3"),
+            "{back}"
+        );
+        assert_eq!(parse(&back), d);
+
+        let e = invalid("webhooks:\n  - url: ftp://x/y\n");
+        assert_eq!(e.path, at_path!["webhooks", 0, "url"]);
+        let e = invalid("webhooks:\n  - url: http://a\n  - url: http://b\n    timeout: 5m\n");
+        assert_eq!(e.path, at_path!["webhooks", 1, "timeout"]);
+        let e = invalid("webhooks:\n  - url: http://a\n    events: []\n");
+        assert_eq!(e.path, at_path!["webhooks", 0, "events"]);
+        let e = yaml_serde::from_str::<DeploySpec>(
+            "webhooks:\n  - url: http://a\n    events: [promotd]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("promotd") && e.contains("promoted"), "{e}");
     }
 }

@@ -69,6 +69,7 @@ mod rows;
 mod shared;
 mod sqlite;
 pub mod testing;
+mod webhooks;
 
 use std::time::Duration;
 
@@ -83,6 +84,7 @@ pub use deploy::{
 pub use error::StoreError;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+pub use webhooks::{DeliveryResult, DeliveryState, OutboxEvent, WebhookAttempt, WebhookDelivery};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -927,4 +929,32 @@ pub trait Store: Send + Sync + 'static {
     async fn put_analysis_template(&self, name: &str, spec: &str) -> Result<()>;
     async fn analysis_template(&self, name: &str) -> Result<Option<AnalysisTemplateRecord>>;
     async fn analysis_templates(&self) -> Result<Vec<AnalysisTemplateRecord>>;
+
+    // ---- webhooks: the outbox of deployment events ----
+
+    /// A deployment's events with their ids, oldest first: what its webhooks are sent.
+    async fn outbox(&self, deployment_id: i64) -> Result<Vec<OutboxEvent>>;
+    /// Records that event `event_id` of deployment `deployment_id` is being sent to `url`, if
+    /// `fence` holds and the delivery is not final; returns the attempt's number (1 for the
+    /// first). `None`: do not send (the fence is lost, or it was delivered or given up).
+    async fn begin_delivery(
+        &self,
+        fence: &Fence,
+        deployment_id: i64,
+        event_id: i64,
+        url: &str,
+    ) -> Result<Option<i64>>;
+    /// Records how attempt `attempt` ended. Not fenced: the request was made, and what it
+    /// answered is true whoever leads now.
+    async fn finish_delivery(
+        &self,
+        event_id: i64,
+        url: &str,
+        attempt: i64,
+        result: &DeliveryResult,
+    ) -> Result<()>;
+    /// What became of each event of a deployment sent to each URL, by event then URL.
+    async fn webhook_deliveries(&self, deployment_id: i64) -> Result<Vec<WebhookDelivery>>;
+    /// Every request made for a deployment's webhooks, oldest first.
+    async fn webhook_attempts(&self, deployment_id: i64) -> Result<Vec<WebhookAttempt>>;
 }

@@ -40,6 +40,7 @@ use crate::rows::{
     RunWindowRow, SliceColumns, StateCountRow, TaskRow, VersionRow, WorkerRow, run_columns,
     task_columns, version_columns,
 };
+use crate::webhooks::{self, AttemptRow, DeliveryRow, OutboxRow};
 use crate::{
     AnalysisTemplateRecord, BatchFile, BatchPage, BatchQuery, BatchRun, CheckFailures, CheckRecord,
     CheckTotals, CutPart, DatasetRecord, DeploymentEvent, DeploymentOutcome, DeploymentRecord,
@@ -50,6 +51,7 @@ use crate::{
     SchemaVersionRecord, Store, StoreError, StoreMetrics, TakenFile, TaskRecord, WorkerBeat,
     WorkerRecord,
 };
+use crate::{DeliveryResult, OutboxEvent, WebhookAttempt, WebhookDelivery};
 
 /// A backend's connection (what a transaction or a pooled connection derefs to).
 pub(crate) type Conn<B> = <<B as Backend>::DB as Database>::Connection;
@@ -1568,6 +1570,97 @@ where
             .await
             .map_err(B::db_error)?;
         Ok(rows.into_iter().map(AnalysisTemplateRecord::from).collect())
+    }
+
+    async fn outbox(&self, deployment_id: i64) -> Result<Vec<OutboxEvent>> {
+        let rows: Vec<OutboxRow> = sqlx::query_as(webhooks::OUTBOX_SQL)
+            .bind(deployment_id)
+            .fetch_all(self.pool())
+            .await
+            .map_err(B::db_error)?;
+        rows.into_iter().map(OutboxRow::into_outbox).collect()
+    }
+
+    async fn begin_delivery(
+        &self,
+        fence: &Fence,
+        deployment_id: i64,
+        event_id: i64,
+        url: &str,
+    ) -> Result<Option<i64>> {
+        let Some(mut tx) = fenced_tx(self, fence).await? else {
+            return Ok(None);
+        };
+        let attempt: Option<i64> = sqlx::query_scalar(&B::sql(webhooks::BEGIN_DELIVERY_SQL))
+            .bind(event_id)
+            .bind(url)
+            .bind(deployment_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(B::db_error)?;
+        let Some(attempt) = attempt else {
+            return Ok(None);
+        };
+        sqlx::query(&B::sql(webhooks::INSERT_ATTEMPT_SQL))
+            .bind(deployment_id)
+            .bind(event_id)
+            .bind(url)
+            .bind(attempt)
+            .execute(&mut *tx)
+            .await
+            .map_err(B::db_error)?;
+        tx.commit().await.map_err(B::db_error)?;
+        Ok(Some(attempt))
+    }
+
+    async fn finish_delivery(
+        &self,
+        event_id: i64,
+        url: &str,
+        attempt: i64,
+        result: &DeliveryResult,
+    ) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query(&B::sql(webhooks::FINISH_ATTEMPT_SQL))
+            .bind(event_id)
+            .bind(url)
+            .bind(attempt)
+            .bind(result.status)
+            .bind(result.error.as_deref())
+            .execute(&mut *tx)
+            .await
+            .map_err(B::db_error)?;
+        sqlx::query(&B::sql(webhooks::FINISH_DELIVERY_SQL))
+            .bind(event_id)
+            .bind(url)
+            .bind(attempt)
+            .bind(result.state.as_str())
+            .bind(result.retry_in_ms.max(0))
+            .bind(result.status)
+            .bind(result.error.as_deref())
+            .execute(&mut *tx)
+            .await
+            .map_err(B::db_error)?;
+        tx.commit().await.map_err(B::db_error)?;
+        Ok(())
+    }
+
+    async fn webhook_deliveries(&self, deployment_id: i64) -> Result<Vec<WebhookDelivery>> {
+        let rows: Vec<DeliveryRow> = sqlx::query_as(webhooks::DELIVERIES_SQL)
+            .bind(deployment_id)
+            .fetch_all(self.pool())
+            .await
+            .map_err(B::db_error)?;
+        rows.into_iter().map(DeliveryRow::into_delivery).collect()
+    }
+
+    async fn webhook_attempts(&self, deployment_id: i64) -> Result<Vec<WebhookAttempt>> {
+        let rows: Vec<AttemptRow> = sqlx::query_as(webhooks::ATTEMPTS_SQL)
+            .bind(deployment_id)
+            .fetch_all(self.pool())
+            .await
+            .map_err(B::db_error)?;
+        Ok(rows.into_iter().map(WebhookAttempt::from).collect())
     }
 }
 

@@ -16,6 +16,7 @@ use sluice_store::{
     RetryTarget, Route, RouteMode, RunReport, SchemaRegistration, SchemaVersionRecord, Split,
     Store, StoreError, WorkerBeat, testing,
 };
+use sluice_store::{DeliveryResult, DeliveryState};
 use sqlx::Connection;
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -159,6 +160,7 @@ conformance!(
     totals_over_a_window,
     transitions_are_checked_and_logged,
     unrouted_batches_run_the_current_version,
+    webhook_deliveries_are_recorded_before_and_after,
 );
 
 // ---- files that change after they were taken in ----
@@ -3729,5 +3731,105 @@ async fn metrics_aggregate_the_store(_h: &Harness, store: Arc<dyn Store>) -> Tes
         ),
         ("orders", "unique(id)", "error", 1)
     );
+    Ok(())
+}
+
+// ---- webhooks ----
+
+async fn webhook_deliveries_are_recorded_before_and_after(
+    _h: &Harness,
+    store: Arc<dyn Store>,
+) -> TestResult {
+    two_versions(&store, "orders").await?;
+    let d = deploy(&store, "orders", route(RouteMode::Batch, 0)).await?;
+    let fence = lead(&store, "ctl").await?;
+    assert!(
+        store
+            .transition_deployment(&fence, d.id, &reroute(&d, route(RouteMode::Batch, 10)))
+            .await?
+    );
+    let outbox = store.outbox(d.id).await?;
+    assert_eq!(outbox.len(), 2, "the start and the transition: {outbox:?}");
+    assert!(outbox[0].id < outbox[1].id, "oldest first");
+    assert_eq!(outbox[0].event.from_state, None);
+    assert_eq!(
+        outbox.iter().map(|e| e.event.clone()).collect::<Vec<_>>(),
+        store.deployment_events(d.id).await?,
+        "the same events as the history"
+    );
+    let (first, url) = (outbox[0].id, "http://127.0.0.1:9/hook");
+
+    // before: recorded as sending, attempt 1
+    assert_eq!(
+        store.begin_delivery(&fence, d.id, first, url).await?,
+        Some(1)
+    );
+    let dl = store.webhook_deliveries(d.id).await?;
+    assert_eq!(dl.len(), 1);
+    assert_eq!((dl[0].state, dl[0].attempts), (DeliveryState::Sending, 1));
+    // after: a failure to retry in a while
+    let failed = DeliveryResult {
+        status: Some(503),
+        error: Some("503 Service Unavailable".into()),
+        state: DeliveryState::Retrying,
+        retry_in_ms: 60_000,
+    };
+    store.finish_delivery(first, url, 1, &failed).await?;
+    let dl = store.webhook_deliveries(d.id).await?;
+    assert_eq!(dl[0].state, DeliveryState::Retrying);
+    assert_eq!(dl[0].last_status, Some(503));
+    assert!(dl[0].next_attempt_at >= store.now().await? + 50_000);
+    // a sender that died between before and after leaves `sending`: the next one sends again
+    assert_eq!(
+        store.begin_delivery(&fence, d.id, first, url).await?,
+        Some(2)
+    );
+    assert_eq!(
+        store.begin_delivery(&fence, d.id, first, url).await?,
+        Some(3)
+    );
+    // a late answer of attempt 2 does not overwrite attempt 3's record
+    store.finish_delivery(first, url, 2, &failed).await?;
+    assert_eq!(
+        store.webhook_deliveries(d.id).await?[0].state,
+        DeliveryState::Sending
+    );
+    let ok = DeliveryResult {
+        status: Some(200),
+        error: None,
+        state: DeliveryState::Delivered,
+        retry_in_ms: 0,
+    };
+    store.finish_delivery(first, url, 3, &ok).await?;
+    let dl = store.webhook_deliveries(d.id).await?;
+    assert_eq!((dl[0].state, dl[0].attempts), (DeliveryState::Delivered, 3));
+    assert_eq!(dl[0].last_error, None);
+    // final: never sent again
+    assert_eq!(store.begin_delivery(&fence, d.id, first, url).await?, None);
+    let attempts = store.webhook_attempts(d.id).await?;
+    assert_eq!(
+        attempts
+            .iter()
+            .map(|a| (a.attempt, a.status))
+            .collect::<Vec<_>>(),
+        [(1, Some(503)), (2, Some(503)), (3, Some(200))]
+    );
+    assert!(attempts.iter().all(|a| a.finished_at.is_some()));
+
+    // each URL has its own delivery; a lost fence sends nothing
+    assert_eq!(
+        store
+            .begin_delivery(&fence, d.id, first, "http://other/")
+            .await?,
+        Some(1)
+    );
+    store.resign(&fence).await?;
+    assert_eq!(
+        store
+            .begin_delivery(&fence, d.id, outbox[1].id, url)
+            .await?,
+        None
+    );
+    assert_eq!(store.webhook_deliveries(d.id).await?.len(), 2);
     Ok(())
 }

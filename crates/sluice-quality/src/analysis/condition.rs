@@ -7,6 +7,8 @@
 //!   METRIC is one of [`METRICS`], or `check_failures.NAME` for one check by name
 //!   (`candidate.check_failures.not_null_email`; a name that is not a plain identifier is
 //!   double-quoted: `stable.check_failures."not_null(email)"`);
+//! - `result`: the value of a metric's Prometheus query (only in a metric with
+//!   `prometheus:`, where it is the only value a condition may read);
 //! - `+ - * /`, unary `-`, parentheses;
 //! - comparisons `< <= > >= = <> !=` between numbers;
 //! - `AND`, `OR`, `NOT` between comparisons.
@@ -21,7 +23,7 @@ use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
 
-use super::measures::{CHECK_FAILURES, METRICS, Measures};
+use super::measures::{CHECK_FAILURES, METRICS, Measures, RESULT};
 
 /// Conditions longer than this are refused: they are one-line rules, and the length bounds the
 /// depth of the expression tree (so evaluating it cannot exhaust the stack).
@@ -314,6 +316,7 @@ fn metric(parts: &[Ident], text: &str) -> Result<Num, String> {
     };
     let name = match rest {
         [m] if METRICS.contains(&lower(m).as_str()) => lower(m),
+        [m] if parts.len() == 1 && lower(m) == RESULT => RESULT.to_string(),
         [m, check] if lower(m) == CHECK_FAILURES => {
             if check.value.is_empty() {
                 return Err(format!("condition `{text}`: `{written}` names no check"));

@@ -32,6 +32,9 @@ pub const METRICS: &[&str] = &[
     "check_failure_rate",
 ];
 
+/// What a condition of a metric with `prometheus:` reads: the query's value.
+pub const RESULT: &str = "result";
+
 /// The metric counting error-level check results; `check_failures.NAME` counts one check's.
 pub const CHECK_FAILURES: &str = "check_failures";
 
@@ -201,6 +204,14 @@ impl Measures {
             committed_runs: committed.len() as u64,
             check_results: checks.len() as u64,
             window_ms,
+        }
+    }
+
+    /// Measures holding one value only (a Prometheus query's [`RESULT`]).
+    pub fn single(name: &str, value: f64) -> Measures {
+        Measures {
+            values: BTreeMap::from([(name.to_string(), value)]),
+            ..Measures::default()
         }
     }
 

@@ -27,6 +27,7 @@
 
 pub mod condition;
 pub mod measures;
+pub mod prometheus;
 mod template;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,8 +37,9 @@ use serde::{Deserialize, Serialize};
 
 pub use condition::{Condition, MetricRef, Side};
 pub use measures::{
-    CHECK_FAILURES, CheckLevel, CheckSample, METRICS, Measures, RunOutcome, RunSample,
+    CHECK_FAILURES, CheckLevel, CheckSample, METRICS, Measures, RESULT, RunOutcome, RunSample,
 };
+pub use prometheus::PrometheusQuery;
 pub use template::Template;
 
 /// One step of a path into a spec (`steps`, `2`, `analysis`), so an error can be pointed at
@@ -166,6 +168,10 @@ pub struct MetricSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub window: Option<Duration>,
+    /// Measure a Prometheus query instead of the built-in measures: the conditions read its
+    /// value as `result` (see [`prometheus`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusQuery>,
 }
 
 fn default_interval() -> Duration {
@@ -194,6 +200,7 @@ impl MetricSpec {
             dry_run: false,
             min_samples: default_min_samples(),
             window: None,
+            prometheus: None,
         }
     }
 
@@ -250,6 +257,37 @@ impl MetricSpec {
         ] {
             let Some(text) = text else { continue };
             let c = Condition::parse(text).map_err(|e| FieldError::new(at_path![field], e))?;
+            let reads_result = c.metrics().iter().any(|m| m.name == RESULT);
+            match &self.prometheus {
+                Some(_) => {
+                    if let Some(m) = c.metrics().iter().find(|m| m.name != RESULT) {
+                        return Err(FieldError::new(
+                            at_path![field],
+                            format!(
+                                "condition `{text}` reads {m}, but a metric with `prometheus:` judges its query's value only: write it as `result` (e.g. `result < 0.05`)"
+                            ),
+                        ));
+                    }
+                    if !reads_result {
+                        return Err(FieldError::new(
+                            at_path![field],
+                            format!(
+                                "condition `{text}` does not read `result`, the value of the metric's prometheus query: compare it (e.g. `result < 0.05`)"
+                            ),
+                        ));
+                    }
+                }
+                None if reads_result => {
+                    return Err(FieldError::new(
+                        at_path![field],
+                        format!(
+                            "condition `{text}` reads `result`, the value of a prometheus query, but the metric has no `prometheus: {{address, query}}`: add one, or read a built-in metric ({})",
+                            METRICS.join(", ")
+                        ),
+                    ));
+                }
+                None => {}
+            }
             if let Some(checks) = checks {
                 for m in c.metrics() {
                     let Some(check) = m.name.strip_prefix(&format!("{CHECK_FAILURES}.")) else {
@@ -270,6 +308,9 @@ impl MetricSpec {
                     }
                 }
             }
+        }
+        if let Some(p) = &self.prometheus {
+            p.validate().map_err(|e| e.under(at_path!["prometheus"]))?;
         }
         if self.interval < Duration::from_secs(1) {
             return Err(FieldError::new(
@@ -448,7 +489,16 @@ impl AnalysisSpec {
             let t = Template::parse(&r.name, &text)?;
             out.extend(t.instantiate(&shared, &r.args)?);
         }
-        out.extend(self.metrics.iter().cloned());
+        for m in &self.metrics {
+            let mut m = m.clone();
+            if let Some(p) = &m.prometheus {
+                m.prometheus = Some(
+                    p.with_args(&shared)
+                        .map_err(|e| format!("metric {:?}: {e}", m.name))?,
+                );
+            }
+            out.push(m);
+        }
         let mut names = BTreeSet::new();
         for m in &mut out {
             if !names.insert(m.name.clone()) {
@@ -577,7 +627,8 @@ pub fn judge(metric: &MetricSpec, candidate: &Measures, stable: Option<&Measures
             ),
         );
     }
-    if candidate.batches() < metric.min_samples {
+    // A Prometheus query has no batches of its own to count: its query decides.
+    if metric.prometheus.is_none() && candidate.batches() < metric.min_samples {
         return at(
             Phase::Inconclusive,
             format!(

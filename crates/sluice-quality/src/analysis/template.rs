@@ -172,6 +172,9 @@ enum Piece<'a> {
     Text(&'a str),
     /// `{{args.NAME}}` (spaces allowed inside the braces): the argument's name.
     Arg(&'a str),
+    /// `{{candidate}}`, `{{stable}}`, `{{pipeline}}`: filled in at each measurement of a
+    /// Prometheus query, so kept as written.
+    Kept(&'a str),
 }
 
 fn pieces(text: &str) -> Result<Vec<Piece<'_>>, String> {
@@ -187,11 +190,16 @@ fn pieces(text: &str) -> Result<Vec<Piece<'_>>, String> {
             )
         })?;
         let inner = after[..end].trim();
+        if matches!(inner, "candidate" | "stable" | "pipeline") {
+            out.push(Piece::Kept(&rest[start..start + 2 + end + 2]));
+            rest = &after[end + 2..];
+            continue;
+        }
         let arg = inner
             .strip_prefix("args.")
             .filter(|a| valid_name(a))
             .ok_or_else(|| {
-                format!("unknown placeholder `{{{{{inner}}}}}`: write {{{{args.NAME}}}}")
+                format!("unknown placeholder `{{{{{inner}}}}}`: write {{{{args.NAME}}}} (or, in a prometheus query, {{{{candidate}}}}, {{{{stable}}}}, {{{{pipeline}}}})")
             })?;
         out.push(Piece::Arg(arg));
         rest = &after[end + 2..];
@@ -206,7 +214,7 @@ fn placeholders(text: &str) -> Result<BTreeSet<String>, String> {
         .into_iter()
         .filter_map(|p| match p {
             Piece::Arg(a) => Some(a.to_string()),
-            Piece::Text(_) => None,
+            Piece::Text(_) | Piece::Kept(_) => None,
         })
         .collect())
 }
@@ -216,7 +224,7 @@ fn substitute(text: &str, value: &dyn Fn(&str) -> Option<String>) -> Result<Stri
     let mut out = String::with_capacity(text.len());
     for p in pieces(text)? {
         match p {
-            Piece::Text(t) => out.push_str(t),
+            Piece::Text(t) | Piece::Kept(t) => out.push_str(t),
             Piece::Arg(a) => {
                 out.push_str(&value(a).ok_or_else(|| format!("argument {a:?} has no value"))?)
             }

@@ -809,3 +809,70 @@ proptest! {
         }
     }
 }
+
+// ---- prometheus metrics ---------------------------------------------------------------------
+
+const PROM: &str = "name: errors\nprometheus:\n  address: http://127.0.0.1:9090\n  query: sum(x{version=\"{{candidate}}\"})\n";
+
+#[test]
+fn a_prometheus_metric_judges_its_result_and_only_that() {
+    let m = metric(&format!("{PROM}failure_condition: result > 0.05\n"));
+    m.validate(None).unwrap();
+    // no batches of its own: min_samples does not hold it, the value decides
+    let j = judge(&m, &Measures::single(RESULT, 0.01), None);
+    assert_eq!(j.phase, Phase::Successful, "{}", j.message);
+    assert_eq!(j.value, Some(0.01));
+    let j = judge(&m, &Measures::single(RESULT, 0.2), None);
+    assert_eq!(j.phase, Phase::Failed, "{}", j.message);
+    let j = judge(&m, &Measures::single(RESULT, f64::NAN), None);
+    assert_eq!(j.phase, Phase::Error, "NaN is never a pass: {}", j.message);
+
+    let e = metric(&format!("{PROM}failure_condition: error_rate > 0.05\n"))
+        .validate(None)
+        .unwrap_err();
+    assert_eq!(e.path, at_path!["failure_condition"]);
+    assert!(e.message.contains("`result`"), "{e}");
+    let e = metric(&format!("{PROM}success_condition: 1 < 2\n"))
+        .validate(None)
+        .unwrap_err();
+    assert!(e.message.contains("does not read `result`"), "{e}");
+    let e = metric("name: e\nsuccess_condition: result < 1\n")
+        .validate(None)
+        .unwrap_err();
+    assert!(e.message.contains("prometheus"), "{e}");
+    assert!(parse_err("stable.result < 1").contains("unknown metric"));
+    let e = metric(&format!(
+        "{}failure_condition: result > 0\n",
+        PROM.replace("{{candidate}}", "{{canddate}}")
+    ))
+    .validate(None)
+    .unwrap_err();
+    assert_eq!(e.path, at_path!["prometheus", "query"]);
+}
+
+#[test]
+fn a_template_keeps_version_placeholders_and_fills_its_arguments_in_a_query() {
+    let t = Template::parse(
+        "prom",
+        "args: [{name: state}]\nmetrics:\n  - name: failed\n    interval: 1s\n    prometheus:\n      address: http://p:9090\n      query: 'sum(x{version=\"{{candidate}}\",state=\"{{args.state}}\"})'\n    failure_condition: result > 0\n",
+    )
+    .unwrap();
+    let m = t
+        .instantiate(
+            &BTreeMap::new(),
+            &BTreeMap::from([("state".into(), "failed".into())]),
+        )
+        .unwrap();
+    assert_eq!(
+        m[0].prometheus.as_ref().unwrap().query,
+        "sum(x{version=\"{{candidate}}\",state=\"failed\"})"
+    );
+    // inline metrics take the analysis' arguments too
+    let a: AnalysisSpec = yaml_serde::from_str(
+        "args: [{name: w, value: 2m}]\nmetrics:\n  - name: e\n    prometheus: {address: 'http://p', query: 'rate(x[{{args.w}}])'}\n    failure_condition: result > 0\n",
+    )
+    .unwrap();
+    a.validate(None).unwrap();
+    let m = a.resolve(|_| None, Scope::Step).unwrap();
+    assert_eq!(m[0].prometheus.as_ref().unwrap().query, "rate(x[2m])");
+}
