@@ -13,8 +13,8 @@ use sluice_quality::Decision;
 use sluice_quality::analysis::{AnalysisSpec, Scope};
 use sluice_quality::policy::{Step, Strategy};
 use sluice_store::{
-    DeploymentEvent, DeploymentOutcome, DeploymentRecord, DeploymentRequest, MeasurementRecord,
-    NewDeployment, Route, RouteMode, Store,
+    DeliveryState, DeploymentEvent, DeploymentOutcome, DeploymentRecord, DeploymentRequest,
+    MeasurementRecord, NewDeployment, Route, RouteMode, Store, WebhookDelivery,
 };
 
 use crate::error::{AppError, During, Result};
@@ -404,6 +404,8 @@ pub struct DeploymentView {
     pub measurements: Vec<MeasurementRecord>,
     /// Each analysis metric's first and last measurement (before and after) and its phases.
     pub metrics: Vec<MetricSummary>,
+    /// What became of each event sent to each webhook URL.
+    pub webhooks: Vec<WebhookDelivery>,
 }
 
 /// One analysis metric of a deployment: its first and last measurement (before and after,
@@ -460,7 +462,50 @@ pub fn summarize(measurements: &[MeasurementRecord]) -> Vec<MetricSummary> {
     out
 }
 
+/// One webhook URL's deliveries of a deployment, summed up.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WebhookSummary {
+    pub url: String,
+    pub delivered: usize,
+    pub failed: usize,
+    /// Sending or waiting for a retry.
+    pub pending: usize,
+    /// The last error of a delivery not delivered.
+    pub last_error: Option<String>,
+}
+
 impl DeploymentView {
+    /// Per webhook URL: delivered, failed and pending deliveries, in the order of the URLs'
+    /// first delivery.
+    pub fn webhook_summary(&self) -> Vec<WebhookSummary> {
+        let mut out: Vec<WebhookSummary> = Vec::new();
+        for w in &self.webhooks {
+            let i = match out.iter().position(|s| s.url == w.url) {
+                Some(i) => i,
+                None => {
+                    out.push(WebhookSummary {
+                        url: w.url.clone(),
+                        delivered: 0,
+                        failed: 0,
+                        pending: 0,
+                        last_error: None,
+                    });
+                    out.len() - 1
+                }
+            };
+            let s = &mut out[i];
+            match w.state {
+                DeliveryState::Delivered => s.delivered += 1,
+                DeliveryState::Failed => s.failed += 1,
+                DeliveryState::Sending | DeliveryState::Retrying => s.pending += 1,
+            }
+            if w.state != DeliveryState::Delivered && w.last_error.is_some() {
+                s.last_error = w.last_error.clone();
+            }
+        }
+        out
+    }
+
     /// How long it ran (to its end, or until now).
     pub fn duration(&self, now: i64) -> Duration {
         let end = self.deployment.finished_at.unwrap_or(now);
@@ -478,6 +523,10 @@ pub async fn view(store: &Arc<dyn Store>, deployment: DeploymentRecord) -> Resul
         .measurements(deployment.id)
         .await
         .during("reading the deployment's measurements")?;
+    let webhooks = store
+        .webhook_deliveries(deployment.id)
+        .await
+        .during("reading the deployment's webhook deliveries")?;
     Ok(DeploymentView {
         policy: serde_json::from_str(&deployment.policy).ok(),
         data: serde_json::from_str(&deployment.data).unwrap_or_default(),
@@ -485,6 +534,7 @@ pub async fn view(store: &Arc<dyn Store>, deployment: DeploymentRecord) -> Resul
         events,
         metrics: summarize(&measurements),
         measurements,
+        webhooks,
     })
 }
 

@@ -1,4 +1,5 @@
-//! Leader duties: discovery of every pipeline and the deployment controller, done by whichever
+//! Leader duties: discovery of every pipeline, the deployment controller and the delivery of
+//! its webhooks ([`sluice_deploy::Notifier`]), done by whichever
 //! process holds the store's leader lease (`sluice run`, `sluice worker`, `sluice serve
 //! --workers`). Another process takes them over when the holder's lease expires, so a pipeline
 //! keeps running when the process that started it dies.
@@ -12,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_deploy::Controller;
+use sluice_deploy::{Controller, Notifier};
 use sluice_store::{Fence, Store, StoreError};
 use sluice_worker::{DiscoverError, Discoverer, DiscoveryReport, VersionCache};
 
@@ -24,6 +25,10 @@ pub struct Duties {
     store: Arc<dyn Store>,
     versions: Arc<VersionCache>,
     controller: Controller,
+    /// Webhook deliveries run beside the other duties (a slow URL must not hold discovery or
+    /// the controller); one pass at a time.
+    notifier: Notifier,
+    delivery: Option<tokio::task::JoinHandle<()>>,
     holder: String,
     lease: Duration,
     /// Only these pipelines are discovered (`None`: all in the store).
@@ -58,6 +63,8 @@ impl Duties {
         );
         Duties {
             controller: Controller::new(store.clone(), versions.clone()),
+            notifier: Notifier::new(store.clone()),
+            delivery: None,
             store,
             versions,
             holder,
@@ -118,11 +125,24 @@ impl Duties {
             Err(sluice_deploy::ControllerError::Store(e)) => return Err(e),
             Err(e) => tracing::warn!("deployment controller: {e}"),
         }
+        if self.delivery.as_ref().is_none_or(|h| h.is_finished()) {
+            let notifier = self.notifier.clone();
+            self.delivery = Some(tokio::spawn(async move {
+                if let Err(e) = notifier.tick(&fence).await {
+                    tracing::warn!("webhook deliveries: {e}; tried again next tick");
+                }
+            }));
+        }
         Ok(report)
     }
 
     /// Gives the lease up (a clean shutdown), so another process takes over at once.
     pub async fn resign(&mut self) {
+        // A delivery pass in flight finishes first (its requests are bounded by their
+        // timeouts), so its outcome is recorded rather than left `sending`.
+        if let Some(h) = self.delivery.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
+        }
         if let Some(fence) = self.fence.take()
             && let Err(e) = self.store.resign(&fence).await
         {

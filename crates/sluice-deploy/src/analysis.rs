@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_core::BatchOutcome;
+use sluice_quality::analysis::prometheus::QueryVars;
 use sluice_quality::analysis::{
-    AnalysisSpec, CheckLevel, CheckSample, Measures, MetricSpec, Phase, RunOutcome, RunSample,
-    Verdict, assess, combine, judge,
+    AnalysisSpec, CheckLevel, CheckSample, Measurement, Measures, MetricSpec, Phase,
+    PrometheusQuery, RESULT, RunOutcome, RunSample, Verdict, assess, combine, judge,
 };
 use sluice_store::{BatchRun, CheckRecord, DeploymentRecord, Fence, NewMeasurement, Store};
 
@@ -105,10 +106,16 @@ async fn measure_one(
             u64::try_from(now - since).unwrap_or(0),
         ))
     };
-    let candidate = of(d.candidate_version).await?;
-    let stable = of(d.stable_version).await?;
-    let m = judge(metric, &candidate, Some(&stable));
-    let mut inputs = m.inputs.clone();
+    let (m, mut inputs) = match &metric.prometheus {
+        Some(q) => asked(metric, q, d).await,
+        None => {
+            let candidate = of(d.candidate_version).await?;
+            let stable = of(d.stable_version).await?;
+            let m = judge(metric, &candidate, Some(&stable));
+            let inputs = m.inputs.clone();
+            (m, inputs)
+        }
+    };
     if let Some(obj) = inputs.as_object_mut() {
         obj.insert("window_start".into(), since.into());
         obj.insert("window_end".into(), now.into());
@@ -131,6 +138,45 @@ async fn measure_one(
         )
         .await?;
     Ok(recorded.then_some(m.phase))
+}
+
+/// A Prometheus metric's measurement: its query asked, the one value judged as `result`. The
+/// inputs keep the query as sent and the value as answered; no answer, or not exactly one
+/// value, is an Error.
+async fn asked(
+    metric: &MetricSpec,
+    q: &PrometheusQuery,
+    d: &DeploymentRecord,
+) -> (Measurement, serde_json::Value) {
+    let vars = QueryVars {
+        pipeline: &d.pipeline,
+        candidate: d.candidate_version,
+        stable: d.stable_version,
+    };
+    let answer = crate::prometheus::ask(crate::hooks::client(), q, &vars).await;
+    let mut inputs = serde_json::json!({
+        "prometheus": q.address,
+        "query": answer.query,
+    });
+    match answer.value {
+        Ok(v) => {
+            let m = judge(metric, &Measures::single(RESULT, v.value), None);
+            inputs["response_value"] = v.raw.clone().into();
+            inputs["labels"] = v.labels.clone();
+            (m, inputs)
+        }
+        Err(e) => {
+            inputs["error"] = e.clone().into();
+            let m = Measurement {
+                phase: Phase::Error,
+                value: None,
+                stable_value: None,
+                message: format!("metric {:?}: {e}", metric.name),
+                inputs: inputs.clone(),
+            };
+            (m, inputs)
+        }
+    }
 }
 
 /// When the analysis first measured a failure (store clock), for the detect-to-rollback time.

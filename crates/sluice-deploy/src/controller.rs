@@ -49,6 +49,10 @@ pub struct Data {
     /// The abort is a rollback of a promoted version (`sluice rollback`).
     pub rollback: bool,
     pub repair: Option<RepairPlan>,
+    /// Paused because a confirm-promotion webhook did not answer 2xx: the promotion is asked
+    /// again every tick.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub confirm_hold: bool,
 }
 
 /// What a repair does, decided once the candidate's batches are settled and kept in the store
@@ -147,10 +151,26 @@ impl Controller {
         let data = Data::of(d)?;
         let now = self.store.now().await?;
         if let Some(mv) = self.on_request(d, state, &policy, &data, now) {
-            return self.apply(fence, d, state, mv).await;
+            return match self.confirm_gate(d, state, &policy, mv).await {
+                Some(mv) => self.apply(fence, d, state, mv).await,
+                None => Ok(false),
+            };
         }
         let mv = match state {
             State::Progressing => self.progress(fence, d, &policy, data, now).await?,
+            State::Paused if data.confirm_hold => {
+                match self
+                    .background(fence, d, &policy, data.clone(), now, state)
+                    .await?
+                {
+                    Some(mv) => Some(mv),
+                    None => Some(promote(
+                        d,
+                        data,
+                        "its confirm-promotion webhooks answered 2xx",
+                    )),
+                }
+            }
             State::Paused => self.background(fence, d, &policy, data, now, state).await?,
             State::Draining => self.drain(d, data, now).await?,
             State::Aborting => self.settle(fence, d, data).await?,
@@ -158,9 +178,51 @@ impl Controller {
             State::Promoted | State::Aborted | State::RolledBack => None,
         };
         match mv {
-            Some(mv) => self.apply(fence, d, state, mv).await,
+            Some(mv) => match self.confirm_gate(d, state, &policy, mv).await {
+                Some(mv) => self.apply(fence, d, state, mv).await,
+                None => Ok(false),
+            },
             None => Ok(false),
         }
+    }
+
+    /// Every move passes here: a promotion is made only once each confirm-promotion webhook
+    /// answers 2xx; until then the deployment is held paused with the reason (re-asked every
+    /// tick). `None`: still held, nothing to write.
+    async fn confirm_gate(
+        &self,
+        d: &DeploymentRecord,
+        from: State,
+        policy: &DeploySpec,
+        mut mv: Move,
+    ) -> Option<Move> {
+        mv.data.confirm_hold = false;
+        if mv.to != State::Promoted || policy.confirm_hooks().next().is_none() {
+            return Some(mv);
+        }
+        let Err(reason) = crate::hooks::confirm(crate::hooks::client(), d, policy).await else {
+            return Some(mv);
+        };
+        if from == State::Paused && d.reason.as_deref() == Some(reason.as_str()) {
+            return None;
+        }
+        if from == State::Draining {
+            // Recreate routes nothing while it drains: it stays draining, asking each tick.
+            tracing::warn!(deployment = d.id, pipeline = %d.pipeline, "{reason}");
+            return None;
+        }
+        Some(Move {
+            to: State::Paused,
+            step: d.step,
+            route: d.route,
+            message: format!("v{} not promoted yet: {reason}", d.candidate_version),
+            reason: Some(reason),
+            clear_request: mv.clear_request,
+            data: Data {
+                confirm_hold: true,
+                ..mv.data
+            },
+        })
     }
 
     /// What a command's request asks for, as a move (if it applies in this state).

@@ -18,10 +18,13 @@
 
 mod analysis;
 mod controller;
+pub mod hooks;
+pub mod prometheus;
 mod state;
 
 pub use analysis::{AnalysisRun, analysis_name};
 pub use controller::{Controller, ControllerError, Data, ROLLBACK, RepairPlan};
+pub use hooks::{Notifier, NotifierReport};
 pub use state::State;
 
 /// The leader duty deployments are controlled under.

@@ -310,6 +310,12 @@ pub fn render(view: &DeploymentView, now: i64) -> String {
             (rerouted - detected).max(0)
         ));
     }
+    for w in view.webhook_summary() {
+        out.push_str(&format!(
+            "  webhook   {}\n",
+            webhook_line(&w)
+        ));
+    }
     // The last measurement of each analysis's metrics.
     if !view.metrics.is_empty() {
         out.push_str("  analysis\n");
@@ -327,6 +333,21 @@ pub fn render(view: &DeploymentView, now: i64) -> String {
         }
     }
     out
+}
+
+/// `URL: 5 delivered, 1 failed, 0 pending (last error: ...)`.
+fn webhook_line(w: &deploy::WebhookSummary) -> String {
+    format!(
+        "{}: {} delivered, {} failed, {} pending{}",
+        w.url,
+        w.delivered,
+        w.failed,
+        w.pending,
+        w.last_error
+            .as_deref()
+            .map(|e| format!(" (last error: {e})"))
+            .unwrap_or_default()
+    )
 }
 
 fn fmt_value(v: Option<f64>) -> String {
@@ -376,6 +397,13 @@ pub fn render_history(views: &[DeploymentView], now: i64) -> String {
                 .to_string(),
             d.reason.as_deref().unwrap_or("")
         ));
+        for w in view
+            .webhook_summary()
+            .iter()
+            .filter(|w| w.failed + w.pending > 0)
+        {
+            out.push_str(&format!("      webhook {}\n", webhook_line(w)));
+        }
         for m in &view.metrics {
             out.push_str(&format!(
                 "      {}/{}: {} -> {} (stable {} -> {}), last {}\n",
