@@ -227,6 +227,10 @@ pub struct WorkerArgs {
     /// Never take the leader duties (only lease and run batches).
     #[arg(long)]
     pub no_leader: bool,
+    /// Serve /health and this process's own metrics (CPU, memory) at ADDR:PORT, for a
+    /// liveness probe and a per-process scrape (the pipelines' series are `sluice serve`'s).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]

@@ -240,3 +240,59 @@ fn without_a_token_it_refuses_to_listen_off_loopback() {
     assert_eq!(short.status.code(), Some(2));
     assert!(stderr(&short).contains("at least 16"), "{}", stderr(&short));
 }
+
+#[test]
+fn a_worker_serves_its_health_and_its_own_process_metrics() {
+    let project = Project::csv(1, 20, 10, "10s");
+    project.run_drained_spec(&project.spec());
+    let store = project.sqlite();
+    let mut child = Command::new(BIN)
+        .args(["worker", "--store", &store, "--workers", "1"])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .current_dir(project.dir.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting sluice worker");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let base = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(rest) = line.strip_prefix("worker metrics on ") {
+                    break rest.split(' ').next().unwrap_or_default().to_string();
+                }
+            }
+            _ => panic!("sluice worker ended before saying where its metrics are"),
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let rt = tokio::runtime::Runtime::new().expect("a runtime");
+    let get = |path: &str| {
+        rt.block_on(async {
+            let r = reqwest::get(format!("{base}{path}"))
+                .await
+                .expect("the worker answers");
+            (r.status().as_u16(), r.text().await.expect("a body"))
+        })
+    };
+    assert_eq!(get("/health"), (200, "ok\n".to_string()));
+    let (code, text) = get("/metrics");
+    assert_eq!(code, 200, "{text}");
+    let cpu = sample(&text, "process_cpu_seconds_total");
+    assert!(cpu > 0.0, "the worker spent some CPU: {text}");
+    assert!(
+        sample(&text, "process_max_resident_memory_bytes") > 1e6,
+        "{text}"
+    );
+    assert!(
+        sample(&text, "process_resident_memory_bytes") > 1e6,
+        "{text}"
+    );
+    assert!(!text.contains("pipeline="), "process metrics only: {text}");
+    assert_eq!(get("/nope").0, 404);
+    // SAFETY: sends a signal to our own child process.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait().expect("waiting for sluice worker");
+    assert!(status.success(), "sluice worker exited {status}");
+}

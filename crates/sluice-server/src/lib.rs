@@ -35,6 +35,7 @@ mod dashboard;
 mod error;
 mod extract;
 mod metrics;
+mod process;
 mod routes;
 
 use std::net::SocketAddr;
@@ -49,6 +50,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use auth::{MIN_TOKEN_LEN, Token};
 pub use error::ApiError;
+pub use process::process_metrics;
 pub use routes::Route;
 
 /// The OpenAPI 3.1 document of the API, kept by hand beside the routes (a test checks that it

@@ -186,6 +186,18 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
             .map(|f| f.join(", "))
             .unwrap_or_else(|| "all pipelines".into())
     );
+    let metrics = match args.metrics_listen {
+        Some(addr) => {
+            let server = sluice_server::process_metrics(addr).await?;
+            eprintln!(
+                "worker metrics on http://{} (/health, /metrics)",
+                server.local_addr()
+            );
+            let stop = stop.clone();
+            Some(tokio::spawn(async move { server.run(stop).await }))
+        }
+        None => None,
+    };
     let opts = Work {
         workers: args.workers,
         lease: args.lease,
@@ -196,7 +208,13 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         leader: !args.no_leader,
         leader_lease: args.leader_lease,
     };
-    let Stopped { report, gave_up } = sluice_app::work(store, opts, stop).await?;
+    let Stopped { report, gave_up } = sluice_app::work(store, opts, stop.clone()).await?;
+    stop.cancel();
+    if let Some(h) = metrics
+        && let Ok(Err(e)) = h.await
+    {
+        tracing::warn!("worker metrics: {e}");
+    }
     eprintln!(
         "worker stopped: {} committed, {} already committed, {} quarantined, {} released",
         report.committed, report.already_committed, report.quarantined, report.released
