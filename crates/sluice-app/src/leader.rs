@@ -17,6 +17,9 @@ use sluice_deploy::{Controller, Notifier};
 use sluice_store::{Fence, Store, StoreError};
 use sluice_worker::{DiscoverError, Discoverer, DiscoveryReport, VersionCache};
 
+/// How often the leader sends the webhooks' due deliveries.
+const DELIVERY_EVERY: Duration = Duration::from_secs(1);
+
 /// How long a leader's lease lasts unless renewed (every tick renews it).
 pub const DEFAULT_LEADER_LEASE: Duration = Duration::from_secs(15);
 
@@ -29,6 +32,8 @@ pub struct Duties {
     /// the controller); one pass at a time.
     notifier: Notifier,
     delivery: Option<tokio::task::JoinHandle<()>>,
+    /// When the last delivery pass started.
+    delivered_at: Option<std::time::Instant>,
     holder: String,
     lease: Duration,
     /// Only these pipelines are discovered (`None`: all in the store).
@@ -65,6 +70,8 @@ impl Duties {
             controller: Controller::new(store.clone(), versions.clone()),
             notifier: Notifier::new(store.clone()),
             delivery: None,
+            // The first pass a second in, once the process has settled into its work.
+            delivered_at: Some(std::time::Instant::now()),
             store,
             versions,
             holder,
@@ -125,7 +132,13 @@ impl Duties {
             Err(sluice_deploy::ControllerError::Store(e)) => return Err(e),
             Err(e) => tracing::warn!("deployment controller: {e}"),
         }
-        if self.delivery.as_ref().is_none_or(|h| h.is_finished()) {
+        // A pass a second at the most (back-offs start at 1s): the leader ticks far more often
+        // under a short --poll, and the passes should not crowd the store's connections.
+        let due = self
+            .delivered_at
+            .is_none_or(|t| t.elapsed() >= DELIVERY_EVERY);
+        if due && self.delivery.as_ref().is_none_or(|h| h.is_finished()) {
+            self.delivered_at = Some(std::time::Instant::now());
             let notifier = self.notifier.clone();
             self.delivery = Some(tokio::spawn(async move {
                 if let Err(e) = notifier.tick(&fence).await {
