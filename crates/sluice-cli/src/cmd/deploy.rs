@@ -311,10 +311,7 @@ pub fn render(view: &DeploymentView, now: i64) -> String {
         ));
     }
     for w in view.webhook_summary() {
-        out.push_str(&format!(
-            "  webhook   {}\n",
-            webhook_line(&w)
-        ));
+        out.push_str(&format!("  webhook   {}\n", webhook_line(&w)));
     }
     // The last measurement of each analysis's metrics.
     if !view.metrics.is_empty() {
