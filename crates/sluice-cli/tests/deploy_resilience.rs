@@ -111,20 +111,40 @@ fn kill_in(bg: Bg, store: &str, state: &str, limit: Duration) {
     }
 }
 
-/// Registers v1 of `crash` on `store` by running it drained.
-fn register_v1(p: &Arc<Mutex<Project>>, store: &str) {
-    let p = p.lock().unwrap();
-    p.write("v1.yaml", &spec3(1, None, ""));
-    let out = p.run(&[
-        "run",
-        "v1.yaml",
-        "--store",
-        store,
-        "--until-drained",
-        "--leader-lease",
-        "1s",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+/// A canary to 50% that waits for a person, then 100%.
+const CANARY_TO_A_PERSON: &str = "deploy:\n  strategy: canary\n  steps:\n    - set_weight: 50\n    - pause: {}\n    - set_weight: 100\n";
+/// A canary to 50% that waits for a person, with no step after.
+const CANARY_HELD: &str =
+    "deploy:\n  strategy: canary\n  steps:\n    - set_weight: 50\n    - pause: {}\n";
+
+/// A project whose v1 of `crash` is registered on `store` (its SQLite store when `None`) by a
+/// drained run, with `v2` (a spec's text) written as v2.yaml, and a 50-row file landing every
+/// `every`.
+fn v1_under_input(
+    store: Option<String>,
+    v2: &str,
+    every: Duration,
+) -> (Arc<Mutex<Project>>, String, Lander) {
+    let p = Arc::new(Mutex::new(Project::csv(2, 100, 50, "3s")));
+    let store = {
+        let p = p.lock().unwrap();
+        let store = store.unwrap_or_else(|| p.sqlite());
+        p.write("v1.yaml", &spec3(1, None, ""));
+        let out = p.run(&[
+            "run",
+            "v1.yaml",
+            "--store",
+            &store,
+            "--until-drained",
+            "--leader-lease",
+            "1s",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        p.write("v2.yaml", v2);
+        store
+    };
+    let lander = Lander::start(p.clone(), every);
+    (p, store, lander)
 }
 
 fn deploy(p: &Arc<Mutex<Project>>, store: &str, file: &str) {
@@ -175,21 +195,15 @@ fn finish(
 /// A canary to a person's pause, a kill in each state on the way, the abort a person asks for
 /// with a kill while aborting and while repairing, then a recreate killed while draining.
 fn killed_in_every_state(store: Option<String>) {
-    let p = Arc::new(Mutex::new(Project::csv(2, 100, 50, "3s")));
-    let store = store.unwrap_or_else(|| p.lock().unwrap().sqlite());
-    register_v1(&p, &store);
-    {
-        let p = p.lock().unwrap();
-        p.write(
-            "v2.yaml",
-            &spec3(2, None, "deploy:\n  strategy: canary\n  steps:\n    - set_weight: 50\n    - pause: {}\n    - set_weight: 100\n"),
-        );
-        p.write(
-            "v3.yaml",
-            &spec3(3, None, "deploy:\n  strategy: recreate\n"),
-        );
-    }
-    let lander = Lander::start(p.clone(), Duration::from_millis(250));
+    let (p, store, lander) = v1_under_input(
+        store,
+        &spec3(2, None, CANARY_TO_A_PERSON),
+        Duration::from_millis(250),
+    );
+    p.lock().unwrap().write(
+        "v3.yaml",
+        &spec3(3, None, "deploy:\n  strategy: recreate\n"),
+    );
     let limit = Duration::from_secs(60);
     let w = worker(&p.lock().unwrap(), &store, "2", &[]);
     deploy(&p, &store, "v2.yaml");
@@ -271,13 +285,11 @@ fn events(p: &Project, store: &str) -> Vec<serde_json::Value> {
 #[test]
 fn a_stopped_leader_writes_nothing_once_another_has_taken_over() {
     let Some(store) = postgres() else { return };
-    let p = Arc::new(Mutex::new(Project::csv(2, 100, 50, "3s")));
-    register_v1(&p, &store);
-    p.lock().unwrap().write(
-        "v2.yaml",
-        &spec3(2, None, "deploy:\n  strategy: canary\n  steps:\n    - set_weight: 50\n    - pause: {}\n    - set_weight: 100\n"),
+    let (p, store, lander) = v1_under_input(
+        Some(store),
+        &spec3(2, None, CANARY_TO_A_PERSON),
+        Duration::from_millis(250),
     );
-    let lander = Lander::start(p.clone(), Duration::from_millis(250));
     let limit = Duration::from_secs(60);
     let a = worker(&p.lock().unwrap(), &store, "1", &[]);
     let b = worker(&p.lock().unwrap(), &store, "1", &[]);
@@ -334,13 +346,15 @@ fn a_stopped_leader_writes_nothing_once_another_has_taken_over() {
 #[test]
 fn two_controllers_started_together_only_one_acts() {
     let Some(store) = postgres() else { return };
-    let p = Arc::new(Mutex::new(Project::csv(2, 100, 50, "3s")));
-    register_v1(&p, &store);
-    p.lock().unwrap().write(
-        "v2.yaml",
-        &spec3(2, None, "deploy:\n  strategy: canary\n  steps:\n    - set_weight: 50\n    - pause: {duration: 1s}\n    - set_weight: 100\n"),
+    let (p, store, lander) = v1_under_input(
+        Some(store),
+        &spec3(
+            2,
+            None,
+            "deploy:\n  strategy: canary\n  steps:\n    - set_weight: 50\n    - pause: {duration: 1s}\n    - set_weight: 100\n",
+        ),
+        Duration::from_millis(250),
     );
-    let lander = Lander::start(p.clone(), Duration::from_millis(250));
     let procs: Vec<Bg> = (0..2)
         .map(|_| worker(&p.lock().unwrap(), &store, "1", &[]))
         .collect();
@@ -469,18 +483,11 @@ fn committed_in_log(table: &std::path::Path, batches: &[String]) -> Option<Strin
 /// and keep the candidate's rows; re-running it under the next generation without removing
 /// them would write its keys twice. The repair must find the run in the table's log.
 fn candidate_committed_unreported(store: Option<String>) {
-    let p = Arc::new(Mutex::new(Project::csv(2, 100, 50, "3s")));
-    let store = store.unwrap_or_else(|| p.lock().unwrap().sqlite());
-    register_v1(&p, &store);
-    p.lock().unwrap().write(
-        "v2.yaml",
-        &spec3(
-            2,
-            None,
-            "deploy:\n  strategy: canary\n  steps:\n    - set_weight: 50\n    - pause: {}\n",
-        ),
+    let (p, store, lander) = v1_under_input(
+        store,
+        &spec3(2, None, CANARY_HELD),
+        Duration::from_millis(150),
     );
-    let lander = Lander::start(p.clone(), Duration::from_millis(150));
     let limit = Duration::from_secs(60);
     let leader = worker(&p.lock().unwrap(), &store, "1", &[]);
     let stalled = worker(&p.lock().unwrap(), &store, "1", &["--no-leader"]);
@@ -556,20 +563,19 @@ fn candidate_leases_of(store: &str, pid: u32, candidate: i64) -> Vec<TaskRecord>
 /// inside a write holds the file's lock, and every other process waits for it (the embedded
 /// store is one machine's; the never-reported test covers the same repair there).
 fn stalled_candidate_worker(store: Option<String>) {
-    let p = Arc::new(Mutex::new(Project::csv(2, 100, 50, "3s")));
-    let store = store.unwrap_or_else(|| p.lock().unwrap().sqlite());
-    register_v1(&p, &store);
     // A slow candidate (a three-way self join of the batch), so its batches are often in
     // flight.
-    p.lock().unwrap().write(
-        "v2.yaml",
+    let (p, store, lander) = v1_under_input(
+        store,
         &spec3(
             2,
-            Some("SELECT id, customer, amount * 2 AS doubled, CAST(2 AS BIGINT) AS ver FROM input WHERE amount < 1 + (SELECT sum(a.amount + b.amount * c.amount) FROM input a CROSS JOIN input b CROSS JOIN input c)"),
-            "deploy:\n  strategy: canary\n  steps:\n    - set_weight: 50\n    - pause: {}\n",
+            Some(
+                "SELECT id, customer, amount * 2 AS doubled, CAST(2 AS BIGINT) AS ver FROM input WHERE amount < 1 + (SELECT sum(a.amount + b.amount * c.amount) FROM input a CROSS JOIN input b CROSS JOIN input c)",
+            ),
+            CANARY_HELD,
         ),
+        Duration::from_millis(150),
     );
-    let lander = Lander::start(p.clone(), Duration::from_millis(150));
     let limit = Duration::from_secs(60);
     let leader = worker(&p.lock().unwrap(), &store, "1", &[]);
     let stalled = worker(&p.lock().unwrap(), &store, "1", &["--no-leader"]);
