@@ -15,6 +15,7 @@ use sluice_store::{
 use sluice_worker::{LoadError, VersionCache};
 
 use crate::analysis::{self, AnalysisRun};
+use crate::hooks::ANALYSIS_FAILED;
 use crate::state::State;
 
 #[derive(Debug, thiserror::Error)]
@@ -476,7 +477,7 @@ impl Controller {
                             d,
                             data,
                             now,
-                            format!("step {n}: analysis failed: {why}"),
+                            format!("step {n}: {ANALYSIS_FAILED}: {why}"),
                         ))
                     }
                     Verdict::Inconclusive(why) => Some(Move {
@@ -612,7 +613,7 @@ impl Controller {
                         d,
                         data,
                         now,
-                        format!("background analysis failed: {why}"),
+                        format!("background {ANALYSIS_FAILED}: {why}"),
                     ))
                 }
                 Verdict::Inconclusive(why) if state == State::Progressing => Some(Move {

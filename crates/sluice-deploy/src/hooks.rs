@@ -27,7 +27,8 @@ use sluice_store::{
 };
 
 /// The words of the abort reason an analysis failure gives (`step 3: analysis failed: ...`,
-/// `background analysis failed: ...`): how its event is told from other aborts.
+/// `background analysis failed: ...`, composed with this constant): how its event is told
+/// from other aborts.
 pub(crate) const ANALYSIS_FAILED: &str = "analysis failed";
 
 /// How many recent deployments the notifier looks at; older ones have long been delivered.
