@@ -76,7 +76,8 @@ fn tasks(store: &str, state: Option<TaskState>) -> Vec<TaskRecord> {
 
 /// The deployment's state, or None when none is in progress, read from the store's table
 /// itself: no migration check, no lock, so a process stopped inside an SQLite write does not
-/// hold the read up.
+/// hold the read up. None too when the read is refused for now: SQLite answers "locked" while
+/// it recovers the WAL a killed process left.
 fn state_now(store: &str) -> Option<String> {
     let sql = "SELECT state FROM deployments WHERE pipeline = 'crash' AND outcome IS NULL";
     block_on(async {
@@ -85,7 +86,10 @@ fn state_now(store: &str) -> Option<String> {
             Freezer::Sqlite(c) => sqlx::query_scalar(sql).fetch_optional(&mut *c).await,
             Freezer::Postgres(c) => sqlx::query_scalar(sql).fetch_optional(&mut *c).await,
         }
-        .unwrap()
+        .unwrap_or_else(|e| {
+            eprintln!("reading the deployment's state: {e} (probing again)");
+            None
+        })
     })
 }
 
@@ -399,7 +403,9 @@ impl Freezer {
         if store.starts_with("postgres") {
             Freezer::Postgres(sqlx::PgConnection::connect(store).await.unwrap())
         } else {
-            let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(store);
+            let opts = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(store)
+                .busy_timeout(Duration::from_secs(1));
             Freezer::Sqlite(sqlx::SqliteConnection::connect_with(&opts).await.unwrap())
         }
     }
