@@ -5,19 +5,14 @@ import time
 
 import duckdb
 
+from columns import duckdb_view
+
 data_dir, sql_file, out = sys.argv[1], sys.argv[2], sys.argv[3]
 sql = open(sql_file).read().strip().rstrip(";")
 start = time.perf_counter()
 con = duckdb.connect()
 con.execute("SET threads = 2")
 # The same declared columns as the sluice spec; `input` is what the SQL reads.
-con.execute(
-    f"""
-    CREATE VIEW input AS SELECT * FROM read_csv('{data_dir}/*.csv', header = true,
-      columns = {{'order_id': 'BIGINT', 'customer_id': 'BIGINT', 'email': 'VARCHAR',
-                  'amount': 'DOUBLE', 'status': 'VARCHAR', 'created_at': 'TIMESTAMP'}},
-      timestampformat = '%Y-%m-%dT%H:%M:%S')
-    """
-)
+con.execute(duckdb_view(data_dir))
 con.execute(f"COPY ({sql}) TO '{out}' (FORMAT parquet)")
 print(f"duckdb: {time.perf_counter() - start:.2f}s inside the process", file=sys.stderr)

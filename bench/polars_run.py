@@ -7,20 +7,15 @@ import time
 import polars as pl
 from deltalake import write_deltalake
 
+from columns import polars_schema
+
 data_dir, sql_file, table = sys.argv[1], sys.argv[2], sys.argv[3]
 sql = open(sql_file).read().strip().rstrip(";")
 start = time.perf_counter()
 lf = pl.scan_csv(
     f"{data_dir}/*.csv",
     has_header=True,
-    schema={
-        "order_id": pl.Int64,
-        "customer_id": pl.Int64,
-        "email": pl.String,
-        "amount": pl.Float64,
-        "status": pl.String,
-        "created_at": pl.Datetime("us"),
-    },
+    schema=polars_schema(data_dir),
 )
 out = pl.SQLContext(input=lf).execute(sql).collect(engine="streaming")
 write_deltalake(table, out.to_arrow(), mode="error")

@@ -1,10 +1,11 @@
 """Checks that every engine wrote the same rows and prints the benchmark's table.
 
-Usage: report.py RESULTS_DIR DATA_DIR
+Usage: report.py RESULTS_DIR DATA_DIR [STORE_JSON]
 
-RESULTS_DIR holds what run.sh left: timings.tsv (engine, seconds, output kind, output path,
-[sluice state db]), store.json (the store bench's figures, may be missing). Exits 1 if the
-engines' outputs differ."""
+RESULTS_DIR holds what run.sh left for one shape: timings.tsv (engine, wall seconds, peak
+resident KiB, CPU user s, CPU system s, output kind, output path, [sluice state db]).
+STORE_JSON holds the store bench's figures (may be missing). Exits 1 if the engines' outputs
+differ."""
 
 import json
 import os
@@ -14,7 +15,10 @@ import sys
 import duckdb
 from deltalake import DeltaTable
 
+from columns import duckdb_view
+
 results, data_dir = sys.argv[1], sys.argv[2]
+store_path = sys.argv[3] if len(sys.argv) > 3 else os.path.join(results, "store.json")
 con = duckdb.connect()
 con.execute("SET threads = 2")
 
@@ -40,12 +44,7 @@ if os.path.exists(expected_path):
     expected = json.load(open(expected_path))
 else:
     sql = open(os.path.join(os.path.dirname(__file__), "transform.sql")).read().strip().rstrip(";")
-    con.execute(
-        f"""CREATE VIEW input AS SELECT * FROM read_csv('{data_dir}/*.csv', header = true,
-            columns = {{'order_id': 'BIGINT', 'customer_id': 'BIGINT', 'email': 'VARCHAR',
-                        'amount': 'DOUBLE', 'status': 'VARCHAR', 'created_at': 'TIMESTAMP'}},
-            timestampformat = '%Y-%m-%dT%H:%M:%S')"""
-    )
+    con.execute(duckdb_view(data_dir))
     expected = fingerprint_of(con.sql(sql))
     expected["rows_in"] = con.sql("SELECT count(*) FROM input").fetchall()[0][0]
     json.dump(expected, open(expected_path, "w"))
@@ -54,9 +53,10 @@ rows_in = expected["rows_in"]
 runs = []
 for line in open(os.path.join(results, "timings.tsv")):
     parts = line.rstrip("\n").split("\t")
-    engine, seconds, kind, path = parts[:4]
-    runs.append({"engine": engine, "seconds": float(seconds), "kind": kind, "path": path,
-                 "db": parts[4] if len(parts) > 4 else None})
+    engine, seconds, peak_kib, user, sys_s, kind, path = parts[:7]
+    runs.append({"engine": engine, "seconds": float(seconds), "peak_mib": int(peak_kib) / 1024,
+                 "user": float(user), "sys": float(sys_s), "kind": kind, "path": path,
+                 "db": (parts[7] or None) if len(parts) > 7 else None})
 
 print(f"\ninput: {rows_in:,} CSV rows; expected output {expected['rows']:,} rows")
 bad = False
@@ -75,15 +75,22 @@ by = {r["engine"]: r for r in runs}
 duck = next((r for r in runs if r["engine"].startswith("duckdb")), None)
 polars = next((r for r in runs if r["engine"].startswith("polars")), None)
 print()
-print(f"{'engine':<20} {'seconds':>9} {'rows/s (in)':>13} {'vs DuckDB':>10} {'vs Polars':>10}")
+print(f"{'engine':<20} {'wall s':>8} {'rows/s (in)':>12} {'vs DuckDB':>10} {'vs Polars':>10} "
+      f"{'user s':>7} {'sys s':>6} {'peak MiB':>9} {'mem vs DuckDB':>14}")
 for r in runs:
     vs_d = r["seconds"] / duck["seconds"] if duck else float("nan")
     vs_p = r["seconds"] / polars["seconds"] if polars else float("nan")
-    print(f"{r['engine']:<20} {r['seconds']:>9.2f} {rows_in / r['seconds']:>13,.0f} {vs_d:>9.2f}x {vs_p:>9.2f}x")
-print("(ratio = this engine's time / the other's: below 1 is faster; target: sluice <= 1.30x DuckDB, < 1.00x Polars)")
+    mem_d = r["peak_mib"] / duck["peak_mib"] if duck else float("nan")
+    print(f"{r['engine']:<20} {r['seconds']:>8.2f} {rows_in / r['seconds']:>12,.0f} {vs_d:>9.2f}x {vs_p:>9.2f}x "
+          f"{r['user']:>7.2f} {r['sys']:>6.2f} {r['peak_mib']:>9.0f} {mem_d:>13.2f}x")
+print("(ratio = this engine's figure / the other's: below 1 is less; targets: sluice with 2 workers "
+      "<= 1.00x DuckDB's time and <= 1.00x its peak memory)")
+for prefix in ("sluice-w", "sluice-checks-w"):
+    one, two = by.get(prefix + "1"), by.get(prefix + "2")
+    if one and two:
+        print(f"{prefix}2 speed-up over {prefix}1: {one['seconds'] / two['seconds']:.2f}x (target >= 1.8x)")
 
 # The store bench's figures.
-store_path = os.path.join(results, "store.json")
 store = json.load(open(store_path)) if os.path.exists(store_path) else []
 if store:
     print()
@@ -113,6 +120,15 @@ for r in runs:
             f"first start -> last finish {window_s:.1f}s of {r['seconds']:.1f}s wall; "
             f"worker time outside batches {gap_ms:.1f} ms/batch")
     print(line)
+    # Flat batch time: the median of the first tenth of the commits against the last tenth.
+    durations = [d for (d,) in db.execute(
+        "SELECT duration_ms FROM batch_runs WHERE outcome = 'committed' ORDER BY finished_at, id")]
+    if len(durations) >= 20:
+        tenth = len(durations) // 10
+        first_ms = sorted(durations[:tenth])[tenth // 2]
+        last_ms = sorted(durations[-tenth:])[tenth // 2]
+        print(f"  batch time, median of the first {tenth} commits {first_ms} ms, of the last {tenth} "
+              f"{last_ms} ms: {last_ms / max(first_ms, 1):.2f}x (target within 1.2x)")
     sq = {f["leasers"]: f for f in store if f["backend"] == "sqlite"}
     if sq:
         f = sq.get(workers) or sq[min(sq, key=lambda k: abs(k - workers))]
