@@ -547,6 +547,8 @@ impl Pipeline {
                         .collect(),
                     end: file.size,
                     rows: cut.rows,
+                    // The scan read the spool, not the file the checksum is of.
+                    checksum: None,
                 })
             }
             // A broken stream is one batch that fails with the reason when it runs: held in
@@ -562,6 +564,7 @@ impl Pipeline {
                 }],
                 end: file.size,
                 rows: 0,
+                checksum: None,
             }),
             Err(e) => Err(e),
         }

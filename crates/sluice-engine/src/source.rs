@@ -179,6 +179,27 @@ pub struct Cut {
     pub end: u64,
     /// Records cut: `from.row` plus these is where the next part's rows are numbered from.
     pub rows: u64,
+    /// Hex BLAKE3 of bytes `[0, end)`, when the cut read exactly those (a text file cut from
+    /// its start to its end), so taking a file in reads it once; `None` otherwise: see
+    /// [`Cut::checksum_of`].
+    pub checksum: Option<String>,
+}
+
+impl Cut {
+    /// The checksum of what this cut takes in of `path` (bytes `[0, end)`): the one the scan
+    /// computed, or read again from the file.
+    pub fn checksum_of(&self, path: &str) -> Result<String, SourceError> {
+        if let Some(sum) = &self.checksum {
+            return Ok(sum.clone());
+        }
+        checksum(path, self.end)?.ok_or_else(|| SourceError::Io {
+            file: path.to_string(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the file got shorter while it was read",
+            ),
+        })
+    }
 }
 
 /// Cuts a file (from `from`) into slices of at most `max_rows` records. Parquet files are
@@ -212,7 +233,12 @@ pub fn slice_file_streaming(
                 .map_err(|e| SourceError::io(path, e))?
                 .len();
             let rows = slices.iter().map(|s| s.row_count).sum();
-            Ok(Cut { slices, end, rows })
+            Ok(Cut {
+                slices,
+                end,
+                rows,
+                checksum: None,
+            })
         }
     }
 }
@@ -256,6 +282,8 @@ fn slice_text(
     let mut row_index: u64 = from.row;
     // Slices handed to `on_slice` so far.
     let mut handed = 0usize;
+    // A cut from the start to the end reads every byte it takes in: hash them on the way.
+    let mut hasher = (from.byte == 0 && !from.complete_lines).then(blake3::Hasher::new);
 
     let mut end_record = |end: u64,
                           start: u64,
@@ -311,29 +339,48 @@ fn slice_text(
         if n == 0 {
             break;
         }
-        for (i, &b) in buf[..n].iter().enumerate() {
-            let pos = offset + i as u64;
-            match b {
-                b'"' if csv => {
-                    in_quotes = !in_quotes;
-                    record_blank = false;
-                }
-                b'\n' if !in_quotes => {
-                    end_record(
-                        pos + 1,
-                        record_start,
-                        record_blank,
-                        &mut header_pending,
-                        &mut slice_start,
-                        &mut rows_in_slice,
-                        &mut slices,
-                    );
-                    record_start = pos + 1;
-                    record_blank = true;
-                }
-                b'\r' | b' ' | b'\t' => {}
-                _ => record_blank = false,
+        if let Some(h) = hasher.as_mut() {
+            h.update(&buf[..n]);
+        }
+        // Jump from quote to newline with memchr; between them only whether the record is
+        // blank so far matters (whitespace only).
+        let chunk = &buf[..n];
+        let mut i = 0;
+        while i < n {
+            let next = if csv {
+                memchr::memchr2(b'"', b'\n', &chunk[i..])
+            } else {
+                memchr::memchr(b'\n', &chunk[i..])
+            };
+            let stop = next.map_or(n, |k| i + k);
+            if record_blank
+                && chunk[i..stop]
+                    .iter()
+                    .any(|c| !matches!(c, b'\r' | b' ' | b'\t'))
+            {
+                record_blank = false;
             }
+            if next.is_none() {
+                break;
+            }
+            let pos = offset + stop as u64;
+            if chunk[stop] == b'"' {
+                in_quotes = !in_quotes;
+                record_blank = false;
+            } else if !in_quotes {
+                end_record(
+                    pos + 1,
+                    record_start,
+                    record_blank,
+                    &mut header_pending,
+                    &mut slice_start,
+                    &mut rows_in_slice,
+                    &mut slices,
+                );
+                record_start = pos + 1;
+                record_blank = true;
+            }
+            i = stop + 1;
         }
         offset += n as u64;
     }
@@ -365,7 +412,13 @@ fn slice_text(
         });
     }
     let rows = full + rows_in_slice;
-    Ok(Cut { slices, end, rows })
+    let checksum = hasher.map(|h| h.finalize().to_hex().to_string());
+    Ok(Cut {
+        slices,
+        end,
+        rows,
+        checksum,
+    })
 }
 
 fn slice_parquet(path: &str, max_rows: u64) -> Result<Vec<BatchSlice>, SourceError> {
@@ -1674,6 +1727,67 @@ mod tests {
         assert_eq!(prefix, blake3::hash(b"{\"a\":1}\n").to_hex().to_string());
         assert_ne!(checksum(&path, 16).unwrap().unwrap(), prefix);
         assert_eq!(checksum(&path, 17).unwrap(), None, "the file is shorter");
+    }
+
+    /// The scan jumps between quotes and newlines; the reader finds records a byte at a
+    /// time (`record_starts`). On random text of quotes, newlines, blanks and commas, larger
+    /// than one read of the scan, both must find the same records, and the checksum the scan
+    /// computes on the way must be the file's.
+    #[test]
+    fn the_scan_finds_the_records_the_reader_finds_and_hashes_what_it_takes() {
+        let dir = tempfile::tempdir().unwrap();
+        let alphabet = b"ab,\"\n \r\t\n";
+        let mut seed: u64 = 0x5eed;
+        for (k, len) in [300usize, 2_500_000].into_iter().enumerate() {
+            for csv in [true, false] {
+                // A real header first: a blank first line is the header to the scan, and
+                // skipped by `record_starts`.
+                let text: Vec<u8> = b"h\n"
+                    .iter()
+                    .copied()
+                    .chain((0..len).map(|_| {
+                        seed = seed
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        alphabet[(seed >> 33) as usize % alphabet.len()]
+                    }))
+                    .collect();
+                let name = format!("r{k}.{}", if csv { "csv" } else { "jsonl" });
+                let path = dir.path().join(&name).display().to_string();
+                std::fs::write(&path, &text).unwrap();
+                let format = if csv { Format::Csv } else { Format::Jsonl };
+                let cut = slice_file_from(&path, format, 7, &CutFrom::default()).unwrap();
+                let mut records = record_starts(&text, csv);
+                if csv && !records.is_empty() {
+                    records.remove(0); // the header
+                }
+                assert_eq!(cut.rows, records.len() as u64, "{name}");
+                for (i, s) in cut.slices.iter().enumerate() {
+                    let first = records[(s.row_start) as usize];
+                    let last = records[(s.row_start + s.row_count - 1) as usize];
+                    // The last slice reaches the end of the cut (blanks after its last record
+                    // included).
+                    let end = if i + 1 == cut.slices.len() {
+                        cut.end
+                    } else {
+                        last.1 as u64
+                    };
+                    assert_eq!((s.byte_start, s.byte_end), (first.0 as u64, end), "{name}");
+                }
+                assert_eq!(cut.end, text.len() as u64);
+                assert_eq!(cut.checksum, checksum(&path, cut.end).unwrap(), "{name}");
+                assert!(cut.checksum.is_some());
+                // A cut that keeps a last line back, or starts part-way, leaves it to checksum().
+                let from = CutFrom {
+                    complete_lines: true,
+                    ..CutFrom::default()
+                };
+                assert_eq!(
+                    slice_file_from(&path, format, 7, &from).unwrap().checksum,
+                    None
+                );
+            }
+        }
     }
 
     #[test]

@@ -447,14 +447,7 @@ impl Discoverer {
         let f = file.clone();
         let cut = tokio::task::spawn_blocking(move || {
             let cut = pipeline.cut(&f, &from)?;
-            let sum =
-                source::checksum(&f.path, cut.end)?.ok_or_else(|| source::SourceError::Io {
-                    file: f.path.clone(),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "the file got shorter while it was read",
-                    ),
-                })?;
+            let sum = cut.checksum_of(&f.path)?;
             Ok::<_, source::SourceError>((cut, sum))
         })
         .await
@@ -563,15 +556,7 @@ impl Discoverer {
             let cut = pipeline
                 .cut_streaming(&f, &from, &mut |s| tx.send(Found::Slice(s.clone())).is_ok())
                 .and_then(|cut| {
-                    let sum = source::checksum(&f.path, cut.end)?.ok_or_else(|| {
-                        source::SourceError::Io {
-                            file: f.path.clone(),
-                            source: std::io::Error::new(
-                                std::io::ErrorKind::UnexpectedEof,
-                                "the file got shorter while it was read",
-                            ),
-                        }
-                    })?;
+                    let sum = cut.checksum_of(&f.path)?;
                     Ok((cut, sum))
                 });
             let _ = done.send(Found::Done(cut));
