@@ -22,9 +22,13 @@
 //! - [`analysis`]: metrics over a version's batch runs and check results, the conditions that
 //!   judge them (`candidate.p95_ms < 1.2 * stable.p95_ms`), and Argo Rollouts' rules for
 //!   turning measurements into a verdict.
+//! - [`stats`]: A/B test statistics: per-route-key aggregation, the two-proportion z-test,
+//!   Welch's t-test, the delta method, fixed-horizon sample sizes, the sequential mSPRT, and the
+//!   ship / stop / keep-testing decision.
 
 pub mod analysis;
 pub mod policy;
+pub mod stats;
 
 use serde::{Deserialize, Serialize};
 
