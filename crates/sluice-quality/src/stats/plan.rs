@@ -272,6 +272,7 @@ pub struct Report {
 /// `result` is the comparison of the metric (or why there is none yet); `previous` is the
 /// report of the look before (for the sequential p-value's running minimum); `ended` says the
 /// test's duration is over (the candidate cannot have more time).
+/// Significance is judged at the design's alpha, whatever alpha the comparison's interval used.
 pub fn decide(
     design: &Design,
     keys: [u64; 2],
@@ -350,7 +351,7 @@ pub fn decide(
                 if ended {
                     report.reason.push_str(" (underpowered)");
                 }
-            } else if effect.significant() {
+            } else if effect.p_value < design.alpha {
                 let verdict = if better(effect.effect) {
                     Decision::Ship
                 } else {
