@@ -535,8 +535,9 @@ pub struct TaskCount {
     /// Sums of the rows recorded on those batches (set once a batch is done).
     pub rows_in: i64,
     pub rows_out: i64,
-    /// When the longest-waiting of them last changed state (for pending ones: since when it
-    /// waits).
+    /// For pending ones: since when the longest-waiting of them waits (when it last changed
+    /// state). 0 for the other states (not read, so a scrape costs what is pending, not the
+    /// history).
     pub oldest_change: i64,
 }
 

@@ -21,7 +21,7 @@ use crate::rows::{self, SliceColumns, TaskRow, task_columns};
 use crate::shared::{Backend, Queue, RowsAffected};
 use crate::{LeaseRequest, NewTask, Result, StoreError};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// The database clock in epoch milliseconds. `clock_timestamp()`, not `now()`: `now()` is frozen
 /// at the start of the transaction, which would make a long transaction's leases start late.

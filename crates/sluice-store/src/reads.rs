@@ -3,8 +3,6 @@
 //! Each is one statement over one table (or a snapshot of a few), aggregated in SQL, so a page
 //! of batches or a scrape of `/metrics` costs the same whatever number of series it answers.
 
-use std::sync::LazyLock;
-
 use sluice_core::{BatchOutcome, TaskState};
 
 use crate::rows::{TaskRow, task_columns};
@@ -108,12 +106,17 @@ impl From<CheckTotalsRow> for CheckTotals {
 pub(crate) const METRICS_CURRENT_SQL: &str =
     "SELECT name, current_version FROM pipelines ORDER BY name";
 
-pub(crate) const METRICS_TASKS_SQL: &str = "SELECT pipeline, version, state, \
-    CAST(COUNT(*) AS BIGINT) AS batches, \
-    CAST(COALESCE(SUM(rows_in), 0) AS BIGINT) AS rows_in, \
-    CAST(COALESCE(SUM(rows_out), 0) AS BIGINT) AS rows_out, \
-    CAST(MIN(updated_at) AS BIGINT) AS oldest_change \
-    FROM tasks GROUP BY pipeline, version, state ORDER BY pipeline, version, state";
+/// The batches per pipeline, version and state from the counters (migration 0008), and for
+/// pending ones since when the longest-waiting waits (from the pending batches only).
+pub(crate) const METRICS_TASKS_SQL: &str = "SELECT c.pipeline, c.version, c.state, \
+    c.batches, c.rows_in, c.rows_out, CAST(COALESCE(o.oldest, 0) AS BIGINT) AS oldest_change \
+    FROM (SELECT pipeline, version, state, CAST(SUM(batches) AS BIGINT) AS batches, \
+    CAST(SUM(rows_in) AS BIGINT) AS rows_in, CAST(SUM(rows_out) AS BIGINT) AS rows_out \
+    FROM task_counts GROUP BY pipeline, version, state HAVING SUM(batches) > 0) AS c \
+    LEFT JOIN (SELECT pipeline, version, MIN(updated_at) AS oldest FROM tasks \
+    WHERE state = 'pending' GROUP BY pipeline, version) AS o \
+    ON c.state = 'pending' AND o.pipeline = c.pipeline AND o.version = c.version \
+    ORDER BY c.pipeline, c.version, c.state";
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct TaskCountRow {
@@ -144,24 +147,17 @@ impl TaskCountRow {
 }
 
 /// Committed runs of the live versions (current, or with pending or leased batches), counted
-/// per duration bucket: bucket `i` holds runs in `(bound[i-1], bound[i]]`, bucket `len` the
-/// longer ones. Built once from [`DURATION_BUCKETS_MS`].
-pub(crate) static METRICS_DURATIONS_SQL: LazyLock<String> = LazyLock::new(|| {
-    let mut bucket = String::from("CASE");
-    for (i, bound) in DURATION_BUCKETS_MS.iter().enumerate() {
-        bucket.push_str(&format!(" WHEN r.duration_ms <= {bound} THEN {i}"));
-    }
-    bucket.push_str(&format!(" ELSE {} END", DURATION_BUCKETS_MS.len()));
-    format!(
-        "WITH live AS (SELECT name AS pipeline, current_version AS version FROM pipelines \
-         UNION SELECT DISTINCT pipeline, version FROM tasks WHERE state IN ('pending', 'leased')) \
-         SELECT r.pipeline, r.version, CAST({bucket} AS BIGINT) AS bucket, \
-         CAST(COUNT(*) AS BIGINT) AS runs, CAST(COALESCE(SUM(r.duration_ms), 0) AS BIGINT) AS duration_ms_sum \
-         FROM batch_runs r JOIN live l ON r.pipeline = l.pipeline AND r.version = l.version \
-         WHERE r.outcome = 'committed' GROUP BY r.pipeline, r.version, 3 \
-         ORDER BY r.pipeline, r.version"
-    )
-});
+/// per duration bucket by the store as they are recorded (migration 0008): bucket `i` holds runs
+/// in `(bound[i-1], bound[i]]` of [`DURATION_BUCKETS_MS`], bucket `len` the longer ones.
+pub(crate) const METRICS_DURATIONS_SQL: &str = "WITH live AS (SELECT name AS pipeline, \
+    current_version AS version FROM pipelines \
+    UNION SELECT pipeline, version FROM task_counts WHERE state IN ('pending', 'leased') \
+    GROUP BY pipeline, version HAVING SUM(batches) > 0) \
+    SELECT r.pipeline, r.version, r.bucket, CAST(SUM(r.runs) AS BIGINT) AS runs, \
+    CAST(SUM(r.duration_ms_sum) AS BIGINT) AS duration_ms_sum \
+    FROM run_counts r JOIN live l ON r.pipeline = l.pipeline AND r.version = l.version \
+    WHERE r.outcome = 'committed' GROUP BY r.pipeline, r.version, r.bucket \
+    ORDER BY r.pipeline, r.version, r.bucket";
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct DurationBucketRow {
@@ -204,7 +200,7 @@ pub(crate) const METRICS_WORKERS_SQL: &str = "SELECT CAST(COUNT(*) AS BIGINT) FR
     WHERE state <> 'stopped' AND last_heartbeat >= $1";
 
 pub(crate) const METRICS_CHECKS_SQL: &str = "SELECT pipeline, check_name, level, \
-    CAST(COUNT(*) AS BIGINT) AS results FROM check_results WHERE level <> 'pass' \
+    CAST(SUM(results) AS BIGINT) AS results FROM check_counts WHERE level <> 'pass' \
     GROUP BY pipeline, check_name, level ORDER BY pipeline, check_name, level";
 
 #[derive(sqlx::FromRow)]

@@ -475,26 +475,25 @@ pub(crate) struct RunWindowRow {
     last_finished_at: Option<i64>,
 }
 
-/// SQL shared by both backends for `status` (plain SQL that means the same on both).
+/// SQL shared by both backends for `status` (plain SQL that means the same on both), over the
+/// counters the store keeps (migration 0008), so it reads what is live, not the history.
 pub(crate) const STATUS_PIPELINES_SQL: &str =
     "SELECT name, current_version, created_at FROM pipelines ORDER BY name";
 pub(crate) const STATUS_STATES_SQL: &str = "SELECT pipeline, state, \
-    CAST(COUNT(*) AS BIGINT) AS tasks, \
-    CAST(COALESCE(SUM(rows_in), 0) AS BIGINT) AS rows_in, \
-    CAST(COALESCE(SUM(rows_out), 0) AS BIGINT) AS rows_out \
-    FROM tasks GROUP BY pipeline, state";
-pub(crate) const STATUS_FILES_SQL: &str =
-    "SELECT pipeline, CAST(COUNT(*) AS BIGINT) AS files FROM files GROUP BY pipeline";
+    CAST(SUM(batches) AS BIGINT) AS tasks, \
+    CAST(SUM(rows_in) AS BIGINT) AS rows_in, \
+    CAST(SUM(rows_out) AS BIGINT) AS rows_out \
+    FROM task_counts GROUP BY pipeline, state";
+pub(crate) const STATUS_FILES_SQL: &str = "SELECT pipeline, CAST(SUM(files) AS BIGINT) AS files \
+    FROM pipeline_counts GROUP BY pipeline";
 pub(crate) const STATUS_RUNS_SQL: &str = "SELECT pipeline, \
-    MIN(started_at) AS first_started_at, MAX(finished_at) AS last_finished_at \
-    FROM batch_runs WHERE outcome IN ('committed', 'already_committed') GROUP BY pipeline";
+    MIN(first_started_at) AS first_started_at, MAX(last_finished_at) AS last_finished_at \
+    FROM run_counts WHERE outcome IN ('committed', 'already_committed') GROUP BY pipeline";
 
 /// Rows dropped as bad input (`source.bad_rows: drop`), counted once per batch however often
 /// its measurement was recorded (a re-run that finds the batch committed records it again).
 pub(crate) const STATUS_DROPPED_SQL: &str = "SELECT pipeline, \
-    CAST(COALESCE(SUM(d), 0) AS BIGINT) AS dropped FROM \
-    (SELECT pipeline, batch_id, MAX(dropped) AS d FROM check_results \
-    WHERE kind = 'bad_rows' GROUP BY pipeline, batch_id) AS per_batch GROUP BY pipeline";
+    CAST(SUM(dropped_rows) AS BIGINT) AS dropped FROM pipeline_counts GROUP BY pipeline";
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct DroppedCountRow {

@@ -1034,11 +1034,10 @@ where
             .fetch_all(&mut *tx)
             .await
             .map_err(B::db_error)?;
-        let durations: Vec<reads::DurationBucketRow> =
-            sqlx::query_as(reads::METRICS_DURATIONS_SQL.as_str())
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(B::db_error)?;
+        let durations: Vec<reads::DurationBucketRow> = sqlx::query_as(reads::METRICS_DURATIONS_SQL)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(B::db_error)?;
         let workers_alive: i64 = sqlx::query_scalar(reads::METRICS_WORKERS_SQL)
             .bind(now.saturating_sub(rows::millis(lost_after)))
             .fetch_one(&mut *tx)

@@ -23,7 +23,7 @@ use crate::rows::{self, SliceColumns, TaskRow, task_columns};
 use crate::shared::{Backend, Queue, RowsAffected};
 use crate::{LeaseRequest, NewTask, Result, StoreError};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// How long a writer waits for another process's transaction before giving up. Generous: our
 /// transactions are short, so hitting this means something is badly wrong, not merely busy

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use sqlx::{Connection, Executor, postgres::PgConnection};
+use sqlx::{ConnectOptions, Connection, Executor, postgres::PgConnection};
 
 /// The variable naming the PostgreSQL server tests may create databases on.
 pub const POSTGRES_ENV: &str = "SLUICE_TEST_POSTGRES";
@@ -89,6 +89,176 @@ pub async fn drop_postgres_database(url: &str) -> Result<(), TestStoreError> {
         })?;
     let _ = conn.close().await;
     Ok(())
+}
+
+/// A plain connection to a store's database, past the [`crate::Store`]: for tests that build a
+/// store at an older migration, write history into it as an older sluice did, or recount what
+/// the store keeps.
+pub enum RawConnection {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(PgConnection),
+}
+
+impl RawConnection {
+    /// Connects to `url` (`sqlite://PATH`, created if missing, or `postgres://...`).
+    pub async fn open(url: &str) -> Result<RawConnection, sqlx::Error> {
+        if url.starts_with("postgres") {
+            return Ok(RawConnection::Postgres(PgConnection::connect(url).await?));
+        }
+        let options = url
+            .parse::<sqlx::sqlite::SqliteConnectOptions>()?
+            .create_if_missing(true);
+        Ok(RawConnection::Sqlite(options.connect().await?))
+    }
+
+    /// Applies the store's migrations up to and including `last` (what an older sluice left).
+    pub async fn migrate_up_to(&mut self, last: i64) -> Result<(), sqlx::migrate::MigrateError> {
+        let older = |all: &sqlx::migrate::Migrator| sqlx::migrate::Migrator {
+            migrations: all
+                .migrations
+                .iter()
+                .filter(|m| m.version <= last)
+                .cloned()
+                .collect(),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        match self {
+            RawConnection::Sqlite(c) => older(&crate::sqlite::MIGRATOR).run_direct(c).await,
+            RawConnection::Postgres(c) => older(&crate::postgres::MIGRATOR).run_direct(c).await,
+        }
+    }
+
+    /// Runs one statement without parameters; returns the rows it changed.
+    pub async fn execute(&mut self, sql: &str) -> Result<u64, sqlx::Error> {
+        Ok(match self {
+            RawConnection::Sqlite(c) => sqlx::query(sql).execute(c).await?.rows_affected(),
+            RawConnection::Postgres(c) => sqlx::query(sql).execute(c).await?.rows_affected(),
+        })
+    }
+
+    /// Runs a query of one BIGINT.
+    pub async fn scalar(&mut self, sql: &str) -> Result<i64, sqlx::Error> {
+        match self {
+            RawConnection::Sqlite(c) => sqlx::query_scalar(sql).fetch_one(c).await,
+            RawConnection::Postgres(c) => sqlx::query_scalar(sql).fetch_one(c).await,
+        }
+    }
+
+    /// Where the counters the store keeps (migration 0008) differ from a full recount of the
+    /// tables they count, by GROUP BY: one line per counter that differs, empty when all agree.
+    /// The duration buckets are recounted from [`crate::DURATION_BUCKETS_MS`].
+    pub async fn counter_drift(&mut self) -> Result<Vec<String>, sqlx::Error> {
+        let mut out = Vec::new();
+        for (name, recount, counted) in recounts() {
+            let differ = |a: &str, b: &str| {
+                format!(
+                    "SELECT CAST(COUNT(*) AS BIGINT) FROM \
+                     (SELECT * FROM ({a}) AS a EXCEPT SELECT * FROM ({b}) AS b) AS d"
+                )
+            };
+            let missing = self.scalar(&differ(&recount, &counted)).await?;
+            let extra = self.scalar(&differ(&counted, &recount)).await?;
+            if missing + extra > 0 {
+                out.push(format!(
+                    "{name}: {missing} recounted row(s) not in the counters, {extra} counted row(s) not in the recount"
+                ));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// (counter, recount of the history, what the counters say), as rows of the same shape.
+fn recounts() -> Vec<(&'static str, String, String)> {
+    let mut bucket = String::from("CASE");
+    for (i, bound) in crate::DURATION_BUCKETS_MS.iter().enumerate() {
+        bucket.push_str(&format!(" WHEN duration_ms <= {bound} THEN {i}"));
+    }
+    bucket.push_str(&format!(" ELSE {} END", crate::DURATION_BUCKETS_MS.len()));
+    let big = |e: &str| format!("CAST({e} AS BIGINT)");
+    vec![
+        (
+            "task_counts",
+            format!(
+                "SELECT pipeline, version, state, {}, {}, {} FROM tasks GROUP BY pipeline, version, state",
+                big("COUNT(*)"),
+                big("COALESCE(SUM(rows_in), 0)"),
+                big("COALESCE(SUM(rows_out), 0)")
+            ),
+            format!(
+                "SELECT pipeline, version, state, {}, {}, {} FROM task_counts \
+                 GROUP BY pipeline, version, state \
+                 HAVING SUM(batches) <> 0 OR SUM(rows_in) <> 0 OR SUM(rows_out) <> 0",
+                big("SUM(batches)"),
+                big("SUM(rows_in)"),
+                big("SUM(rows_out)")
+            ),
+        ),
+        (
+            "run_counts",
+            format!(
+                "SELECT pipeline, version, outcome, bucket, {}, {}, {}, {}, {}, {} \
+                 FROM (SELECT pipeline, version, outcome, {} AS bucket, rows_in, rows_out, \
+                 duration_ms, started_at, finished_at FROM batch_runs) AS r \
+                 GROUP BY pipeline, version, outcome, bucket",
+                big("COUNT(*)"),
+                big("SUM(rows_in)"),
+                big("SUM(rows_out)"),
+                big("SUM(duration_ms)"),
+                big("MIN(started_at)"),
+                big("MAX(finished_at)"),
+                big(&bucket)
+            ),
+            format!(
+                "SELECT pipeline, version, outcome, bucket, {}, {}, {}, {}, {}, {} FROM run_counts \
+                 GROUP BY pipeline, version, outcome, bucket",
+                big("SUM(runs)"),
+                big("SUM(rows_in)"),
+                big("SUM(rows_out)"),
+                big("SUM(duration_ms_sum)"),
+                big("MIN(first_started_at)"),
+                big("MAX(last_finished_at)")
+            ),
+        ),
+        (
+            "check_counts",
+            format!(
+                "SELECT pipeline, check_name, level, {} FROM check_results \
+                 GROUP BY pipeline, check_name, level",
+                big("COUNT(*)")
+            ),
+            format!(
+                "SELECT pipeline, check_name, level, {} FROM check_counts \
+                 GROUP BY pipeline, check_name, level HAVING SUM(results) <> 0",
+                big("SUM(results)")
+            ),
+        ),
+        (
+            "pipeline_counts.dropped_rows",
+            format!(
+                "SELECT pipeline, {} FROM (SELECT pipeline, batch_id, MAX(dropped) AS d \
+                 FROM check_results WHERE kind = 'bad_rows' GROUP BY pipeline, batch_id) AS b \
+                 GROUP BY pipeline HAVING SUM(d) <> 0",
+                big("SUM(d)")
+            ),
+            format!(
+                "SELECT pipeline, {} FROM pipeline_counts GROUP BY pipeline \
+                 HAVING SUM(dropped_rows) <> 0",
+                big("SUM(dropped_rows)")
+            ),
+        ),
+        (
+            "pipeline_counts.files",
+            format!(
+                "SELECT pipeline, {} FROM files GROUP BY pipeline",
+                big("COUNT(*)")
+            ),
+            format!(
+                "SELECT pipeline, {} FROM pipeline_counts GROUP BY pipeline HAVING SUM(files) <> 0",
+                big("SUM(files)")
+            ),
+        ),
+    ]
 }
 
 async fn connect_admin(admin: &str) -> Result<PgConnection, TestStoreError> {

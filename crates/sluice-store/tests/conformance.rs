@@ -130,6 +130,9 @@ conformance!(
     rescue_expired_quarantines_after_max_attempts,
     retry_routes_the_batch_again,
     status_numbers,
+    counters_match_a_recount,
+    counters_match_a_recount_under_concurrent_workers,
+    migration_counts_the_history_already_there,
     workers_upsert,
     batch_runs_history,
     check_results_history,
@@ -1402,6 +1405,390 @@ async fn status_numbers(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
         (0, 0, 0, 0, 0, 0)
     );
     assert_eq!((u.first_started_at, u.last_finished_at), (None, None));
+    Ok(())
+}
+
+// ---- counters (migration 0008) ----
+
+/// A small deterministic generator (xorshift64*), so a failing mix can be replayed by its seed.
+struct Mix(u64);
+
+impl Mix {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// Durations on, just past and far past the bucket bounds.
+const DURATIONS_MS: [i64; 10] = [0, 50, 51, 100, 999, 1_000, 2_501, 60_000, 900_000, 900_001];
+
+async fn assert_no_drift(h: &Harness, when: &str) -> TestResult {
+    let mut raw = testing::RawConnection::open(&h.url).await?;
+    let drift = raw.counter_drift().await?;
+    assert!(drift.is_empty(), "{when}: {drift:?}");
+    Ok(())
+}
+
+fn run_of(duration_ms: i64, rows: i64, outcome: BatchOutcome) -> RunReport {
+    let now = sluice_core::now_millis();
+    RunReport {
+        started_at: now - duration_ms,
+        finished_at: now,
+        rows_in: rows,
+        rows_out: rows / 2,
+        outcome,
+        error: None,
+    }
+}
+
+fn check_of(pipeline: &str, batch: &BatchId, kind: &str, level: &str, dropped: i64) -> CheckRecord {
+    CheckRecord {
+        pipeline: pipeline.into(),
+        version: 1,
+        batch_id: batch.clone(),
+        check: format!("{kind}(x)"),
+        kind: kind.into(),
+        level: level.into(),
+        considered: 10,
+        failing: i64::from(level != "pass"),
+        dropped,
+        detail: String::new(),
+        recorded_at: 0,
+    }
+}
+
+/// Every kind of change the store makes to tasks, runs, check results and files, in a random
+/// order, and the counters checked against a full recount along the way.
+async fn counters_match_a_recount(h: &Harness, store: Arc<dyn Store>) -> TestResult {
+    let (v1, v2) = two_versions(&store, "orders").await?;
+    pipeline(&store, "users").await?;
+    let fence = lead(&store, "ctl").await?;
+    let mut mix = Mix(0x5EED_0008);
+    let mut held: Vec<Lease> = Vec::new();
+    let mut batches: Vec<(String, BatchId)> = Vec::new();
+    let mut deployment: Option<DeploymentRecord> = None;
+    for step in 0..400 {
+        match mix.below(12) {
+            0 | 1 => {
+                let p = *mix.pick(&["orders", "users"]);
+                let path = format!("/in/{step}.csv");
+                let n = 1 + mix.below(4) as u32;
+                for b in queue(&store, p, 1, &path, n, 2).await? {
+                    batches.push((p.to_string(), b));
+                }
+            }
+            2 | 3 => {
+                let lease_for = if mix.below(4) == 0 {
+                    Duration::from_millis(1)
+                } else {
+                    LONG
+                };
+                let limit = 1 + mix.below(3) as usize;
+                held.extend(store.lease(&request(1, limit, lease_for)).await?);
+            }
+            4 | 5 if !held.is_empty() => {
+                let l = held.swap_remove(mix.below(held.len() as u64) as usize);
+                let outcome = *mix.pick(&[BatchOutcome::Committed, BatchOutcome::AlreadyCommitted]);
+                let d = *mix.pick(&DURATIONS_MS);
+                store
+                    .complete(&l, &run_of(d, mix.below(1_000) as i64, outcome))
+                    .await?;
+            }
+            6 if !held.is_empty() => {
+                let l = held.swap_remove(mix.below(held.len() as u64) as usize);
+                let quarantine = mix.below(2) == 0;
+                let outcome = if quarantine {
+                    BatchOutcome::Quarantined
+                } else {
+                    BatchOutcome::Failed
+                };
+                let d = *mix.pick(&DURATIONS_MS);
+                store
+                    .fail(
+                        &l,
+                        &run_of(d, 3, outcome),
+                        ErrorKind::User,
+                        quarantine,
+                        Duration::ZERO,
+                    )
+                    .await?;
+            }
+            7 if !held.is_empty() => {
+                let l = held.swap_remove(mix.below(held.len() as u64) as usize);
+                if mix.below(2) == 0 {
+                    store.release(&l).await?;
+                } else {
+                    store.heartbeat(&l.batch_id, &l.token, LONG).await?;
+                    held.push(l);
+                }
+            }
+            8 => {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                store.rescue_expired().await?;
+                store.retry(&RetryTarget::All { pipeline: None }).await?;
+            }
+            9 if !batches.is_empty() => {
+                let (p, b) = mix.pick(&batches).clone();
+                let level = *mix.pick(&["pass", "warn", "error"]);
+                store
+                    .record_checks(&[
+                        check_of(&p, &b, "bad_rows", "pass", mix.below(6) as i64),
+                        check_of(&p, &b, "not_null", level, 0),
+                    ])
+                    .await?;
+            }
+            10 => match &deployment {
+                None => {
+                    let weight = *mix.pick(&[0u8, 50, 100]);
+                    deployment =
+                        Some(deploy(&store, "orders", route(RouteMode::Batch, weight)).await?);
+                }
+                Some(d) => {
+                    let weight = *mix.pick(&[0u8, 50, 100]);
+                    let mode = *mix.pick(&[RouteMode::Batch, RouteMode::Key]);
+                    set_route(&store, &fence, d, route(mode, weight)).await?;
+                }
+            },
+            11 => {
+                // The controller's rollback moves: park the candidate's retries, then requeue
+                // its batches for stable.
+                store.park_pending(&fence, "orders", v2).await?;
+                let of_v2 = store.version_tasks("orders", v2).await?;
+                let rq = Requeue {
+                    pipeline: "orders".into(),
+                    version: v1,
+                    batches: of_v2
+                        .iter()
+                        .map(|t| (t.batch_id.clone(), t.generation + 1))
+                        .collect(),
+                };
+                store.requeue(&fence, &rq).await?;
+            }
+            _ => {}
+        }
+        if step % 50 == 49 {
+            assert_no_drift(h, &format!("after step {step}")).await?;
+        }
+    }
+    assert_no_drift(h, "at the end").await?;
+    // What the reads built on the counters say agrees with the tasks themselves.
+    let status = store.status().await?;
+    for s in &status {
+        for (state, n) in [
+            (TaskState::Pending, s.pending),
+            (TaskState::Leased, s.leased),
+            (TaskState::Done, s.done),
+            (TaskState::Quarantined, s.quarantined),
+        ] {
+            assert_eq!(
+                store.tasks(&s.pipeline, Some(state)).await?.len() as i64,
+                n,
+                "{} {state}",
+                s.pipeline
+            );
+        }
+    }
+    let m = store.metrics(LONG).await?;
+    let pending: i64 = m
+        .tasks
+        .iter()
+        .filter(|t| t.state == TaskState::Pending)
+        .map(|t| t.batches)
+        .sum();
+    assert_eq!(pending, status.iter().map(|s| s.pending).sum::<i64>());
+    assert!(
+        m.tasks.iter().all(|t| t.batches > 0),
+        "no empty series: {:?}",
+        m.tasks
+    );
+    Ok(())
+}
+
+/// Several processes leasing, completing and failing the batches of one pipeline at once: the
+/// counters stay exact (PostgreSQL: concurrent transactions on the same counter rows).
+async fn counters_match_a_recount_under_concurrent_workers(
+    h: &Harness,
+    store: Arc<dyn Store>,
+) -> TestResult {
+    let v = pipeline(&store, "orders").await?;
+    for f in 0..10 {
+        queue(&store, "orders", v, &format!("/in/{f}.csv"), 20, 3).await?;
+    }
+    let mut workers = Vec::new();
+    for n in 0..4 {
+        let store = h.open_again().await;
+        workers.push(tokio::spawn(async move {
+            let mut mix = Mix(0xC0FFEE + n as u64);
+            loop {
+                let leases = store
+                    .lease(&request(n, 1 + mix.below(3) as usize, LONG))
+                    .await?;
+                if leases.is_empty() {
+                    return Ok::<_, StoreError>(());
+                }
+                for l in leases {
+                    let d = *mix.pick(&DURATIONS_MS);
+                    if mix.below(5) == 0 {
+                        store
+                            .fail(
+                                &l,
+                                &run_of(d, 1, BatchOutcome::Failed),
+                                ErrorKind::External,
+                                false,
+                                Duration::ZERO,
+                            )
+                            .await?;
+                    } else {
+                        store
+                            .complete(&l, &run_of(d, 10, BatchOutcome::Committed))
+                            .await?;
+                        store
+                            .record_checks(&[check_of(
+                                "orders",
+                                &l.batch_id,
+                                "bad_rows",
+                                "pass",
+                                2,
+                            )])
+                            .await?;
+                    }
+                }
+            }
+        }));
+    }
+    for w in workers {
+        w.await??;
+    }
+    assert_no_drift(h, "after the drain").await?;
+    let s = store.status().await?;
+    assert_eq!((s[0].pending, s[0].leased), (0, 0));
+    assert_eq!(s[0].done + s[0].quarantined, 200);
+    assert_eq!(
+        s[0].dropped_rows,
+        2 * s[0].done,
+        "each done batch's 2 dropped rows, once"
+    );
+    Ok(())
+}
+
+/// A store an older sluice filled (migrations up to 0007, history written as it wrote it) gets
+/// counters that match its history when it is opened and migrated.
+async fn migration_counts_the_history_already_there(
+    _h: &Harness,
+    _store: Arc<dyn Store>,
+) -> TestResult {
+    let (url, _dir) = match _h.store.backend() {
+        "sqlite" => {
+            let dir = tempfile::tempdir()?;
+            (
+                format!("sqlite://{}", dir.path().join("old.db").display()),
+                Some(dir),
+            )
+        }
+        _ => (
+            testing::fresh_postgres_url()
+                .await?
+                .ok_or("no PostgreSQL")?,
+            None,
+        ),
+    };
+    let mut raw = testing::RawConnection::open(&url).await?;
+    raw.migrate_up_to(7).await?;
+    for p in ["orders", "users"] {
+        raw.execute(&format!("INSERT INTO pipelines VALUES ('{p}', 2, 1)"))
+            .await?;
+        for v in [1, 2] {
+            raw.execute(&format!(
+                "INSERT INTO pipeline_versions VALUES ('{p}', {v}, 'h{v}', 'spec', '/b', 1)"
+            ))
+            .await?;
+        }
+    }
+    let mut mix = Mix(7);
+    let states = ["pending", "leased", "done", "quarantined"];
+    for i in 0..300 {
+        let p = *mix.pick(&["orders", "users"]);
+        let v = 1 + mix.below(2);
+        let state = *mix.pick(&states);
+        let rows = if state == "done" {
+            format!("{}, {}", mix.below(100), mix.below(50))
+        } else {
+            "NULL, NULL".into()
+        };
+        if i % 3 == 0 {
+            raw.execute(&format!(
+                "INSERT INTO files (pipeline, path, size, modified_ms, registered_at) \
+                 VALUES ('{p}', '/in/{i}.csv', 10, 1, 1)"
+            ))
+            .await?;
+        }
+        raw.execute(&format!(
+            "INSERT INTO tasks (batch_id, pipeline, version, path, slice_index, byte_start, byte_end, \
+             row_start, row_count, state, max_attempts, run_after, rows_in, rows_out, created_at, \
+             updated_at) VALUES ('b{i}', '{p}', {v}, '/in/{i}.csv', 0, 0, 10, 0, 1, '{state}', 3, 0, \
+             {rows}, {i}, {i})"
+        ))
+        .await?;
+        for run in 0..mix.below(3) {
+            let outcome = *mix.pick(&["committed", "already_committed", "failed", "expired"]);
+            let d = *mix.pick(&DURATIONS_MS);
+            raw.execute(&format!(
+                "INSERT INTO batch_runs (batch_id, pipeline, version, worker, attempt, started_at, \
+                 finished_at, duration_ms, rows_in, rows_out, outcome) VALUES ('b{i}', '{p}', {v}, \
+                 'w', {run}, {}, {}, {d}, 5, 4, '{outcome}')",
+                1_000 + i,
+                1_000 + i + d
+            ))
+            .await?;
+            let level = *mix.pick(&["pass", "warn", "error"]);
+            raw.execute(&format!(
+                "INSERT INTO check_results (pipeline, version, batch_id, check_name, kind, level, \
+                 considered, failing, dropped, detail, recorded_at) VALUES \
+                 ('{p}', {v}, 'b{i}', 'bad_rows', 'bad_rows', '{level}', 10, 1, {}, '', {i})",
+                mix.below(5)
+            ))
+            .await?;
+        }
+    }
+    let before = raw
+        .scalar("SELECT CAST(COUNT(*) AS BIGINT) FROM tasks")
+        .await?;
+    assert_eq!(before, 300);
+    // Opening migrates to 0008, whose backfill counts what is there.
+    let store = sluice_store::open(&url).await?;
+    assert_eq!(raw.counter_drift().await?, Vec::<String>::new());
+    let status = store.status().await?;
+    let count = |p: &str, s: &str| {
+        format!(
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM tasks WHERE pipeline = '{p}' AND state = '{s}'"
+        )
+    };
+    for st in &status {
+        assert_eq!(
+            st.pending,
+            raw.scalar(&count(&st.pipeline, "pending")).await?
+        );
+        assert_eq!(st.done, raw.scalar(&count(&st.pipeline, "done")).await?);
+        assert!(st.files > 0 && st.first_started_at.is_some());
+    }
+    // And the counters go on from there.
+    let lease = lease_one(&store, 1, LONG).await;
+    store
+        .complete(&lease, &report(BatchOutcome::Committed, 5, None))
+        .await?;
+    assert_eq!(raw.counter_drift().await?, Vec::<String>::new());
+    drop(store);
+    if url.starts_with("postgres") {
+        drop(raw);
+        let _ = testing::drop_postgres_database(&url).await;
+    }
     Ok(())
 }
 
