@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,6 @@ use common::*;
 use sluice_core::TaskState;
 use sluice_store::TaskRecord;
 
-const SIGKILL: i32 = 9;
 const SIGCONT: i32 = 18;
 const SIGSTOP: i32 = 19;
 
@@ -25,37 +23,6 @@ fn spec3(version: i64, transform: Option<&str>, deploy: &str) -> String {
     spec(version, transform, deploy)
         .replace("lease: 10s", "lease: 3s")
         .replace("max_attempts: 1", "max_attempts: 3")
-}
-
-/// A `sluice worker` of `workers` slots on `store` with 3 s batch leases and a 1 s leader lease,
-/// and `extra` args.
-fn worker(p: &Project, store: &str, workers: &str, extra: &[&str]) -> Bg {
-    let mut args = vec![
-        "worker",
-        "--store",
-        store,
-        "--workers",
-        workers,
-        "--lease",
-        "3s",
-        "--leader-lease",
-        "1s",
-    ];
-    args.extend_from_slice(extra);
-    Bg(p.sluice(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap())
-}
-
-fn signal(bg: &Bg, sig: i32) {
-    unsafe { libc_kill(bg.0.id() as i32, sig) };
-}
-
-fn kill(mut bg: Bg) {
-    signal(&bg, SIGKILL);
-    let _ = bg.0.wait();
 }
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {

@@ -1,9 +1,10 @@
 //! The controller talking to real HTTP services, end to end, with a running pipeline and a
-//! canary going out:
+//! canary going out, each on SQLite and on PostgreSQL:
 //!
 //! - webhooks: real HTTP listeners in the test receive its events (JSON and Slack), a
 //!   confirm-promotion hook holds the promotion until it answers 200, and an unreachable URL is
-//!   recorded as failed while batches keep flowing;
+//!   recorded as failed while batches keep flowing; a delivery in flight when its leader is
+//!   SIGKILLed is sent again by the next leader, with the same Idempotency-Key;
 //! - Prometheus analysis: a real Prometheus (Debian's `prometheus`, installed by `.ci/setup`)
 //!   scrapes a `sluice serve` of the test's store, and the canary's analysis queries it: a
 //!   healthy candidate is promoted, one whose batches start failing is rolled back and its rows
@@ -30,6 +31,8 @@ struct Received {
     /// The status `/confirm` answers.
     confirm: AtomicU16,
     confirms: AtomicUsize,
+    /// The event whose first request is held open, never answered (a delivery in flight).
+    hold: Mutex<Option<String>>,
 }
 
 impl Received {
@@ -55,10 +58,22 @@ async fn record(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
+    let event = body.0["event"].as_str().unwrap_or_default().to_string();
     r.requests
         .lock()
         .unwrap()
         .push((uri.path().to_string(), key, body.0));
+    let held = {
+        let mut hold = r.hold.lock().unwrap();
+        let held = hold.as_deref() == Some(event.as_str());
+        if held {
+            *hold = None;
+        }
+        held
+    };
+    if held {
+        std::future::pending::<()>().await;
+    }
     if uri.path() == "/confirm" {
         r.confirms.fetch_add(1, Ordering::SeqCst);
         return StatusCode::from_u16(r.confirm.load(Ordering::SeqCst)).unwrap();
@@ -93,21 +108,6 @@ fn closed_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-fn spec(version: i64, deploy: &str) -> String {
-    spec_with(
-        &format!(
-            "SELECT id, customer, amount * 2 AS doubled, CAST({version} AS BIGINT) AS ver FROM input"
-        ),
-        deploy,
-    )
-}
-
-fn spec_with(transform: &str, deploy: &str) -> String {
-    format!(
-        "pipeline: crash\nsource:\n  files: landing/*.csv\n  columns: {{id: int64, customer: int64, amount: float64}}\n  required: [id]\n  settle: 0s\nbatch:\n  max_rows: 50\n  lease: 10s\n  max_attempts: 1\ntransform: {transform}\nsink:\n  delta: out\n  key: [id]\n{deploy}"
-    )
-}
-
 fn done(p: &Project, store: &str) -> i64 {
     p.status(store)["pipelines"]
         .as_array()
@@ -127,25 +127,30 @@ fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) 
     }
 }
 
-fn history(p: &Project, store: &str) -> serde_json::Value {
-    let out = p.run(&["history", "crash", "--store", store, "--json"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
+#[test]
+fn every_event_arrives_once_in_order_and_a_confirm_hook_holds_the_promotion_until_200_on_sqlite() {
+    events_and_confirm_hook(None);
 }
 
 #[test]
-fn every_event_arrives_once_in_order_and_a_confirm_hook_holds_the_promotion_until_200() {
+fn every_event_arrives_once_in_order_and_a_confirm_hook_holds_the_promotion_until_200_on_postgres()
+{
+    let Some(url) = postgres() else { return };
+    events_and_confirm_hook(Some(url));
+}
+
+fn events_and_confirm_hook(store: Option<String>) {
     let received = Arc::new(Received::default());
     received.confirm.store(503, Ordering::SeqCst);
     let addr = listen(received.clone());
     let dead = format!("http://127.0.0.1:{}/gone", closed_port());
     let mut p = Project::csv(2, 100, 50, "10s");
-    let store = p.sqlite();
-    p.write("v1.yaml", &spec(1, ""));
+    let store = store.unwrap_or_else(|| p.sqlite());
+    p.write("v1.yaml", &spec(1, None, ""));
     let deploy = format!(
         "deploy:\n  strategy: canary\n  steps:\n    - set_weight: 50\n    - pause: {{duration: 1s}}\n    - set_weight: 100\n  webhooks:\n    - url: http://{addr}/events\n    - url: http://{addr}/slack\n      format: slack\n      events: [promoted]\n    - url: http://{addr}/confirm\n      confirm_promotion: true\n      timeout: 2s\n    - url: {dead}\n      retries: 1\n      timeout: 1s\n"
     );
-    p.write("v2.yaml", &spec(2, &deploy));
+    p.write("v2.yaml", &spec(2, None, &deploy));
     let out = p.run(&["validate", "v2.yaml"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let _run = run_bg(&p, "v1.yaml", &store, "2");
@@ -282,6 +287,115 @@ fn every_event_arrives_once_in_order_and_a_confirm_hook_holds_the_promotion_unti
     );
 }
 
+#[test]
+fn a_delivery_in_flight_when_the_leader_is_sigkilled_is_sent_again_by_the_next_on_sqlite() {
+    delivery_in_flight_survives_the_leader(None);
+}
+
+#[test]
+fn a_delivery_in_flight_when_the_leader_is_sigkilled_is_sent_again_by_the_next_on_postgres() {
+    let Some(url) = postgres() else { return };
+    delivery_in_flight_survives_the_leader(Some(url));
+}
+
+/// The hook listener holds the first `step_reached` request open; the leader sending it is
+/// SIGKILLed there, a new process takes the leader duties and sends it again with the same
+/// Idempotency-Key, and then the rest: every event at least once, in order, none lost.
+fn delivery_in_flight_survives_the_leader(store: Option<String>) {
+    let received = Arc::new(Received::default());
+    *received.hold.lock().unwrap() = Some("step_reached".into());
+    let addr = listen(received.clone());
+    let p = Project::csv(2, 100, 50, "3s");
+    let store = store.unwrap_or_else(|| p.sqlite());
+    p.write("v1.yaml", &spec(1, None, ""));
+    let deploy = format!(
+        "deploy:\n  strategy: canary\n  steps:\n    - set_weight: 50\n    - pause: {{duration: 1s}}\n    - set_weight: 100\n  webhooks:\n    - url: http://{addr}/events\n      timeout: 60s\n"
+    );
+    p.write("v2.yaml", &spec(2, None, &deploy));
+    let leader = run_bg(&p, "v1.yaml", &store, "1");
+    wait_until("v1 runs its batches", Duration::from_secs(60), || {
+        (done(&p, &store) >= 2).then_some(())
+    });
+    let out = p.run(&["deploy", "v2.yaml", "--store", &store]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The held request arrives and the store has it as sent, not answered.
+    let held_key = wait_until("the held request", Duration::from_secs(60), || {
+        let got = received.at("/events");
+        got.iter()
+            .find(|(_, b)| b["event"] == "step_reached")
+            .map(|(k, _)| k.clone())
+    });
+    let sending = history(&p, &store)[0]["webhooks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|w| w["state"] == "sending")
+        .count();
+    assert_eq!(sending, 1, "the held delivery is in flight in the store");
+    assert!(
+        received.hold.lock().unwrap().is_none(),
+        "the listener holds it"
+    );
+    kill(leader);
+    let sent_before = received.at("/events").len();
+
+    // Another process takes the leader duties (the run's 3 s lease expires) and goes on.
+    let _next = worker(&p, &store, "1", &[]);
+    let got = wait_until("promoted delivered", Duration::from_secs(60), || {
+        let got = received.at("/events");
+        got.iter()
+            .any(|(_, b)| b["event"] == "promoted")
+            .then_some(got)
+    });
+    assert!(got.len() > sent_before, "nothing sent after the kill");
+    let again: Vec<&(String, serde_json::Value)> =
+        got.iter().filter(|(k, _)| *k == held_key).collect();
+    assert!(
+        again.len() >= 2,
+        "the held event is sent again with the same Idempotency-Key: {got:?}"
+    );
+    assert!(again.iter().all(|(k, b)| b["id"] == *k));
+    // At least once and in order: with repeats of one request side by side folded, each
+    // event once, in the order they happened, none missing.
+    let mut keys: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+    keys.dedup();
+    let mut unique = keys.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        keys.len(),
+        unique.len(),
+        "an event repeated out of order: {got:?}"
+    );
+    let mut folded = Vec::new();
+    let mut last = "";
+    for (k, b) in &got {
+        if k.as_str() != last {
+            folded.push(b["event"].as_str().unwrap_or_default());
+            last = k.as_str();
+        }
+    }
+    assert_eq!(
+        folded,
+        [
+            "started",
+            "step_reached",
+            "step_reached",
+            "step_reached",
+            "promoted"
+        ],
+        "every event, in order: {got:?}"
+    );
+    let h = history(&p, &store);
+    assert_eq!(h[0]["deployment"]["outcome"], "promoted", "{h}");
+    let ws = h[0]["webhooks"].as_array().cloned().unwrap_or_default();
+    assert!(
+        ws.len() == 5 && ws.iter().all(|w| w["state"] == "delivered"),
+        "every delivery recorded delivered: {ws:?}"
+    );
+}
+
 // ---- Prometheus analysis ----
 
 /// The Prometheus binary, or `None` when SLUICE_TEST_PROMETHEUS=skip; fails the test when it is
@@ -410,13 +524,25 @@ fn prom_analysis(address: &str, count: Option<u32>, indent: usize) -> String {
 }
 
 #[test]
-fn a_canary_judged_by_prometheus_is_promoted_when_healthy_and_rolled_back_when_it_fails() {
+fn a_canary_judged_by_prometheus_is_promoted_when_healthy_and_rolled_back_when_it_fails_on_sqlite()
+{
+    judged_by_prometheus(None);
+}
+
+#[test]
+fn a_canary_judged_by_prometheus_is_promoted_when_healthy_and_rolled_back_when_it_fails_on_postgres()
+ {
+    let Some(url) = postgres() else { return };
+    judged_by_prometheus(Some(url));
+}
+
+fn judged_by_prometheus(store: Option<String>) {
     let Some(bin) = prometheus_binary() else {
         return;
     };
     let p = Project::csv(2, 100, 50, "10s");
-    let store = p.sqlite();
-    p.write("v1.yaml", &spec(1, ""));
+    let store = store.unwrap_or_else(|| p.sqlite());
+    p.write("v1.yaml", &spec(1, None, ""));
     let run = run_bg(&p, "v1.yaml", &store, "2");
     wait_until("v1 runs its batches", Duration::from_secs(60), || {
         (done(&p, &store) >= 4).then_some(())
@@ -447,7 +573,7 @@ fn a_canary_judged_by_prometheus_is_promoted_when_healthy_and_rolled_back_when_i
     );
     {
         let p = p.lock().unwrap();
-        p.write("v2.yaml", &spec(2, &healthy));
+        p.write("v2.yaml", &spec(2, None, &healthy));
         let out = p.run(&["validate", "v2.yaml"]);
         assert!(out.status.success(), "{}", stderr(&out));
     }
@@ -490,7 +616,7 @@ fn a_canary_judged_by_prometheus_is_promoted_when_healthy_and_rolled_back_when_i
             "deploy:\n  strategy: canary\n  steps:\n    - set_weight: 50\n    - pause: {{duration: 60s}}\n    - set_weight: 100\n  analysis:\n{}",
             prom_analysis(&address, None, 4)
         );
-        p.write("v3.yaml", &spec_with(&transform, &failing));
+        p.write("v3.yaml", &spec(3, Some(&transform), &failing));
     }
     let out = deploy_wait(&dir, "v3.yaml", &store, Duration::from_secs(120));
     lander.0.store(true, Ordering::SeqCst);

@@ -37,6 +37,39 @@ impl Bg {
     }
 }
 
+pub const SIGKILL: i32 = 9;
+
+/// A `sluice worker` of `workers` slots on `store` with 3 s batch leases and a 1 s leader lease,
+/// and `extra` args.
+pub fn worker(p: &Project, store: &str, workers: &str, extra: &[&str]) -> Bg {
+    let mut args = vec![
+        "worker",
+        "--store",
+        store,
+        "--workers",
+        workers,
+        "--lease",
+        "3s",
+        "--leader-lease",
+        "1s",
+    ];
+    args.extend_from_slice(extra);
+    Bg(p.sluice(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap())
+}
+
+pub fn signal(bg: &Bg, sig: i32) {
+    unsafe { libc_kill(bg.0.id() as i32, sig) };
+}
+
+pub fn kill(mut bg: Bg) {
+    signal(&bg, SIGKILL);
+    let _ = bg.0.wait();
+}
+
 unsafe extern "C" {
     #[link_name = "kill"]
     pub fn libc_kill(pid: i32, sig: i32) -> i32;
