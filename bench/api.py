@@ -5,8 +5,8 @@
    batches (with a batch run each) by copying those rows in SQL, as a long-running pipeline's
    store would look. `sluice serve` answers `GET /api/v1/status` (every pipeline's queue,
    workers, deployments), `GET /api/v1/pipelines/p/batches?limit=100` (the first page) and a
-   page deep in the queue (`after=` the 90,000th id), 300 times each over one keep-alive
-   connection: p50 and p99 printed.
+   page deep in the queue (`after=` the id 90% deep), 300 times each over one keep-alive
+   connection: p50 and p99 printed, on the young store (20 batches) and on the grown one.
 2. /metrics cost. One scrape's CPU on the 100,000-batch store (100 scrapes of an idle
    server). Then `sluice serve --workers 2` drains 300 files of 2,000 rows, three times with
    nothing scraping it and three times with /metrics read every second, alternating; the
@@ -187,6 +187,36 @@ def drain(sluice: str, scrape: bool) -> tuple[float, int]:
         return cpu, done
 
 
+def api_figures(sluice: str, d: Path, store: str, label: str) -> None:
+    """Status and batch-page latencies, and what one /metrics scrape costs, on `store`."""
+    port = free_port()
+    proc = serve(sluice, d, store, port)
+    try:
+        print(f"-- {label}")
+        page = get(port, "/api/v1/pipelines/p/batches?limit=100")
+        count = sqlite3.connect(store).execute("SELECT count(*) FROM tasks").fetchone()[0]
+        deep = sqlite3.connect(store).execute(
+            "SELECT seq FROM tasks ORDER BY seq LIMIT 1 OFFSET ?", (count * 9 // 10,)
+        ).fetchone()[0]
+        assert len(page["batches"]) == min(100, count), page.keys()
+        for name, path in [
+            ("status", "/api/v1/status"),
+            ("batches, first page", "/api/v1/pipelines/p/batches?limit=100"),
+            ("batches, page at 90%", f"/api/v1/pipelines/p/batches?limit=100&after={deep}"),
+        ]:
+            p50, p99 = latencies(port, path)
+            print(f"{name:<26} p50 {p50:7.2f} ms  p99 {p99:7.2f} ms")
+        # What one scrape costs the serving process, on this store, with nothing else
+        # running in it.
+        before = cpu_seconds(proc.pid)
+        p50, p99 = latencies(port, "/metrics", n=100)
+        per_scrape = (cpu_seconds(proc.pid) - before) / 100
+        print(f"{'/metrics':<26} p50 {p50:7.2f} ms  p99 {p99:7.2f} ms, {per_scrape * 1000:.1f} CPU ms a scrape")
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
 def main() -> None:
     sluice = binary()
     print(f"binary: {sluice}")
@@ -201,33 +231,13 @@ def main() -> None:
             check=True,
             capture_output=True,
         )
+        # The same figures on the young store (20 batches) and after growing it: flat means
+        # the reads cost what is live, not the history.
+        api_figures(sluice, d, store, "20 batches")
         t = time.time()
         grow(Path(store))
         print(f"store grown to {BATCHES} batches in {time.time() - t:.1f} s")
-        port = free_port()
-        proc = serve(sluice, d, store, port)
-        try:
-            page = get(port, "/api/v1/pipelines/p/batches?limit=100")
-            deep = sqlite3.connect(store).execute(
-                "SELECT seq FROM tasks ORDER BY seq LIMIT 1 OFFSET 90000"
-            ).fetchone()[0]
-            assert len(page["batches"]) == 100, page.keys()
-            for name, path in [
-                ("status", "/api/v1/status"),
-                ("batches, first page", "/api/v1/pipelines/p/batches?limit=100"),
-                ("batches, page at 90,000", f"/api/v1/pipelines/p/batches?limit=100&after={deep}"),
-            ]:
-                p50, p99 = latencies(port, path)
-                print(f"{name:<26} p50 {p50:7.2f} ms  p99 {p99:7.2f} ms")
-            # What one scrape costs the serving process, on this store, with nothing else
-            # running in it.
-            before = cpu_seconds(proc.pid)
-            p50, p99 = latencies(port, "/metrics", n=100)
-            per_scrape = (cpu_seconds(proc.pid) - before) / 100
-            print(f"{'/metrics':<26} p50 {p50:7.2f} ms  p99 {p99:7.2f} ms, {per_scrape * 1000:.1f} CPU ms a scrape")
-        finally:
-            proc.terminate()
-            proc.wait()
+        api_figures(sluice, d, store, f"{BATCHES:,} batches")
     # Alternating, three runs each: the medians.
     runs = {False: [], True: []}
     for _ in range(3):

@@ -28,7 +28,8 @@ pub struct BatchCount {
     pub batches: i64,
 }
 
-/// Rows of the done batches of one pipeline version label.
+/// Rows of the committed runs of one pipeline version label (counted from runs, which are only
+/// added, so a rollback's requeue does not take rows back from the counter).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RowCount {
     pub pipeline: String,
@@ -170,16 +171,18 @@ pub async fn metrics(store: &Arc<dyn Store>) -> Result<Metrics> {
         *batches
             .entry((t.pipeline.clone(), version.clone(), t.state))
             .or_default() += t.batches;
-        if t.state == TaskState::Done {
-            let r = rows.entry((t.pipeline.clone(), version)).or_default();
-            r.0 += t.rows_in;
-            r.1 += t.rows_out;
-        }
         if t.state == TaskState::Pending {
             let b = backlog.entry(t.pipeline.clone()).or_default();
             b.0 += t.batches;
             b.1 = Some(b.1.map_or(t.oldest_change, |o| o.min(t.oldest_change)));
         }
+    }
+    for c in &m.rows {
+        let r = rows
+            .entry((c.pipeline.clone(), label(&c.pipeline, c.version)))
+            .or_default();
+        r.0 += c.rows_in;
+        r.1 += c.rows_out;
     }
     Ok(Metrics {
         batches: batches

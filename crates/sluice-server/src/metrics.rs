@@ -68,12 +68,12 @@ impl Collector for Snapshot {
         for (name, help, rows_in) in [
             (
                 "sluice_rows_in",
-                "Rows read by the batches that are done, by pipeline and version.",
+                "Rows read by committed batch runs, by pipeline and version.",
                 true,
             ),
             (
                 "sluice_rows_out",
-                "Rows published by the batches that are done, by pipeline and version.",
+                "Rows published by committed batch runs, by pipeline and version.",
                 false,
             ),
         ] {

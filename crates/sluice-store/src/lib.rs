@@ -552,6 +552,17 @@ pub struct DurationHistogram {
     pub buckets: Vec<i64>,
 }
 
+/// The rows of one pipeline version's committed runs, over all time: what `/metrics` counts rows
+/// by, since runs are only ever added (a done batch requeued by a rollback leaves `done`, its
+/// run stays), so the totals never go back.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CommittedRows {
+    pub pipeline: String,
+    pub version: i64,
+    pub rows_in: i64,
+    pub rows_out: i64,
+}
+
 /// How often one check of a pipeline failed at one level (`warn` or `error`), over all time.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CheckFailures {
@@ -570,6 +581,9 @@ pub struct StoreMetrics {
     /// Each pipeline and its current version.
     pub current: Vec<(String, i64)>,
     pub tasks: Vec<TaskCount>,
+    /// Every version with committed runs.
+    #[serde(default)]
+    pub rows: Vec<CommittedRows>,
     /// Live versions only: the current ones and those with pending or leased batches.
     pub durations: Vec<DurationHistogram>,
     /// Workers not stopped that reported within the `lost_after` given.

@@ -7,8 +7,8 @@ use sluice_core::{BatchOutcome, TaskState};
 
 use crate::rows::{TaskRow, task_columns};
 use crate::{
-    CheckFailures, CheckTotals, DURATION_BUCKETS_MS, DurationHistogram, Result, RunTotals,
-    StoreError, TaskCount,
+    CheckFailures, CheckTotals, CommittedRows, DURATION_BUCKETS_MS, DurationHistogram, Result,
+    RunTotals, StoreError, TaskCount,
 };
 
 /// `$1` pipeline, `$2` state or NULL, `$3` version or NULL, `$4` cursor (seq), `$5` limit.
@@ -107,16 +107,16 @@ pub(crate) const METRICS_CURRENT_SQL: &str =
     "SELECT name, current_version FROM pipelines ORDER BY name";
 
 /// The batches per pipeline, version and state from the counters (migration 0008), and for
-/// pending ones since when the longest-waiting waits (from the pending batches only).
-pub(crate) const METRICS_TASKS_SQL: &str = "SELECT c.pipeline, c.version, c.state, \
-    c.batches, c.rows_in, c.rows_out, CAST(COALESCE(o.oldest, 0) AS BIGINT) AS oldest_change \
+/// pending ones since when the longest-waiting waits: a lookup of that version's pending
+/// batches by `tasks_by_pipeline_state`, so it reads the pending batches, not the history.
+pub(crate) const METRICS_TASKS_SQL: &str = "SELECT pipeline, version, state, batches, rows_in, \
+    rows_out, CAST(CASE WHEN state = 'pending' THEN COALESCE((SELECT MIN(t.updated_at) \
+    FROM tasks t WHERE t.pipeline = c.pipeline AND t.state = 'pending' \
+    AND t.version = c.version), 0) ELSE 0 END AS BIGINT) AS oldest_change \
     FROM (SELECT pipeline, version, state, CAST(SUM(batches) AS BIGINT) AS batches, \
     CAST(SUM(rows_in) AS BIGINT) AS rows_in, CAST(SUM(rows_out) AS BIGINT) AS rows_out \
     FROM task_counts GROUP BY pipeline, version, state HAVING SUM(batches) > 0) AS c \
-    LEFT JOIN (SELECT pipeline, version, MIN(updated_at) AS oldest FROM tasks \
-    WHERE state = 'pending' GROUP BY pipeline, version) AS o \
-    ON c.state = 'pending' AND o.pipeline = c.pipeline AND o.version = c.version \
-    ORDER BY c.pipeline, c.version, c.state";
+    ORDER BY pipeline, version, state";
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct TaskCountRow {
@@ -193,6 +193,31 @@ pub(crate) fn histograms(rows: Vec<DurationBucketRow>) -> Vec<DurationHistogram>
         }
     }
     out
+}
+
+/// Rows of committed runs per pipeline version, from the run counters.
+pub(crate) const METRICS_ROWS_SQL: &str = "SELECT pipeline, version, \
+    CAST(SUM(rows_in) AS BIGINT) AS rows_in, CAST(SUM(rows_out) AS BIGINT) AS rows_out \
+    FROM run_counts WHERE outcome = 'committed' GROUP BY pipeline, version \
+    ORDER BY pipeline, version";
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct CommittedRowsRow {
+    pipeline: String,
+    version: i64,
+    rows_in: i64,
+    rows_out: i64,
+}
+
+impl From<CommittedRowsRow> for CommittedRows {
+    fn from(r: CommittedRowsRow) -> CommittedRows {
+        CommittedRows {
+            pipeline: r.pipeline,
+            version: r.version,
+            rows_in: r.rows_in,
+            rows_out: r.rows_out,
+        }
+    }
 }
 
 /// `$1` the oldest heartbeat of a live worker.

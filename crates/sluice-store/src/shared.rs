@@ -43,13 +43,13 @@ use crate::rows::{
 use crate::webhooks::{self, AttemptRow, DeliveryRow, OutboxRow};
 use crate::{
     AnalysisTemplateRecord, BatchFile, BatchPage, BatchQuery, BatchRun, CheckFailures, CheckRecord,
-    CheckTotals, CutPart, DatasetRecord, DeploymentEvent, DeploymentOutcome, DeploymentRecord,
-    DeploymentRequest, DeploymentUpdate, FailDisposition, Fence, FileChange, FileUpdate,
-    LeaderRecord, Lease, LeaseRequest, MeasurementRecord, NewDeployment, NewFile, NewGroup,
-    NewMeasurement, NewSchemaVersion, NewTask, PipelineRecord, PipelineStatus, PipelineVersion,
-    Requeue, Result, RetryTarget, Route, RouteMode, RunReport, RunTotals, SchemaRegistration,
-    SchemaVersionRecord, Store, StoreError, StoreMetrics, TakenFile, TaskRecord, WorkerBeat,
-    WorkerRecord,
+    CheckTotals, CommittedRows, CutPart, DatasetRecord, DeploymentEvent, DeploymentOutcome,
+    DeploymentRecord, DeploymentRequest, DeploymentUpdate, FailDisposition, Fence, FileChange,
+    FileUpdate, LeaderRecord, Lease, LeaseRequest, MeasurementRecord, NewDeployment, NewFile,
+    NewGroup, NewMeasurement, NewSchemaVersion, NewTask, PipelineRecord, PipelineStatus,
+    PipelineVersion, Requeue, Result, RetryTarget, Route, RouteMode, RunReport, RunTotals,
+    SchemaRegistration, SchemaVersionRecord, Store, StoreError, StoreMetrics, TakenFile,
+    TaskRecord, WorkerBeat, WorkerRecord,
 };
 use crate::{DeliveryResult, OutboxEvent, WebhookAttempt, WebhookDelivery};
 
@@ -803,16 +803,24 @@ where
     }
 
     async fn tasks(&self, pipeline: &str, state: Option<TaskState>) -> Result<Vec<TaskRecord>> {
-        let rows: Vec<TaskRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            task_columns!(),
-            " FROM tasks WHERE pipeline = $1 AND ($2 IS NULL OR state = $2) ORDER BY seq"
-        ))
-        .bind(pipeline)
-        .bind(state.map(TaskState::as_str))
-        .fetch_all(self.pool())
-        .await
-        .map_err(B::db_error)?;
+        // One statement per case, so one state is found by `tasks_by_pipeline_state` (status
+        // lists the quarantined ones: a read of those, not of the pipeline's history).
+        let query = match state {
+            Some(state) => sqlx::query_as(concat!(
+                "SELECT ",
+                task_columns!(),
+                " FROM tasks WHERE pipeline = $1 AND state = $2 ORDER BY seq"
+            ))
+            .bind(pipeline)
+            .bind(state.as_str()),
+            None => sqlx::query_as(concat!(
+                "SELECT ",
+                task_columns!(),
+                " FROM tasks WHERE pipeline = $1 ORDER BY seq"
+            ))
+            .bind(pipeline),
+        };
+        let rows: Vec<TaskRow> = query.fetch_all(self.pool()).await.map_err(B::db_error)?;
         rows.into_iter().map(TaskRow::into_record).collect()
     }
 
@@ -1034,6 +1042,10 @@ where
             .fetch_all(&mut *tx)
             .await
             .map_err(B::db_error)?;
+        let committed: Vec<reads::CommittedRowsRow> = sqlx::query_as(reads::METRICS_ROWS_SQL)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(B::db_error)?;
         let durations: Vec<reads::DurationBucketRow> = sqlx::query_as(reads::METRICS_DURATIONS_SQL)
             .fetch_all(&mut *tx)
             .await
@@ -1055,6 +1067,7 @@ where
                 .into_iter()
                 .map(reads::TaskCountRow::into_count)
                 .collect::<Result<_>>()?,
+            rows: committed.into_iter().map(CommittedRows::from).collect(),
             durations: reads::histograms(durations),
             workers_alive,
             check_failures: checks.into_iter().map(CheckFailures::from).collect(),
