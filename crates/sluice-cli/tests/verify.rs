@@ -172,9 +172,9 @@ fn post_deploy_suite_judges_the_current_version_against_the_previous_one() {
     );
 }
 
-/// A measurement that cannot be taken never passes: with the store's `batch_runs` table gone
-/// (a store that answers, but fails the status query), `verify pre` used to report a passing
-/// backlog of 0.
+/// A measurement that cannot be taken never passes: with the store's task counters gone (a
+/// store that answers, but fails the status query, which reads them), `verify pre` used to
+/// report a passing backlog of 0.
 #[test]
 fn a_backlog_the_store_cannot_count_fails_instead_of_passing() {
     use sqlx::{Connection, Executor};
@@ -186,7 +186,7 @@ fn a_backlog_the_store_cannot_count_fails_instead_of_passing() {
         let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", p.sqlite()))
             .await
             .unwrap();
-        conn.execute("DROP TABLE batch_runs").await.unwrap();
+        conn.execute("DROP TABLE task_counts").await.unwrap();
     });
     let (code, v) = verify(&p, &["pre", &spec]);
     let backlog = item(&v, "backlog");
