@@ -170,3 +170,8 @@ SELECT pipeline, 0, SUM(dropped_rows), SUM(files) FROM (
 
 -- Status lists the files whose change was noticed; without this it reads every file taken in.
 CREATE INDEX files_changed ON files (pipeline, path) WHERE change_action IS NOT NULL;
+
+-- A page of a pipeline's batches (`seq > cursor ORDER BY seq LIMIT n`, no state asked for)
+-- walks this in order and stops after the page; with only (pipeline, state, seq) it read and
+-- sorted every batch the pipeline ever had.
+CREATE INDEX tasks_by_pipeline_seq ON tasks (pipeline, seq);
