@@ -58,6 +58,17 @@ pub(crate) type Conn<B> = <<B as Backend>::DB as Database>::Connection;
 type DbRow<B> = <<B as Backend>::DB as Database>::Row;
 type Args<'q, B> = <<B as Backend>::DB as Database>::Arguments<'q>;
 
+/// Every row of a query, read inside the open transaction `tx` (one snapshot for a read that
+/// must add up), with the backend's error mapping.
+macro_rules! fetch_all {
+    ($tx:ident, $sql:expr) => {
+        sqlx::query_as($sql)
+            .fetch_all(&mut *$tx)
+            .await
+            .map_err(B::db_error)?
+    };
+}
+
 /// What a backend supplies: its pool, and the things in which it really differs from the other.
 /// Everything else is the one implementation of [`Store`] below.
 pub(crate) trait Backend: Send + Sync + 'static {
@@ -921,19 +932,11 @@ where
             .begin_with(B::BEGIN_SNAPSHOT)
             .await
             .map_err(B::db_error)?;
-        macro_rules! fetch_all {
-            ($sql:expr) => {
-                sqlx::query_as($sql)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(B::db_error)?
-            };
-        }
-        let pipelines: Vec<PipelineRow> = fetch_all!(rows::STATUS_PIPELINES_SQL);
-        let states: Vec<StateCountRow> = fetch_all!(rows::STATUS_STATES_SQL);
-        let files: Vec<FileCountRow> = fetch_all!(rows::STATUS_FILES_SQL);
-        let runs: Vec<RunWindowRow> = fetch_all!(rows::STATUS_RUNS_SQL);
-        let dropped: Vec<DroppedCountRow> = fetch_all!(rows::STATUS_DROPPED_SQL);
+        let pipelines: Vec<PipelineRow> = fetch_all!(tx, rows::STATUS_PIPELINES_SQL);
+        let states: Vec<StateCountRow> = fetch_all!(tx, rows::STATUS_STATES_SQL);
+        let files: Vec<FileCountRow> = fetch_all!(tx, rows::STATUS_FILES_SQL);
+        let runs: Vec<RunWindowRow> = fetch_all!(tx, rows::STATUS_RUNS_SQL);
+        let dropped: Vec<DroppedCountRow> = fetch_all!(tx, rows::STATUS_DROPPED_SQL);
         tx.commit().await.map_err(B::db_error)?;
         rows::assemble_status(pipelines, states, files, runs, dropped)
     }
@@ -1034,31 +1037,16 @@ where
             .begin_with(B::BEGIN_SNAPSHOT)
             .await
             .map_err(B::db_error)?;
-        let current: Vec<(String, i64)> = sqlx::query_as(reads::METRICS_CURRENT_SQL)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(B::db_error)?;
-        let tasks: Vec<reads::TaskCountRow> = sqlx::query_as(reads::METRICS_TASKS_SQL)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(B::db_error)?;
-        let committed: Vec<reads::CommittedRowsRow> = sqlx::query_as(reads::METRICS_ROWS_SQL)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(B::db_error)?;
-        let durations: Vec<reads::DurationBucketRow> = sqlx::query_as(reads::METRICS_DURATIONS_SQL)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(B::db_error)?;
+        let current: Vec<(String, i64)> = fetch_all!(tx, reads::METRICS_CURRENT_SQL);
+        let tasks: Vec<reads::TaskCountRow> = fetch_all!(tx, reads::METRICS_TASKS_SQL);
+        let committed: Vec<reads::CommittedRowsRow> = fetch_all!(tx, reads::METRICS_ROWS_SQL);
+        let durations: Vec<reads::DurationBucketRow> = fetch_all!(tx, reads::METRICS_DURATIONS_SQL);
         let workers_alive: i64 = sqlx::query_scalar(reads::METRICS_WORKERS_SQL)
             .bind(now.saturating_sub(rows::millis(lost_after)))
             .fetch_one(&mut *tx)
             .await
             .map_err(B::db_error)?;
-        let checks: Vec<reads::CheckFailuresRow> = sqlx::query_as(reads::METRICS_CHECKS_SQL)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(B::db_error)?;
+        let checks: Vec<reads::CheckFailuresRow> = fetch_all!(tx, reads::METRICS_CHECKS_SQL);
         tx.commit().await.map_err(B::db_error)?;
         Ok(StoreMetrics {
             now,
