@@ -135,7 +135,8 @@ async fn start(
         return Err(in_progress(&active));
     }
     if let Some((path, store_url)) = pre {
-        let verification = verify::pre(path, store_url, &PreOptions::default()).await;
+        let verification =
+            verify::pre_compiled(&pipeline, Ok(store), store_url, &PreOptions::default()).await;
         let verdict = verification.verdict(None);
         if verdict.decision == Decision::Rollback {
             return Err(AppError::User(format!(

@@ -107,26 +107,40 @@ impl Verification {
 /// The pre-deploy suite of a candidate spec file. Never fails as a call: every problem is an
 /// item.
 pub async fn pre(file: &Path, store_url: &str, opts: &PreOptions) -> Verification {
+    let candidate = match crate::compile(file, 0, store_url).await {
+        Ok(p) => p,
+        Err(e) => {
+            let mut suite = Suite::new("verify pre");
+            suite.push("spec valid, SQL plans", Status::Fail, e.message());
+            return Verification { suite, rules: None };
+        }
+    };
+    let store = crate::open_store(store_url).await;
+    pre_compiled(&candidate, store.as_ref(), store_url, opts).await
+}
+
+/// [`pre`] of a candidate already compiled, against a store already opened (or the reason it
+/// could not be), as `deploy` runs it: the spec is compiled once.
+pub async fn pre_compiled(
+    candidate: &sluice_engine::Pipeline,
+    store: std::result::Result<&Arc<dyn Store>, &AppError>,
+    store_url: &str,
+    opts: &PreOptions,
+) -> Verification {
     let PreOptions {
         sample,
         max_backlog,
         max_table_age,
     } = *opts;
     let mut suite = Suite::new("verify pre");
-    let candidate = match crate::compile(file, 0, store_url).await {
-        Ok(p) => {
-            suite.push(
-                "spec valid, SQL plans",
-                Status::Pass,
-                format!("{} output columns", p.output_schema().fields().len()),
-            );
-            p
-        }
-        Err(e) => {
-            suite.push("spec valid, SQL plans", Status::Fail, e.message());
-            return Verification { suite, rules: None };
-        }
-    };
+    suite.push(
+        "spec valid, SQL plans",
+        Status::Pass,
+        format!(
+            "{} output columns",
+            candidate.output_schema().fields().len()
+        ),
+    );
     let info = candidate.sink().describe().await;
     match &info {
         Ok(Some(table)) => {
@@ -144,7 +158,7 @@ pub async fn pre(file: &Path, store_url: &str, opts: &PreOptions) -> Verificatio
             e.to_string(),
         ),
     }
-    let store = match crate::open_store(store_url).await {
+    let store = match store {
         Ok(s) => {
             suite.push(
                 "store reachable and migrated",
@@ -158,8 +172,8 @@ pub async fn pre(file: &Path, store_url: &str, opts: &PreOptions) -> Verificatio
             None
         }
     };
-    if let Some(store) = &store {
-        dry_run(&mut suite, store, &candidate, sample).await;
+    if let Some(store) = store {
+        dry_run(&mut suite, store, candidate, sample).await;
         // A backlog that cannot be counted is a failure, never a passing 0.
         match store.status().await {
             Ok(status) => {

@@ -9,9 +9,11 @@ use clap::Parser;
 
 /// mimalloc keeps freed Arrow buffers for reuse instead of handing them back to the kernel and
 /// faulting fresh pages in for the next batch (the system allocator spent ~28% of a batch in
-/// page faults in the end-to-end benchmark).
+/// page faults in the end-to-end benchmark). `Counting` charges each allocation to the batch
+/// whose code made it, for the `peak_memory_bytes` measure (`sluice_core::usage`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: sluice_core::usage::Counting<mimalloc::MiMalloc> =
+    sluice_core::usage::Counting(mimalloc::MiMalloc);
 
 /// mimalloc options (their enum values in mimalloc 3's `mimalloc.h`).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;

@@ -16,6 +16,7 @@
 mod error;
 mod ids;
 mod model;
+pub mod usage;
 
 pub use error::{ErrorKind, Located};
 pub use ids::{BatchId, LeaseToken, MAX_NAME_LEN, WorkerId, is_name};

@@ -37,20 +37,33 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Takes the measurements that are due and returns the analysis' verdict so far.
+/// An analysis' verdict so far, and when it first measured a failure (store clock), for the
+/// detect-to-rollback time.
+pub(crate) struct Assessed {
+    pub verdict: Verdict,
+    pub first_failure: Option<i64>,
+}
+
+/// Takes the measurements that are due and returns the analysis' verdict so far. The stored
+/// history is read once per call.
 pub(crate) async fn measure(
     store: &Arc<dyn Store>,
     fence: &Fence,
     d: &DeploymentRecord,
     run: &AnalysisRun<'_>,
     now: i64,
-) -> Result<Verdict, ControllerError> {
+) -> Result<Assessed, ControllerError> {
     let history: Vec<_> = store
         .measurements(d.id)
         .await?
         .into_iter()
         .filter(|m| m.analysis == run.name)
         .collect();
+    let mut first_failure = history
+        .iter()
+        .filter(|m| m.phase == Phase::Failed.as_str())
+        .map(|m| m.measured_at)
+        .min();
     let mut verdicts = Vec::with_capacity(run.spec.metrics.len());
     for metric in &run.spec.metrics {
         let mut phases: Vec<Phase> = history
@@ -66,12 +79,19 @@ pub(crate) async fn measure(
             && now >= due
             && let Some(phase) = measure_one(store, fence, d, run, metric, now).await?
         {
+            // stored at the store's clock as of this tick (`now`, to the millisecond or so)
+            if phase == Phase::Failed && first_failure.is_none() {
+                first_failure = Some(now);
+            }
             phases.push(phase);
             verdict = assess(metric, &phases);
         }
         verdicts.push(verdict);
     }
-    Ok(combine(&verdicts))
+    Ok(Assessed {
+        verdict: combine(&verdicts),
+        first_failure,
+    })
 }
 
 fn phase_of(s: &str) -> Option<Phase> {
@@ -179,21 +199,6 @@ async fn asked(
     }
 }
 
-/// When the analysis first measured a failure (store clock), for the detect-to-rollback time.
-pub(crate) async fn first_failure(
-    store: &Arc<dyn Store>,
-    deployment: i64,
-    analysis: &str,
-) -> Result<Option<i64>, ControllerError> {
-    Ok(store
-        .measurements(deployment)
-        .await?
-        .into_iter()
-        .filter(|m| m.analysis == analysis && m.phase == Phase::Failed.as_str())
-        .map(|m| m.measured_at)
-        .min())
-}
-
 fn run_sample(r: &BatchRun) -> RunSample {
     RunSample {
         outcome: match r.outcome {
@@ -207,6 +212,8 @@ fn run_sample(r: &BatchRun) -> RunSample {
         rows_in: r.rows_in.max(0) as u64,
         rows_out: r.rows_out.max(0) as u64,
         finished_at: r.finished_at,
+        cpu_us: r.cpu_us.map(|us| us.max(0) as u64),
+        peak_memory_bytes: r.peak_memory_bytes.map(|b| b.max(0) as u64),
     }
 }
 

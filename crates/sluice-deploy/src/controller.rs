@@ -463,7 +463,8 @@ impl Controller {
                     spec,
                     started_at: t0,
                 };
-                match analysis::measure(&self.store, fence, d, &run, now).await? {
+                let assessed = analysis::measure(&self.store, fence, d, &run, now).await?;
+                match assessed.verdict {
                     Verdict::Running => None,
                     Verdict::Successful => Some(next(
                         data,
@@ -471,8 +472,7 @@ impl Controller {
                         format!("step {n}: analysis successful"),
                     )),
                     Verdict::Failed(why) => {
-                        data.detected_at =
-                            analysis::first_failure(&self.store, d.id, &run.name).await?;
+                        data.detected_at = assessed.first_failure;
                         Some(abort_move(
                             d,
                             data,
@@ -603,33 +603,31 @@ impl Controller {
             spec,
             started_at: data.analysis_t0.unwrap_or(d.created_at),
         };
-        Ok(
-            match analysis::measure(&self.store, fence, d, &run, now).await? {
-                Verdict::Running | Verdict::Successful => None,
-                Verdict::Failed(why) => {
-                    data.detected_at =
-                        analysis::first_failure(&self.store, d.id, &run.name).await?;
-                    Some(abort_move(
-                        d,
-                        data,
-                        now,
-                        format!("background {ANALYSIS_FAILED}: {why}"),
-                    ))
-                }
-                Verdict::Inconclusive(why) if state == State::Progressing => Some(Move {
-                    to: State::Paused,
-                    step: d.step,
-                    route: d.route,
-                    reason: Some(format!(
-                        "background analysis inconclusive ({why}); `sluice resume` measures again"
-                    )),
-                    clear_request: false,
+        let assessed = analysis::measure(&self.store, fence, d, &run, now).await?;
+        Ok(match assessed.verdict {
+            Verdict::Running | Verdict::Successful => None,
+            Verdict::Failed(why) => {
+                data.detected_at = assessed.first_failure;
+                Some(abort_move(
+                    d,
                     data,
-                    message: "background analysis inconclusive".into(),
-                }),
-                Verdict::Inconclusive(_) => None,
-            },
-        )
+                    now,
+                    format!("background {ANALYSIS_FAILED}: {why}"),
+                ))
+            }
+            Verdict::Inconclusive(why) if state == State::Progressing => Some(Move {
+                to: State::Paused,
+                step: d.step,
+                route: d.route,
+                reason: Some(format!(
+                    "background analysis inconclusive ({why}); `sluice resume` measures again"
+                )),
+                clear_request: false,
+                data,
+                message: "background analysis inconclusive".into(),
+            }),
+            Verdict::Inconclusive(_) => None,
+        })
     }
 
     /// No candidate batch finished within the progress deadline while the candidate gets

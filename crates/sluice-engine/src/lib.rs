@@ -1058,7 +1058,7 @@ impl Pipeline {
                     _ => runs.push((file, r.header, vec![row])),
                 }
             }
-            tokio::task::spawn_blocking(move || {
+            tokio::task::spawn_blocking(sluice_core::usage::carried(move || {
                 runs.into_iter()
                     .map(|(file, header, listed)| {
                         let rec = TextRecords::replay(&file, header, &listed);
@@ -1072,7 +1072,7 @@ impl Pipeline {
                         )
                     })
                     .collect::<Result<Vec<_>, _>>()
-            })
+            }))
             .await
         } else {
             let slices: Vec<(BatchSlice, Compression)> = std::iter::once(slice)
@@ -1081,7 +1081,7 @@ impl Pipeline {
                 .collect();
             let versions = self.versions.clone();
             let spool_dir = self.spool_dir.clone();
-            tokio::task::spawn_blocking(move || {
+            tokio::task::spawn_blocking(sluice_core::usage::carried(move || {
                 slices
                     .into_iter()
                     .map(|(slice, compression)| {
@@ -1107,7 +1107,7 @@ impl Pipeline {
                         .map_err(|e| e.in_file(&original))
                     })
                     .collect::<Result<Vec<_>, _>>()
-            })
+            }))
             .await
         };
         let reads = reads.map_err(|e| {

@@ -225,6 +225,13 @@ pub enum SinkError {
         "Delta table {url}: files to remove are no longer in the table (rewritten since they were recorded?): {files}"
     )]
     Missing { url: String, files: String },
+    /// A repair's log scan found files a run of a repaired batch added that another writer
+    /// than sluice removed since (a compaction, which rewrites their rows into new files):
+    /// those rows cannot be told apart from others, so nothing was removed.
+    #[error(
+        "Delta table {url}: files a run of the repaired batches added were rewritten since by another writer ({files}): their rows are now in files that also hold other rows and cannot be told apart, so nothing was removed and no batch was re-queued; remove those rows by hand (or restore the table to a version before the rewrite) and retry the repair"
+    )]
+    Rewritten { url: String, files: String },
     #[error("output does not fit the Delta table {url}: {reason}")]
     Schema { url: String, reason: String },
     #[error("Delta table {url}: {reason}")]
@@ -856,14 +863,36 @@ impl DeltaSink {
             }
             let mut removes = self.removes_in(&table, &files, MissingRemoves::Refuse)?;
             if let (None, Some(since)) = (base, scan_since) {
-                let unrecorded: Vec<String> = self
-                    .landed_after(&table, since, batches)
-                    .await?
+                let landed = self.landed_after(&table, since, batches).await?;
+                let unrecorded: Vec<String> = landed
+                    .added
                     .into_iter()
                     .filter(|f| !files.contains(f))
                     .collect();
-                // Only what is still there: an earlier repair removed the rest.
+                // Only what is still there. What is gone must have gone in a commit of
+                // sluice's (an earlier repair, or a replaced file's batches): one of another
+                // writer (a compaction) moved the rows elsewhere, and they would stay.
                 let more = self.removes_in(&table, &unrecorded, MissingRemoves::Skip)?;
+                let live: std::collections::HashSet<&str> =
+                    more.iter().map(|r| r.path.as_str()).collect();
+                let rewritten: Vec<String> = unrecorded
+                    .iter()
+                    .filter(|f| !live.contains(f.as_str()))
+                    .filter_map(|f| match landed.removed_by.get(f) {
+                        Some(r) if r.sluice => None,
+                        Some(r) => Some(format!(
+                            "{f} (removed by {} at table version {})",
+                            r.operation, r.version
+                        )),
+                        None => Some(format!("{f} (removed by a commit no longer in the log)")),
+                    })
+                    .collect();
+                if !rewritten.is_empty() {
+                    return Err(SinkError::Rewritten {
+                        url: self.url.to_string(),
+                        files: rewritten.join(", "),
+                    });
+                }
                 files.extend(more.iter().map(|r| r.path.clone()));
                 removes.extend(more);
             }
@@ -971,26 +1000,42 @@ impl DeltaSink {
     /// by each commit's `commitInfo` timestamp; read newest first, stopping at the first older
     /// commit or at a log file cleaned up) that carry a marker of one of `batches` at or below
     /// its generation.
+    ///
+    /// Also which commit in that range removed each file it removed, so that a file found
+    /// gone can be told removed by sluice from rewritten by another writer.
     async fn landed_after(
         &self,
         table: &DeltaTable,
         since: i64,
         batches: &[RepairBatch],
-    ) -> Result<Vec<String>, SinkError> {
+    ) -> Result<Landed, SinkError> {
+        let mut out = Landed::default();
         let Some(latest) = table.version() else {
-            return Ok(Vec::new());
+            return Ok(out);
         };
-        let mut out = Vec::new();
         for version in (0..=latest).rev() {
             let actions = self.commit_actions(table, version).await?;
-            let stamp = actions.iter().find_map(|a| match a {
-                Action::CommitInfo(c) => c.timestamp,
+            let info = actions.iter().find_map(|a| match a {
+                Action::CommitInfo(c) => Some(c),
                 _ => None,
             });
+            let stamp = info.and_then(|c| c.timestamp);
             if actions.is_empty() || stamp.is_some_and(|t| t < since) {
                 break;
             }
-            out.extend(adds_of_runs(actions, batches));
+            let remover = Remover {
+                version,
+                operation: info
+                    .and_then(|c| c.operation.clone())
+                    .unwrap_or_else(|| "an unnamed operation".into()),
+                sluice: info.is_some_and(|c| c.info.contains_key("sluice")),
+            };
+            for a in &actions {
+                if let Action::Remove(r) = a {
+                    out.removed_by.insert(r.path.clone(), remover.clone());
+                }
+            }
+            out.added.extend(adds_of_runs(actions, batches));
         }
         Ok(out)
     }
@@ -1507,6 +1552,25 @@ type RecordParts = dyn Fn(&[Vec<String>]) -> Vec<(String, serde_json::Value)> + 
 
 /// The data files a commit added, if it carries a marker of one of `batches` at or below its
 /// generation (a run a repair removes).
+/// What a repair's log scan found: the files runs of the repaired batches added, and which
+/// commit removed each file removed in the scanned range.
+#[derive(Default)]
+struct Landed {
+    added: Vec<String>,
+    removed_by: std::collections::HashMap<String, Remover>,
+}
+
+/// A commit that removed a file.
+#[derive(Clone)]
+struct Remover {
+    version: u64,
+    /// Its `commitInfo.operation` (`OPTIMIZE` for a compaction).
+    operation: String,
+    /// Made by sluice (its `commitInfo` has a `sluice` entry): a repair, or a batch removing a
+    /// replaced file's rows. Their rows are gone, not moved.
+    sluice: bool,
+}
+
 fn adds_of_runs(actions: Vec<Action>, batches: &[RepairBatch]) -> Vec<String> {
     let ours = actions.iter().any(|a| {
         matches!(a, Action::Txn(t) if batches.iter().any(|b| b.app_id == t.app_id && t.version <= b.generation))

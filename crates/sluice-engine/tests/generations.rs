@@ -448,3 +448,74 @@ async fn a_repair_finds_in_the_log_the_runs_nobody_recorded() {
     assert!(later.removed.is_empty());
     assert_eq!(ids(&s).await, want);
 }
+
+/// Regression: a file the log scan found (a run nobody recorded) that a compaction rewrote was
+/// skipped as "removed by an earlier repair", so the repair fenced the batch and left its rows
+/// in the compacted file: stable's re-run would have written them twice. It is refused, like a
+/// recorded file, naming the file and the commit that rewrote it; a file an earlier repair
+/// removed is still skipped.
+#[tokio::test]
+async fn a_repair_refuses_a_scanned_file_that_a_compaction_rewrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = table_url("t", dir.path()).unwrap();
+    let s = DeltaSink::new(url.clone());
+    let before = sluice_core::now_millis() - 1;
+    s.commit("p/stable", vec![batch(0..3)]).await.unwrap();
+    // a's first run was repaired (its file gone by sluice's hand); its second run committed
+    // and nobody recorded it.
+    let a = DeltaSink::app_id("p", "a");
+    let first = s
+        .commit_with(&a, vec![batch(10..12)], stamped("p", 2, "a", 1))
+        .await
+        .unwrap();
+    s.repair(
+        &[bad(&a, 1)],
+        first.added.clone(),
+        serde_json::json!("x"),
+        None,
+    )
+    .await
+    .unwrap();
+    let unrecorded = s
+        .commit_with(&a, vec![batch(10..12)], stamped("p", 2, "a", 2))
+        .await
+        .unwrap();
+    // A real compaction: delta-rs's OPTIMIZE rewrites the small files into one.
+    let table = deltalake::open_table(url.clone()).await.unwrap();
+    let (_, metrics) = table.optimize().await.unwrap();
+    assert!(metrics.num_files_removed >= 2, "{metrics:?}");
+    let version = latest(&s).await;
+    let mut want = once(0..3);
+    want.extend(once(10..12));
+    assert_eq!(ids(&s).await, want);
+
+    let err = s
+        .repair(
+            &[bad(&a, 2)],
+            Vec::new(),
+            serde_json::json!("abort"),
+            Some(before),
+        )
+        .await
+        .unwrap_err();
+    match &err {
+        SinkError::Rewritten { files, .. } => {
+            assert!(
+                files.contains(&unrecorded.added[0]) && files.contains("OPTIMIZE"),
+                "names the rewritten file and the compaction: {files}"
+            );
+            assert!(
+                !files.contains(&first.added[0]),
+                "the file the earlier repair removed is not listed: {files}"
+            );
+        }
+        other => panic!("expected Rewritten, got {other}"),
+    }
+    let message = err.to_string();
+    assert!(
+        message.contains("nothing was removed") && message.contains("retry"),
+        "{message}"
+    );
+    assert_eq!(latest(&s).await, version, "nothing was committed");
+    assert_eq!(ids(&s).await, want, "no row was removed");
+}

@@ -293,6 +293,8 @@ async fn seed(api: &Api) -> Result<Seeded, Box<dyn std::error::Error + Send + Sy
         rows_out: 9,
         outcome,
         error: error.map(str::to_string),
+        cpu_us: None,
+        peak_memory_bytes: None,
     };
     let committed = leases.remove(0);
     assert!(
@@ -1060,6 +1062,8 @@ async fn metrics_are_the_store_numbers(api: &Api) -> TestResult {
         rows_out: 1,
         outcome: BatchOutcome::Committed,
         error: None,
+        cpu_us: None,
+        peak_memory_bytes: None,
     };
     assert!(api.store.complete(&seeded.leased, &quick).await?);
     let rest = api

@@ -143,6 +143,8 @@ async fn measure(
                     rows_out: 100,
                     outcome: BatchOutcome::Committed,
                     error: None,
+                    cpu_us: None,
+                    peak_memory_bytes: None,
                 };
                 let t = Instant::now();
                 let held = store.complete(&lease, &report).await?;

@@ -47,7 +47,8 @@
 //!     .await?;
 //! let now = store.now().await?;
 //! let report = RunReport { started_at: now, finished_at: now, rows_in: 3, rows_out: 3,
-//!                          outcome: BatchOutcome::Committed, error: None };
+//!                          outcome: BatchOutcome::Committed, error: None, cpu_us: None,
+//!                          peak_memory_bytes: None };
 //! assert!(store.complete(&leases[0], &report).await?);
 //! assert_eq!(store.task(&task.batch_id).await?.map(|t| t.state), Some(TaskState::Done));
 //! # Ok(()) }
@@ -288,6 +289,11 @@ pub struct RunReport {
     pub rows_out: i64,
     pub outcome: BatchOutcome,
     pub error: Option<String>,
+    /// What the run cost, as [`BatchRun`] stores it (`None`: not measured).
+    #[serde(default)]
+    pub cpu_us: Option<i64>,
+    #[serde(default)]
+    pub peak_memory_bytes: Option<i64>,
 }
 
 /// What happened to a failed task.
@@ -378,6 +384,11 @@ pub struct BatchRun {
     pub rows_out: i64,
     pub outcome: BatchOutcome,
     pub error: Option<String>,
+    /// CPU time charged to the run's own code, in microseconds (see `sluice_core::usage`);
+    /// `None` when it was not measured (an expired lease, a run recorded before 0009).
+    pub cpu_us: Option<i64>,
+    /// The most memory the run's own code held at once; `None` when not measured.
+    pub peak_memory_bytes: Option<i64>,
 }
 
 /// Per-pipeline summary for `sluice status`.

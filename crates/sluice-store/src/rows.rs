@@ -66,7 +66,7 @@ pub(crate) use version_columns;
 macro_rules! run_columns {
     () => {
         "batch_id, pipeline, version, worker, attempt, started_at, finished_at, duration_ms, \
-         rows_in, rows_out, outcome, error"
+         rows_in, rows_out, outcome, error, cpu_us, peak_memory_bytes"
     };
 }
 pub(crate) use run_columns;
@@ -75,7 +75,7 @@ pub(crate) use run_columns;
 pub(crate) const INSERT_RUN_SQL: &str = concat!(
     "INSERT INTO batch_runs (",
     run_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
 );
 
 /// A `batch_runs` row to insert.
@@ -91,6 +91,8 @@ pub(crate) struct NewRun<'a> {
     pub rows_out: i64,
     pub outcome: BatchOutcome,
     pub error: Option<&'a str>,
+    pub cpu_us: Option<i64>,
+    pub peak_memory_bytes: Option<i64>,
 }
 
 impl<'a> NewRun<'a> {
@@ -108,6 +110,8 @@ impl<'a> NewRun<'a> {
             rows_out: report.rows_out,
             outcome: report.outcome,
             error: report.error.as_deref(),
+            cpu_us: report.cpu_us,
+            peak_memory_bytes: report.peak_memory_bytes,
         }
     }
 
@@ -125,6 +129,8 @@ impl<'a> NewRun<'a> {
             rows_out: 0,
             outcome: BatchOutcome::Expired,
             error: Some(message),
+            cpu_us: None,
+            peak_memory_bytes: None,
         }
     }
 }
@@ -139,6 +145,7 @@ where
     &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     i32: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
     query
@@ -155,6 +162,8 @@ where
         .bind(run.rows_out)
         .bind(run.outcome.as_str())
         .bind(run.error)
+        .bind(run.cpu_us)
+        .bind(run.peak_memory_bytes)
 }
 
 #[derive(sqlx::FromRow)]
@@ -397,6 +406,8 @@ pub(crate) struct RunRow {
     rows_out: i64,
     outcome: String,
     error: Option<String>,
+    cpu_us: Option<i64>,
+    peak_memory_bytes: Option<i64>,
 }
 
 impl RunRow {
@@ -420,6 +431,8 @@ impl RunRow {
             rows_out: self.rows_out,
             outcome,
             error: self.error,
+            cpu_us: self.cpu_us,
+            peak_memory_bytes: self.peak_memory_bytes,
         })
     }
 }

@@ -2061,6 +2061,7 @@ where
     for<'q> Args<'q, B>: IntoArguments<'q, B::DB>,
     for<'q> &'q str: Encode<'q, B::DB> + Type<B::DB>,
     for<'q> Option<&'q str>: Encode<'q, B::DB>,
+    for<'q> Option<i64>: Encode<'q, B::DB>,
     i64: Value<B::DB>,
     i32: Value<B::DB>,
 {

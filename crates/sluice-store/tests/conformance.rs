@@ -508,6 +508,8 @@ fn report(outcome: BatchOutcome, rows: i64, error: Option<&str>) -> RunReport {
         rows_out: rows / 2,
         outcome,
         error: error.map(str::to_string),
+        cpu_us: None,
+        peak_memory_bytes: None,
     }
 }
 
@@ -1340,6 +1342,8 @@ async fn status_numbers(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
         rows_out: rows - 1,
         outcome,
         error: None,
+        cpu_us: None,
+        peak_memory_bytes: None,
     };
     assert!(
         store
@@ -1873,6 +1877,8 @@ async fn batch_runs_history(_h: &Harness, store: Arc<dyn Store>) -> TestResult {
             rows_out: 90,
             outcome: BatchOutcome::Committed,
             error: None,
+            cpu_us: None,
+            peak_memory_bytes: None,
         };
         assert!(store.complete(&lease, &rep).await?);
     }
@@ -3882,6 +3888,8 @@ async fn totals_over_a_window(_h: &Harness, store: Arc<dyn Store>) -> TestResult
         rows_out: rows - 1,
         outcome,
         error: None,
+        cpu_us: None,
+        peak_memory_bytes: None,
     };
     let leases = store.lease(&request(1, 4, LONG)).await?;
     assert_eq!(leases.len(), 4);
@@ -3996,6 +4004,8 @@ async fn metrics_aggregate_the_store(_h: &Harness, store: Arc<dyn Store>) -> Tes
         rows_out: 9,
         outcome: BatchOutcome::Committed,
         error: None,
+        cpu_us: None,
+        peak_memory_bytes: None,
     };
     assert!(store.complete(&leases[0], &run(70)).await?);
     assert!(store.complete(&leases[1], &run(2_000_000)).await?);

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 
+use sluice_core::usage::{Metered, Usage};
 use sluice_core::{BatchOutcome, ErrorKind, WorkerId, now_millis};
 use sluice_engine::checks::{CheckResult, Level};
 use sluice_engine::{BatchError, BatchResult, Pipeline, RunOptions};
@@ -447,6 +448,10 @@ impl WorkerPool {
                 other => other,
             }
         };
+        // What the batch costs is charged to it while its code runs on a thread (several
+        // batches share this runtime's threads); see `sluice_core::usage`.
+        let usage = Arc::new(Usage::new());
+        let run = Metered::new(usage.clone(), run);
         // A panic in a dependency must not take the worker with it: the batch fails like any
         // other (logged once by the panic hook) and runs again.
         let run = std::panic::AssertUnwindSafe(run)
@@ -477,6 +482,8 @@ impl WorkerPool {
                     rows_out: r.rows_out,
                     outcome: r.outcome,
                     error: None,
+                    cpu_us: usage.cpu_us(),
+                    peak_memory_bytes: usage.peak_memory_bytes(),
                 };
                 let completed = self
                     .settle("completing a batch", || self.store.complete(lease, &report))
@@ -533,6 +540,8 @@ impl WorkerPool {
                         BatchOutcome::Failed
                     },
                     error: Some(message.clone()),
+                    cpu_us: usage.cpu_us(),
+                    peak_memory_bytes: usage.peak_memory_bytes(),
                 };
                 let disposition = self
                     .settle("recording a batch's failure", || {

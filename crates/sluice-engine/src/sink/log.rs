@@ -194,14 +194,14 @@ impl ObjectStore for ProbedLocalLog {
         futures::stream::once(async move {
             let probed = {
                 let (log, offset) = (log.clone(), offset.clone());
-                tokio::task::spawn_blocking(move || {
+                tokio::task::spawn_blocking(sluice_core::usage::carried(move || {
                     probe(dir, &log, start).map(|metas| {
                         metas
                             .into_iter()
                             .filter(|m| m.location > offset)
                             .collect::<Vec<_>>()
                     })
-                })
+                }))
                 .await
                 .ok()
                 .flatten()

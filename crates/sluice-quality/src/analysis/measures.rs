@@ -16,6 +16,11 @@ use serde::{Deserialize, Serialize};
 ///   by nearest rank;
 /// - `rows_ratio`: rows out / rows in of committed runs;
 /// - `throughput_rps`: rows in of committed runs per second of the window;
+/// - `cpu_ms`: CPU time of a successful run, median (nearest rank) over the runs that were
+///   measured: the CPU its own code used on any thread (decode, SQL, checks, encode), not
+///   the wall-clock time it waited;
+/// - `peak_memory_bytes`: the most memory a successful run's own code held at once, median
+///   over the runs that were measured;
 /// - `check_failures`: error-level check results;
 /// - `check_failure_rate`: failing rows / considered rows over all check results.
 ///
@@ -26,11 +31,19 @@ pub const METRICS: &[&str] = &[
     "quarantine_rate",
     "p50_ms",
     "p95_ms",
+    CPU_MS,
+    PEAK_MEMORY_BYTES,
     "rows_ratio",
     "throughput_rps",
     CHECK_FAILURES,
     "check_failure_rate",
 ];
+
+/// CPU time per batch, ms (median of successful runs).
+pub const CPU_MS: &str = "cpu_ms";
+
+/// Peak memory per batch, bytes (median of successful runs).
+pub const PEAK_MEMORY_BYTES: &str = "peak_memory_bytes";
 
 /// What a condition of a metric with `prometheus:` reads: the query's value.
 pub const RESULT: &str = "result";
@@ -86,6 +99,12 @@ pub struct RunSample {
     pub rows_out: u64,
     /// When the run ended, ms since the epoch: what the caller selects the window by.
     pub finished_at: i64,
+    /// CPU time the run's own code used, in microseconds; `None` when not measured.
+    #[serde(default)]
+    pub cpu_us: Option<u64>,
+    /// The most memory the run's own code held at once; `None` when not measured.
+    #[serde(default)]
+    pub peak_memory_bytes: Option<u64>,
 }
 
 /// The level of one check result.
@@ -132,6 +151,11 @@ pub struct Measures {
     values: BTreeMap<String, f64>,
     runs: u64,
     successful_runs: u64,
+    /// Successful runs whose CPU time and peak memory were measured.
+    #[serde(default)]
+    measured_cpu_runs: u64,
+    #[serde(default)]
+    measured_memory_runs: u64,
     committed_runs: u64,
     check_results: u64,
     window_ms: u64,
@@ -158,6 +182,20 @@ impl Measures {
             .collect();
         for (name, p) in [("p50_ms", 50.0), ("p95_ms", 95.0)] {
             if let Some(v) = crate::percentile(&durations, p) {
+                values.insert(name.into(), v);
+            }
+        }
+        let successful = || runs.iter().filter(|r| r.outcome.is_success());
+        let cpu: Vec<f64> = successful()
+            .filter_map(|r| r.cpu_us)
+            .map(|us| us as f64 / 1000.0)
+            .collect();
+        let memory: Vec<f64> = successful()
+            .filter_map(|r| r.peak_memory_bytes)
+            .map(|b| b as f64)
+            .collect();
+        for (name, samples) in [(CPU_MS, &cpu), (PEAK_MEMORY_BYTES, &memory)] {
+            if let Some(v) = crate::percentile(samples, 50.0) {
                 values.insert(name.into(), v);
             }
         }
@@ -201,6 +239,8 @@ impl Measures {
             values,
             runs: runs.len() as u64,
             successful_runs: durations.len() as u64,
+            measured_cpu_runs: cpu.len() as u64,
+            measured_memory_runs: memory.len() as u64,
             committed_runs: committed.len() as u64,
             check_results: checks.len() as u64,
             window_ms,
@@ -239,6 +279,8 @@ impl Measures {
         serde_json::json!({
             "runs": self.runs,
             "successful_runs": self.successful_runs,
+            "measured_cpu_runs": self.measured_cpu_runs,
+            "measured_memory_runs": self.measured_memory_runs,
             "committed_runs": self.committed_runs,
             "check_results": self.check_results,
         })
@@ -251,6 +293,15 @@ impl Measures {
             "p50_ms" | "p95_ms" => format!(
                 "no successful run in the window ({} run(s) finished, none of them successfully)",
                 self.runs
+            ),
+            CPU_MS | PEAK_MEMORY_BYTES => format!(
+                "no successful run in the window had its {} measured ({} successful run(s); runs recorded before sluice measured them, and runs of a binary without the counting allocator for memory, have none)",
+                if name == CPU_MS {
+                    "CPU time"
+                } else {
+                    "peak memory"
+                },
+                self.successful_runs
             ),
             "rows_ratio" => "no committed run with input rows in the window".into(),
             "throughput_rps" => "the window is empty".into(),

@@ -12,7 +12,8 @@
 //! let metric: MetricSpec = yaml_serde::from_str(
 //!     "name: latency\nsuccess_condition: candidate.p95_ms < 1.2 * stable.p95_ms\ncount: 2",
 //! ).unwrap();
-//! let run = |ms| RunSample { outcome: RunOutcome::Committed, duration_ms: ms, rows_in: 10, rows_out: 10, finished_at: 0 };
+//! let run = |ms| RunSample { outcome: RunOutcome::Committed, duration_ms: ms, rows_in: 10, rows_out: 10, finished_at: 0,
+//!                       cpu_us: None, peak_memory_bytes: None };
 //! let candidate = Measures::of(&[run(110), run(120)], &[], 10_000);
 //! let stable = Measures::of(&[run(100), run(105)], &[], 10_000);
 //! let m = judge(&metric, &candidate, Some(&stable));
@@ -37,7 +38,8 @@ use serde::{Deserialize, Serialize};
 
 pub use condition::{Condition, MetricRef, Side};
 pub use measures::{
-    CHECK_FAILURES, CheckLevel, CheckSample, METRICS, Measures, RESULT, RunOutcome, RunSample,
+    CHECK_FAILURES, CPU_MS, CheckLevel, CheckSample, METRICS, Measures, PEAK_MEMORY_BYTES, RESULT,
+    RunOutcome, RunSample,
 };
 pub use prometheus::PrometheusQuery;
 pub use template::Template;

@@ -12,6 +12,8 @@ fn run(outcome: RunOutcome, duration_ms: u64, rows_in: u64, rows_out: u64) -> Ru
         rows_in,
         rows_out,
         finished_at: 0,
+        cpu_us: None,
+        peak_memory_bytes: None,
     }
 }
 
@@ -99,6 +101,54 @@ fn what_cannot_be_measured_is_absent_not_zero() {
     assert_eq!(m.get("throughput_rps"), None, "an empty window has no rate");
     assert!(m.why_absent("p95_ms").contains("no successful run"));
     assert!(m.why_absent("check_failures.x").contains("\"x\""));
+}
+
+/// CPU and memory are medians of the successful runs that were measured: unmeasured runs
+/// (recorded before sluice measured them) are left out, not read as 0, and a window with none
+/// measured has no value (so a condition on it is an error, never a pass).
+#[test]
+fn cpu_and_memory_are_medians_of_measured_successful_runs() {
+    let used = |outcome, cpu_us: Option<u64>, bytes: Option<u64>| RunSample {
+        cpu_us,
+        peak_memory_bytes: bytes,
+        ..run(outcome, 10, 100, 100)
+    };
+    let runs = [
+        used(RunOutcome::Committed, Some(2_000), Some(1_000)),
+        used(RunOutcome::Committed, Some(4_000), Some(3_000)),
+        used(RunOutcome::AlreadyCommitted, Some(9_000), Some(9_000)),
+        used(RunOutcome::Committed, None, None),
+        // a failed run's cost is not the version's cost per batch
+        used(RunOutcome::Failed, Some(1_000_000), Some(1 << 40)),
+    ];
+    let m = Measures::of(&runs, &[], 10_000);
+    assert_eq!(m.get("cpu_ms"), Some(4.0));
+    assert_eq!(m.get("peak_memory_bytes"), Some(3_000.0));
+    assert_eq!(m.samples()["measured_cpu_runs"], 3);
+    let unmeasured = Measures::of(&[ok(10), ok(20)], &[], 10_000);
+    assert_eq!(unmeasured.get("cpu_ms"), None);
+    assert_eq!(unmeasured.get("peak_memory_bytes"), None);
+    assert!(unmeasured.why_absent("cpu_ms").contains("CPU time"));
+    let metric = metric("name: cpu\nsuccess_condition: candidate.cpu_ms < 2 * stable.cpu_ms");
+    let heavy = [
+        used(RunOutcome::Committed, Some(30_000), Some(1)),
+        used(RunOutcome::Committed, Some(31_000), Some(1)),
+    ];
+    let light = [
+        used(RunOutcome::Committed, Some(10_000), Some(1)),
+        used(RunOutcome::Committed, Some(11_000), Some(1)),
+    ];
+    let judged = |c: &[RunSample], s: &[RunSample]| {
+        judge(
+            &metric,
+            &Measures::of(c, &[], 10_000),
+            Some(&Measures::of(s, &[], 10_000)),
+        )
+        .phase
+    };
+    assert_eq!(judged(&heavy, &light), Phase::Failed);
+    assert_eq!(judged(&light, &light), Phase::Successful);
+    assert_eq!(judged(&[ok(1), ok(2)], &light), Phase::Error);
 }
 
 #[test]
