@@ -1449,6 +1449,8 @@ fn run_of(duration_ms: i64, rows: i64, outcome: BatchOutcome) -> RunReport {
         rows_out: rows / 2,
         outcome,
         error: None,
+        cpu_us: None,
+        peak_memory_bytes: None,
     }
 }
 
