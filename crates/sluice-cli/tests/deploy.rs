@@ -332,6 +332,63 @@ fn run_of_a_changed_spec_recreates_and_rollback_repairs_back_to_v1() {
 }
 
 #[test]
+fn a_rollback_after_a_compaction_rewrote_the_versions_files_refuses_and_duplicates_nothing() {
+    let mut p = Project::csv(2, 100, 50, "10s");
+    let store = p.sqlite();
+    p.write("v1.yaml", &spec(1, None, ""));
+    p.write("v2.yaml", &spec(2, None, ""));
+    p.run_drained_spec(&p.dir.path().join("v1.yaml"));
+    p.land("more_0", 120);
+    p.run_drained_spec(&p.dir.path().join("v2.yaml"));
+    // Another writer compacts the table (delta-rs's OPTIMIZE): v2's files are gone, their
+    // rows now in files that hold v1's rows too. Re-running v2's batches on v1 after this would
+    // write them twice; removing the new files would lose v1's.
+    let table = p.dir.path().join("out");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let url =
+            sluice_engine::sink::table_url(&table.display().to_string(), std::path::Path::new("/"))
+                .unwrap();
+        let t = sluice_engine::deltalake::open_table(url).await.unwrap();
+        let (_, metrics) = t.optimize().await.unwrap();
+        assert!(metrics.num_files_removed >= 2, "{metrics:?}");
+    });
+    let out = p.run(&["rollback", "crash", "--store", &store]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let w = worker(&p, &store, "2", &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let view = loop {
+        let out = p.run(&["deploy", "status", "crash", "--store", &store, "--json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let view: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if view["data"]["repair"]["refused"].is_string() {
+            break view;
+        }
+        assert!(Instant::now() < deadline, "no refusal recorded: {view}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // A few more ticks of the leader: the refusal stands, nothing is queued again.
+    std::thread::sleep(Duration::from_secs(3));
+    kill(w);
+    assert_eq!(view["deployment"]["state"], "repairing", "{view}");
+    let refused = view["data"]["repair"]["refused"].as_str().unwrap();
+    assert!(
+        refused.contains("no longer in the table") && refused.contains("restore the table"),
+        "says what happened and what to do: {refused}"
+    );
+    let text = stdout(&p.run(&["deploy", "status", "crash", "--store", &store, "--once"]));
+    assert!(text.contains("repair    repair refused"), "{text}");
+    let status = p.status(&store);
+    assert_eq!(status["deployments"][0]["state"], "repairing", "{status}");
+    assert_exactly_once(&p.table_counts("out", "id"), &p.keys);
+    let by_version = p.table_counts("out", "ver");
+    assert_eq!(
+        by_version.get(&2).copied(),
+        Some(120),
+        "nothing removed: {by_version:?}"
+    );
+}
+
+#[test]
 fn a_version_three_times_slower_is_aborted_by_latency_analysis_and_repaired() {
     // A sum over a three-way self join of the 50-row batch: ~125,000 rows more work per batch,
     // about 3-5 times the batch time here (debug build), with the same rows out.
@@ -339,6 +396,32 @@ fn a_version_three_times_slower_is_aborted_by_latency_analysis_and_repaired() {
         "SELECT id, customer, amount * 2 AS doubled, CAST(3 AS BIGINT) AS ver FROM input WHERE amount < 1 + (SELECT sum(a.amount + b.amount * c.amount) FROM input a CROSS JOIN input b CROSS JOIN input c)",
         "",
         "    metrics:\n      - name: latency\n        interval: 2s\n        failure_condition: candidate.p95_ms > 2 * stable.p95_ms\n",
+    );
+}
+
+#[test]
+fn a_version_three_times_as_cpu_hungry_is_aborted_by_cpu_analysis_and_repaired() {
+    // The same heavier SQL, judged on the CPU time each batch's own code used (measured in the
+    // worker around the batch's polls, not the process's total, which stable's batches share).
+    let view = bad_candidate_is_rolled_back(
+        "SELECT id, customer, amount * 2 AS doubled, CAST(3 AS BIGINT) AS ver FROM input WHERE amount < 1 + (SELECT sum(a.amount + b.amount * c.amount) FROM input a CROSS JOIN input b CROSS JOIN input c)",
+        "",
+        "    metrics:\n      - name: cpu\n        interval: 2s\n        failure_condition: candidate.cpu_ms > 2 * stable.cpu_ms\n",
+    );
+    let reason = view["deployment"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("cpu"), "{reason}");
+    let measured = view["measurements"].as_array().unwrap();
+    let failed = measured
+        .iter()
+        .find(|m| m["metric"] == "cpu" && m["phase"] == "failed")
+        .unwrap_or_else(|| panic!("no failed cpu measurement: {measured:?}"));
+    let (candidate, stable) = (
+        failed["value"].as_f64().unwrap(),
+        failed["stable_value"].as_f64().unwrap(),
+    );
+    assert!(
+        stable > 0.0 && candidate > 2.0 * stable,
+        "candidate {candidate} CPU ms per batch against stable's {stable}"
     );
 }
 

@@ -69,6 +69,9 @@ pub struct RepairPlan {
     pub files: Vec<String>,
     /// The table version of the repair commit, once made.
     pub committed: Option<i64>,
+    /// Why the table refused the repair, while it does (files rewritten by another writer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 impl Data {
@@ -811,25 +814,37 @@ impl Controller {
                 "why": d.reason,
             });
             // No run of the candidate predates its deployment (a margin for clocks apart).
-            let scan_since = Some(d.created_at - CLOCK_MARGIN_MS);
-            let committed = match sink
-                .repair(&batches, plan.files.clone(), reason, scan_since)
+            let scan_since = d.created_at - CLOCK_MARGIN_MS;
+            let outcome = match sink
+                .repair(&batches, plan.files.clone(), reason, Some(scan_since))
                 .await
             {
-                Ok(r) => r.version,
-                // The repair commit of an earlier try landed and its controller died before
-                // recording it: none of the files is in the table any more.
-                Err(SinkError::Missing { .. })
-                    if sink
-                        .live_files(&plan.files)
+                Ok(r) => Ok(r.version),
+                // Files gone: the repair commit of an earlier try landed and its controller
+                // died before recording it, or another writer (a compaction) rewrote them,
+                // their rows now elsewhere. Only the log can tell: this deployment's repair
+                // commit is in it, or the refusal stands (re-queueing would duplicate rows).
+                Err(e @ SinkError::Missing { .. }) => {
+                    let ours = serde_json::json!(d.id);
+                    match sink
+                        .find_repair(scan_since, |r| r.get("deployment") == Some(&ours))
                         .await
-                        .map_err(|e| sink_error(d, e))?
-                        .is_empty() =>
-                {
-                    -1
+                    {
+                        Ok(Some(version)) => Ok(version),
+                        Ok(None) => Err(e),
+                        Err(other) => Err(other),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            let committed = match outcome {
+                Ok(version) => version,
+                Err(e @ (SinkError::Missing { .. } | SinkError::Rewritten { .. })) => {
+                    return self.refused(fence, d, data, plan, e).await;
                 }
                 Err(e) => return Err(sink_error(d, e)),
             };
+            plan.refused = None;
             plan.committed = Some(committed);
             data.repair = Some(plan.clone());
             let mv = Move {
@@ -900,6 +915,37 @@ impl Controller {
             },
             reason: d.reason.clone(),
             clear_request: true,
+            data,
+            message,
+        };
+        self.apply(fence, d, State::Repairing, mv).await
+    }
+
+    /// The table refused the repair (files rewritten since they were recorded): nothing was
+    /// removed and nothing is queued again. The reason goes on the plan once, for `deploy
+    /// status` and the history; the repair is tried again every tick, so it goes through once
+    /// a person has dealt with the rewritten files as the reason says.
+    async fn refused(
+        &self,
+        fence: &Fence,
+        d: &DeploymentRecord,
+        mut data: Data,
+        mut plan: RepairPlan,
+        e: SinkError,
+    ) -> Result<bool, ControllerError> {
+        let message = format!("repair refused: {e}");
+        if plan.refused.as_deref() == Some(message.as_str()) {
+            return Ok(false);
+        }
+        tracing::warn!(deployment = d.id, pipeline = %d.pipeline, "{message}");
+        plan.refused = Some(message.clone());
+        data.repair = Some(plan);
+        let mv = Move {
+            to: State::Repairing,
+            step: d.step,
+            route: d.route,
+            reason: d.reason.clone(),
+            clear_request: false,
             data,
             message,
         };

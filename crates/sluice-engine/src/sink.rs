@@ -66,6 +66,7 @@
 //! marker, so everything above holds for the batch as a whole. A repair of the candidate
 //! removes the whole commit's files and the batch is re-run under stable at `g + 1`.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -222,7 +223,7 @@ pub enum SinkError {
     #[error("Delta table location {location:?} is not valid: {reason}")]
     Location { location: String, reason: String },
     #[error(
-        "Delta table {url}: files to remove are no longer in the table (rewritten since they were recorded?): {files}"
+        "Delta table {url}: files to remove are no longer in the table: {files}; nothing was removed. If another writer rewrote them (a compaction), their rows are now in files that also hold other rows: remove those rows by hand (or restore the table to a version before the rewrite) and retry"
     )]
     Missing { url: String, files: String },
     /// A repair's log scan found files a run of a repaired batch added that another writer
@@ -960,23 +961,6 @@ impl DeltaSink {
             .err(last_error.unwrap_or_else(|| DeltaTableError::Generic("repair failed".into()))))
     }
 
-    /// Which of `files` (paths relative to the table root) are in the table now: a repair that
-    /// finds none of its files left knows its commit landed before.
-    pub async fn live_files(&self, files: &[String]) -> Result<Vec<String>, SinkError> {
-        let table = self.refreshed().await?;
-        if files.is_empty() || table.version().is_none() {
-            return Ok(Vec::new());
-        }
-        let wanted: std::collections::HashSet<&str> = files.iter().map(String::as_str).collect();
-        let snapshot = table.snapshot().map_err(|e| self.err(e))?;
-        Ok(snapshot
-            .log_data()
-            .iter()
-            .filter(|f| wanted.contains(f.path().as_ref()))
-            .map(|f| f.path().to_string())
-            .collect())
-    }
-
     /// The data files added by commits after table version `from` that carry a marker of one
     /// of `batches` at or below its generation (a run the repair must remove too).
     async fn landed_since(
@@ -1010,19 +994,8 @@ impl DeltaSink {
         batches: &[RepairBatch],
     ) -> Result<Landed, SinkError> {
         let mut out = Landed::default();
-        let Some(latest) = table.version() else {
-            return Ok(out);
-        };
-        for version in (0..=latest).rev() {
-            let actions = self.commit_actions(table, version).await?;
-            let info = actions.iter().find_map(|a| match a {
-                Action::CommitInfo(c) => Some(c),
-                _ => None,
-            });
-            let stamp = info.and_then(|c| c.timestamp);
-            if actions.is_empty() || stamp.is_some_and(|t| t < since) {
-                break;
-            }
+        self.walk_back(table, since, |version, actions| {
+            let info = commit_info(&actions);
             let remover = Remover {
                 version,
                 operation: info
@@ -1036,8 +1009,62 @@ impl DeltaSink {
                 }
             }
             out.added.extend(adds_of_runs(actions, batches));
-        }
+            ControlFlow::Continue(())
+        })
+        .await?;
         Ok(out)
+    }
+
+    /// The table version of the newest repair commit made at or after `since` (milliseconds
+    /// since the epoch) whose `reason` (as given to [`DeltaSink::repair`]) satisfies `is_ours`.
+    /// A repair retried after its process died can tell this way that its commit landed:
+    /// finding its files gone says only that someone removed them, maybe a compaction that
+    /// moved their rows elsewhere.
+    pub async fn find_repair(
+        &self,
+        since: i64,
+        is_ours: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<Option<i64>, SinkError> {
+        let table = self.refreshed().await?;
+        let mut found = None;
+        self.walk_back(&table, since, |version, actions| {
+            let reason = commit_info(&actions)
+                .and_then(|c| c.info.get("sluice"))
+                .and_then(|s| s.get("repair"))
+                .and_then(|r| r.get("reason"));
+            if reason.is_some_and(&is_ours) {
+                found = Some(version as i64);
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        })
+        .await?;
+        Ok(found)
+    }
+
+    /// Hands `visit` the actions of each commit made at or after `since` (by its
+    /// `commitInfo` timestamp), newest first, until `visit` breaks, an older commit comes, or
+    /// a log file is gone (cleaned up).
+    async fn walk_back(
+        &self,
+        table: &DeltaTable,
+        since: i64,
+        mut visit: impl FnMut(u64, Vec<Action>) -> ControlFlow<()>,
+    ) -> Result<(), SinkError> {
+        let Some(latest) = table.version() else {
+            return Ok(());
+        };
+        for version in (0..=latest).rev() {
+            let actions = self.commit_actions(table, version).await?;
+            let stamp = commit_info(&actions).and_then(|c| c.timestamp);
+            if actions.is_empty() || stamp.is_some_and(|t| t < since) {
+                break;
+            }
+            if visit(version, actions).is_break() {
+                break;
+            }
+        }
+        Ok(())
     }
 
     async fn commit_actions(
@@ -1074,10 +1101,8 @@ impl DeltaSink {
         let mut out = Vec::new();
         for version in latest.saturating_sub(within)..=latest {
             let actions = self.commit_actions(&table, version).await?;
-            let Some(info) = actions.iter().find_map(|a| match a {
-                Action::CommitInfo(c) => c.info.get("sluice").cloned(),
-                _ => None,
-            }) else {
+            let Some(info) = commit_info(&actions).and_then(|c| c.info.get("sluice").cloned())
+            else {
                 continue;
             };
             if info.get("pipeline").and_then(|p| p.as_str()) != Some(pipeline) {
@@ -1558,6 +1583,14 @@ type RecordParts = dyn Fn(&[Vec<String>]) -> Vec<(String, serde_json::Value)> + 
 struct Landed {
     added: Vec<String>,
     removed_by: std::collections::HashMap<String, Remover>,
+}
+
+/// A commit's `commitInfo` action, if it has one.
+fn commit_info(actions: &[Action]) -> Option<&deltalake::kernel::CommitInfo> {
+    actions.iter().find_map(|a| match a {
+        Action::CommitInfo(c) => Some(c),
+        _ => None,
+    })
 }
 
 /// A commit that removed a file.

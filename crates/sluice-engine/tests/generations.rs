@@ -11,7 +11,7 @@ use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
 use sluice_engine::sink::{
-    CommitExtras, CommitOutcome, DeltaSink, Part, RepairBatch, SinkError, table_url,
+    Commit, CommitExtras, CommitOutcome, DeltaSink, Part, RepairBatch, SinkError, table_url,
 };
 
 fn once(range: std::ops::Range<i64>) -> BTreeMap<i64, usize> {
@@ -45,6 +45,29 @@ fn bad(app: &str, g: i64) -> RepairBatch {
 
 async fn latest(sink: &DeltaSink) -> i64 {
     sink.describe().await.unwrap().unwrap().version
+}
+
+/// Where the log-scan tests start: the stable version's rows 0..3, then batch `a`'s first run
+/// (rows 10..12), repaired so its file is gone by sluice's hand, and its second run, committed
+/// without the store hearing of it (the worker died after its Delta commit). `run(g)` gives
+/// generation g's commit extras. Returns both runs.
+async fn a_repaired_run_then_an_unrecorded_one(
+    s: &DeltaSink,
+    a: &str,
+    run: impl Fn(i64) -> CommitExtras,
+) -> (Commit, Commit) {
+    s.commit("p/stable", vec![batch(0..3)]).await.unwrap();
+    let first = s.commit_with(a, vec![batch(10..12)], run(1)).await.unwrap();
+    s.repair(
+        &[bad(a, 1)],
+        first.added.clone(),
+        serde_json::json!("x"),
+        None,
+    )
+    .await
+    .unwrap();
+    let unrecorded = s.commit_with(a, vec![batch(10..12)], run(2)).await.unwrap();
+    (first, unrecorded)
 }
 
 #[tokio::test]
@@ -392,20 +415,8 @@ async fn a_repair_finds_in_the_log_the_runs_nobody_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let s = DeltaSink::new(table_url("t", dir.path()).unwrap());
     let before = sluice_core::now_millis() - 1;
-    s.commit("p/stable", vec![batch(0..3)]).await.unwrap();
-    // A batch whose first run was repaired (its files gone) and whose second run committed
-    // without the store hearing of it (the worker died after its Delta commit).
     let a = DeltaSink::app_id("p", "a");
-    let first = s
-        .commit_with(&a, vec![batch(10..12)], generation(1))
-        .await
-        .unwrap();
-    s.repair(&[bad(&a, 1)], first.added, serde_json::json!("x"), None)
-        .await
-        .unwrap();
-    s.commit_with(&a, vec![batch(10..12)], generation(2))
-        .await
-        .unwrap();
+    a_repaired_run_then_an_unrecorded_one(&s, &a, generation).await;
     // And a batch in the same state at its first generation; another at a later generation,
     // not to be touched.
     let b = DeltaSink::app_id("p", "b");
@@ -460,26 +471,9 @@ async fn a_repair_refuses_a_scanned_file_that_a_compaction_rewrote() {
     let url = table_url("t", dir.path()).unwrap();
     let s = DeltaSink::new(url.clone());
     let before = sluice_core::now_millis() - 1;
-    s.commit("p/stable", vec![batch(0..3)]).await.unwrap();
-    // a's first run was repaired (its file gone by sluice's hand); its second run committed
-    // and nobody recorded it.
     let a = DeltaSink::app_id("p", "a");
-    let first = s
-        .commit_with(&a, vec![batch(10..12)], stamped("p", 2, "a", 1))
-        .await
-        .unwrap();
-    s.repair(
-        &[bad(&a, 1)],
-        first.added.clone(),
-        serde_json::json!("x"),
-        None,
-    )
-    .await
-    .unwrap();
-    let unrecorded = s
-        .commit_with(&a, vec![batch(10..12)], stamped("p", 2, "a", 2))
-        .await
-        .unwrap();
+    let (first, unrecorded) =
+        a_repaired_run_then_an_unrecorded_one(&s, &a, |g| stamped("p", 2, "a", g)).await;
     // A real compaction: delta-rs's OPTIMIZE rewrites the small files into one.
     let table = deltalake::open_table(url.clone()).await.unwrap();
     let (_, metrics) = table.optimize().await.unwrap();
@@ -518,4 +512,81 @@ async fn a_repair_refuses_a_scanned_file_that_a_compaction_rewrote() {
     );
     assert_eq!(latest(&s).await, version, "nothing was committed");
     assert_eq!(ids(&s).await, want, "no row was removed");
+}
+
+/// A retried repair finds its recorded files gone either way: its own earlier commit removed
+/// them (the process died before recording it), or a compaction rewrote them into files that
+/// hold other rows too. The log tells them apart: only the first has a repair commit with the
+/// retry's reason in it.
+#[tokio::test]
+async fn a_retried_repair_tells_its_own_landed_commit_from_a_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = table_url("t", dir.path()).unwrap();
+    let s = DeltaSink::new(url.clone());
+    let before = sluice_core::now_millis() - 1;
+    s.commit("p/stable", vec![batch(0..3)]).await.unwrap();
+    let (a, b) = (DeltaSink::app_id("p", "a"), DeltaSink::app_id("p", "b"));
+    let run_a = s
+        .commit_with(&a, vec![batch(10..12)], generation(1))
+        .await
+        .unwrap();
+    let run_b = s
+        .commit_with(&b, vec![batch(20..22)], generation(1))
+        .await
+        .unwrap();
+
+    // Deployment 7 repairs a; its retry finds the files gone, and its commit in the log.
+    let ours =
+        |id: i64| move |r: &serde_json::Value| r.get("deployment") == Some(&serde_json::json!(id));
+    let landed = s
+        .repair(
+            &[bad(&a, 1)],
+            run_a.added.clone(),
+            serde_json::json!({"deployment": 7}),
+            None,
+        )
+        .await
+        .unwrap();
+    let retry = s
+        .repair(
+            &[bad(&a, 1)],
+            run_a.added.clone(),
+            serde_json::json!({"deployment": 7}),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(retry, SinkError::Missing { .. }), "{retry}");
+    assert_eq!(
+        s.find_repair(before, ours(7)).await.unwrap(),
+        Some(landed.version)
+    );
+
+    // b's file is compacted away (with the stable rows'): deployment 8's repair of b finds
+    // it gone too, and no commit of its own, so it must not count the repair as done.
+    let table = deltalake::open_table(url.clone()).await.unwrap();
+    let (_, metrics) = table.optimize().await.unwrap();
+    assert!(metrics.num_files_removed >= 2, "{metrics:?}");
+    let err = s
+        .repair(
+            &[bad(&b, 1)],
+            run_b.added.clone(),
+            serde_json::json!({"deployment": 8}),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SinkError::Missing { .. }), "{err}");
+    assert_eq!(s.find_repair(before, ours(8)).await.unwrap(), None);
+    // Deployment 7's commit is still found past the compaction's, and nothing older than
+    // `since` is read.
+    assert_eq!(
+        s.find_repair(before, ours(7)).await.unwrap(),
+        Some(landed.version)
+    );
+    let future = sluice_core::now_millis() + 60_000;
+    assert_eq!(s.find_repair(future, ours(7)).await.unwrap(), None);
+    let mut want = once(0..3);
+    want.extend(once(20..22));
+    assert_eq!(ids(&s).await, want, "b's rows are still there, once");
 }

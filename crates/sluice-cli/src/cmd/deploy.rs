@@ -298,6 +298,9 @@ pub fn render(view: &DeploymentView, now: i64) -> String {
     if let Some(reason) = &d.reason {
         out.push_str(&format!("  reason    {reason}\n"));
     }
+    if let Some(refused) = view.data.repair.as_ref().and_then(|r| r.refused.as_ref()) {
+        out.push_str(&format!("  repair    {refused}\n"));
+    }
     if let Some(gap) = view.data.gap_ms {
         out.push_str(&format!(
             "  switch    {gap} ms without a version (recreate's drain)\n"
